@@ -1,0 +1,159 @@
+//! Types shared by the kernel programs (`main.rs`, bpfel) and user space (`tracer`).
+//!
+//! Defined once here so the two sides cannot drift. Every type is `#[repr(C)]` and plain
+//! old data; user space gets `aya::Pod` impls through the `user` feature.
+#![no_std]
+
+/// Bytes of a tracepoint record copied verbatim into a [`Sample`]. The largest record we
+/// copy (tcp:tcp_send_reset on 6.10+) is 88 bytes; the layout itself is decoded in user
+/// space from tracefs format files, so the kernel side never needs to know it.
+pub const RAW_RECORD_MAX: usize = 128;
+pub const TASK_COMM_LEN: usize = 16;
+
+/// Which hook produced a [`Sample`]. Also the index into [`Config::record_len`].
+pub mod kind {
+    pub const RESET_SENT: u32 = 1;
+    pub const RESET_RECEIVED: u32 = 2;
+    pub const SIGNAL: u32 = 3;
+    pub const EXIT: u32 = 4;
+    pub const FORK: u32 = 5;
+    pub const OOM_VICTIM: u32 = 6;
+    pub const COUNT: usize = 7;
+}
+
+/// `task_struct::flags` bit set once a task has entered do_exit() (include/linux/sched.h).
+pub const PF_EXITING: u32 = 0x0000_0004;
+
+/// Offset value meaning "this kernel has no such field".
+pub const NO_OFFSET: u32 = u32::MAX;
+
+/// Who owns a TCP socket, recorded when a task connects or accepts it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockOwner {
+    pub tgid: u32,
+    pub pid: u32,
+    pub comm: [u8; TASK_COMM_LEN],
+    /// ktime of the socket's move to TCP_CLOSE, 0 while open. Kept for a short while after
+    /// close because tcp_close() moves to TCP_CLOSE *before* sending its reset.
+    pub closed_ns: u64,
+}
+
+/// One record pushed through the ring buffer: what every hook knows about the current
+/// task, plus the raw tracepoint record.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Sample {
+    pub kind: u32,
+    /// Valid bytes in `raw`.
+    pub raw_len: u32,
+    /// bpf_ktime_get_ns() (CLOCK_MONOTONIC).
+    pub ktime_ns: u64,
+    /// bpf_get_current_pid_tgid() of the task on the CPU: tgid << 32 | pid.
+    pub pid_tgid: u64,
+    pub comm: [u8; TASK_COMM_LEN],
+    /// current->flags (PF_EXITING...), 0 when the offset is unknown.
+    pub task_flags: u32,
+    /// current->exit_code (wait status), meaningful for `kind::EXIT`.
+    pub exit_code: i32,
+    /// Owner of the socket the record names (`tgid == 0`: unknown), for reset records.
+    pub owner: SockOwner,
+    /// Kernfs id of current's memory cgroup (= inode of its cgroupfs directory), 0 if
+    /// unknown; filled for `kind::EXIT` and `kind::OOM_VICTIM`.
+    pub memcg_id: u64,
+    pub raw: [u8; RAW_RECORD_MAX],
+}
+
+/// Kernel facts resolved by user space at start (tracefs formats, BTF) and frozen into the
+/// programs' read-only data. `NO_OFFSET` marks what this kernel lacks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Bytes of each record to copy, by `kind` (0: do not copy).
+    pub record_len: [u32; kind::COUNT],
+    pub send_reset_skaddr: u32,
+    pub recv_reset_skaddr: u32,
+    pub set_state_skaddr: u32,
+    pub set_state_oldstate: u32,
+    pub set_state_newstate: u32,
+    pub set_state_protocol: u32,
+    pub signal_sig: u32,
+    pub syscall_ret: u32,
+    // struct offsets from BTF
+    pub task_flags: u32,
+    pub task_exit_code: u32,
+    pub task_cgroups: u32,
+    /// offsetof(css_set, subsys) + memory_cgrp_id * sizeof(void *)
+    pub css_set_memcg: u32,
+    pub css_cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kn_id: u32,
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+}
+
+impl Config {
+    pub const EMPTY: Config = Config {
+        record_len: [0; kind::COUNT],
+        send_reset_skaddr: NO_OFFSET,
+        recv_reset_skaddr: NO_OFFSET,
+        set_state_skaddr: NO_OFFSET,
+        set_state_oldstate: NO_OFFSET,
+        set_state_newstate: NO_OFFSET,
+        set_state_protocol: NO_OFFSET,
+        signal_sig: NO_OFFSET,
+        syscall_ret: NO_OFFSET,
+        task_flags: NO_OFFSET,
+        task_exit_code: NO_OFFSET,
+        task_cgroups: NO_OFFSET,
+        css_set_memcg: NO_OFFSET,
+        css_cgroup: NO_OFFSET,
+        cgroup_kn: NO_OFFSET,
+        kn_id: NO_OFFSET,
+        task_files: NO_OFFSET,
+        files_fdt: NO_OFFSET,
+        fdt_max_fds: NO_OFFSET,
+        fdt_fd: NO_OFFSET,
+        file_private_data: NO_OFFSET,
+        socket_sk: NO_OFFSET,
+    };
+}
+
+/// Signals whose default action terminates the process (signal(7)); only those are sent
+/// to user space. SIGCHLD, SIGCONT, SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU, SIGURG and SIGWINCH
+/// are not, which keeps busy hosts' job-control and child-reaping noise in the kernel.
+pub const FATAL_SIGNAL_MASK: u64 = {
+    let mut mask = 0u64;
+    let mut sig = 1;
+    while sig <= 31 {
+        mask |= 1 << sig;
+        sig += 1;
+    }
+    // 17 CHLD, 18 CONT, 19 STOP, 20 TSTP, 21 TTIN, 22 TTOU, 23 URG, 28 WINCH
+    mask & !((1 << 17)
+        | (1 << 18)
+        | (1 << 19)
+        | (1 << 20)
+        | (1 << 21)
+        | (1 << 22)
+        | (1 << 23)
+        | (1 << 28))
+};
+
+/// Name of the map counting ring buffer reservation failures (per CPU, index 0).
+pub const LOST_MAP: &str = "LOST";
+pub const EVENTS_MAP: &str = "EVENTS";
+pub const CONFIG_GLOBAL: &str = "CONFIG";
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all three are repr(C), Copy, contain only integers and arrays of integers,
+    // and every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::Sample {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::SockOwner {}
+}

@@ -1,0 +1,418 @@
+//! The attribution engine: typed kernel events in, one verdict per received reset out.
+//!
+//! Pure: no I/O and no clock of its own (time is the events' ktime), so it is tested on
+//! recorded event sequences. It relies on orderings the kernel guarantees:
+//! - signal_generate precedes the death it causes; oom:mark_victim follows the SIGKILL
+//!   (SI_KERNEL) the OOM killer sends and precedes the victim's exit;
+//! - do_exit() fires sched_process_exit *before* exit_files() closes the dying task's
+//!   sockets (kernel/exit.c), so a dying peer's exit record precedes its resets;
+//! - a send and its receive on this host are close in time but come in either order:
+//!   tcp_v4_send_reset() (no socket, bad segments) traces before transmitting, while
+//!   tcp_send_active_reset() (close with unread data, exit, linger 0) traces *after*
+//!   tcp_transmit_skb(), and on loopback the receiver's softirq has already run by then
+//!   (net/ipv4/tcp_output.c). So each side waits briefly for the other.
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+};
+
+use crate::{
+    kernel::short_reason_name,
+    model::{
+        Attribution, Cause, Death, KernelEvent, OomEvidence, OomVictim, ProcessExit, ResetReceived,
+        ResetSent, SignalEvidence, SignalGenerated, Task,
+    },
+};
+
+const SECOND: u64 = 1_000_000_000;
+/// A send not matched by a receive within this time was for a remote host.
+const SEND_TTL: u64 = 5 * SECOND;
+/// A receive from a local address waits this long for its send (see above); in practice
+/// the send follows within microseconds.
+pub const RECEIVE_WAIT: u64 = 20_000_000;
+/// How long deaths, signals and OOM kills stay usable as evidence.
+const EVIDENCE_TTL: u64 = 300 * SECOND;
+/// A death explains a reset sent by its (then orphaned) socket this long afterwards.
+const DEATH_EXPLAINS_FOR: u64 = 10 * SECOND;
+/// Bounds on remembered state (reset storms, fork storms): beyond it the oldest go.
+const MAX_PENDING_SENDS: usize = 65_536;
+const MAX_PROCESS_RECORDS: usize = 65_536;
+const MAX_SIGNALS_PER_TARGET: usize = 8;
+const PRUNE_EVERY: u64 = 4096;
+
+pub const SI_KERNEL: i32 = 0x80;
+pub const SI_TKILL: i32 = -6;
+const SIGILL: i32 = 4;
+const SIGTRAP: i32 = 5;
+const SIGABRT: i32 = 6;
+const SIGBUS: i32 = 7;
+const SIGFPE: i32 = 8;
+const SIGSEGV: i32 = 11;
+const SIGSYS: i32 = 31;
+
+/// What a kernel reset reason says about who decided to reset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReasonClass {
+    /// A segment matched no socket.
+    NoSocket,
+    /// A process closed, disconnected or lingered-0 its socket (or died doing so).
+    ProcessClose,
+    /// The TCP stack itself (memory, timers, PAWS, bad ACKs, TIME_WAIT...).
+    Kernel,
+}
+
+fn classify_reason(name: &str) -> ReasonClass {
+    match short_reason_name(name) {
+        "NO_SOCKET" => ReasonClass::NoSocket,
+        "NOT_SPECIFIED"
+        | "TCP_ABORT_ON_CLOSE"
+        | "TCP_ABORT_ON_LINGER"
+        | "TCP_ABORT_ON_DATA"
+        | "TCP_DISCONNECT_WITH_DATA" => ReasonClass::ProcessClose,
+        _ => ReasonClass::Kernel,
+    }
+}
+
+pub struct Attributor {
+    reasons: HashMap<u32, (String, ReasonClass)>,
+    local_addrs: HashSet<IpAddr>,
+    /// (sender end, receiver end) -> the send, waiting for its receive.
+    sends: HashMap<(SocketAddr, SocketAddr), ResetSent>,
+    /// (sender end, receiver end) -> a receive from a local sender, waiting for its send.
+    receives: HashMap<(SocketAddr, SocketAddr), ResetReceived>,
+    /// Latest exit by process id.
+    exits: HashMap<u32, ProcessExit>,
+    /// Fatal signals by target (thread or process id).
+    signals: HashMap<u32, Vec<SignalGenerated>>,
+    /// OOM victims by pid.
+    oom: HashMap<u32, OomVictim>,
+    events_seen: u64,
+}
+
+impl Attributor {
+    /// `reasons`: enum sk_rst_reason value -> name, from BTF (empty before 6.10).
+    /// `local_addrs`: this host's addresses (loopback is always local).
+    pub fn new(reasons: &HashMap<u32, String>, local_addrs: HashSet<IpAddr>) -> Self {
+        Self {
+            reasons: reasons
+                .iter()
+                .map(|(v, n)| (*v, (short_reason_name(n).to_string(), classify_reason(n))))
+                .collect(),
+            local_addrs,
+            sends: HashMap::new(),
+            receives: HashMap::new(),
+            exits: HashMap::new(),
+            signals: HashMap::new(),
+            oom: HashMap::new(),
+            events_seen: 0,
+        }
+    }
+
+    pub fn reason_name(&self, reason: u32) -> Option<&str> {
+        self.reasons.get(&reason).map(|(n, _)| n.as_str())
+    }
+
+    /// Takes one event; pushes the verdicts it completes (and those of receives whose
+    /// wait for a send has run out) onto `out`.
+    pub fn observe(&mut self, event: KernelEvent, out: &mut Vec<Attribution>) {
+        self.events_seen += 1;
+        let now = event.time_ns();
+        if self.events_seen % PRUNE_EVERY == 0 {
+            self.prune(now);
+        }
+        if !self.receives.is_empty() {
+            self.expire(now, out);
+        }
+        match event {
+            KernelEvent::ResetSent(s) => {
+                let key = (canon(s.src), canon(s.dst));
+                if self.sends.len() >= MAX_PENDING_SENDS {
+                    self.prune_sends(s.time_ns);
+                }
+                self.sends.insert(key, s);
+                if let Some(r) = self.receives.remove(&key) {
+                    out.push(self.attribute(r));
+                }
+            }
+            KernelEvent::ResetReceived(r) => {
+                let key = (canon(r.remote), canon(r.local));
+                if self.sends.contains_key(&key) || !self.is_local(r.remote.ip()) {
+                    out.push(self.attribute(r));
+                } else {
+                    if self.receives.len() >= MAX_PENDING_SENDS {
+                        self.expire(u64::MAX, out);
+                    }
+                    if let Some(previous) = self.receives.insert(key, r) {
+                        out.push(self.attribute(previous));
+                    }
+                }
+            }
+            KernelEvent::Signal(sig) => {
+                let list = self.signals.entry(sig.target_pid).or_default();
+                if list.len() >= MAX_SIGNALS_PER_TARGET {
+                    list.remove(0);
+                }
+                list.push(sig);
+            }
+            KernelEvent::Exit(e) => {
+                self.exits.insert(e.task.pid, e);
+            }
+            KernelEvent::OomVictim(o) => {
+                self.oom.insert(o.victim_pid, o);
+            }
+            KernelEvent::Fork(_) => {}
+        }
+    }
+
+    /// Gives up waiting for the sends of receives older than RECEIVE_WAIT at `now_ns`
+    /// (CLOCK_MONOTONIC, like the events); `u64::MAX` flushes all (at exit).
+    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Attribution>) {
+        let cutoff = now_ns.saturating_sub(RECEIVE_WAIT);
+        let mut due: Vec<ResetReceived> = Vec::new();
+        self.receives.retain(|_, r| {
+            let keep = r.time_ns > cutoff;
+            if !keep {
+                due.push(r.clone());
+            }
+            keep
+        });
+        due.sort_by_key(|r| r.time_ns);
+        for r in due {
+            out.push(self.attribute(r));
+        }
+    }
+
+    /// Receives still waiting for their send.
+    pub fn waiting(&self) -> usize {
+        self.receives.len()
+    }
+
+    fn attribute(&mut self, r: ResetReceived) -> Attribution {
+        let mut out = Attribution {
+            time_ns: r.time_ns,
+            cause: Cause::Unknown,
+            local: r.local,
+            remote: r.remote,
+            receiver: r.owner.clone(),
+            peer: None,
+            signal: None,
+            exit_code: None,
+            oom: None,
+            kernel_reason: None,
+            peer_exiting: false,
+        };
+        let Some(send) = self.sends.remove(&(canon(r.remote), canon(r.local))) else {
+            out.cause = if self.is_local(r.remote.ip()) {
+                // A local sender whose send we did not see (hook missing, or the send was
+                // lost): say so rather than blame the network.
+                Cause::Unknown
+            } else {
+                Cause::Network
+            };
+            return out;
+        };
+        out.kernel_reason = send.reason;
+        let class = send.reason.map(|v| {
+            self.reasons
+                .get(&v)
+                .map_or(ReasonClass::Kernel, |(_, c)| *c)
+        });
+        if send.sk == 0 || class == Some(ReasonClass::NoSocket) {
+            out.cause = Cause::NoSocket;
+            return out;
+        }
+
+        // Who sent it: a dying task closes its own sockets in do_exit(); otherwise the
+        // socket's owner, else the task in whose close() the reset was sent.
+        let peer = if send.current_exiting
+            && send
+                .owner
+                .as_ref()
+                .is_none_or(|o| o.pid == send.current.pid)
+        {
+            Some(send.current.clone())
+        } else if send.owner.is_some() {
+            send.owner.clone()
+        } else if class != Some(ReasonClass::Kernel) {
+            Some(send.current.clone())
+        } else {
+            None
+        };
+        out.peer_exiting =
+            send.current_exiting && peer.as_ref().is_some_and(|p| p.pid == send.current.pid);
+        out.peer = peer.clone();
+
+        if let Some(peer) = &peer {
+            let death = self.exits.get(&peer.pid).filter(|e| {
+                e.time_ns <= send.time_ns
+                    && (out.peer_exiting || send.time_ns - e.time_ns <= DEATH_EXPLAINS_FOR)
+            });
+            if let Some(exit) = death.cloned() {
+                self.explain_death(&mut out, &exit);
+                return out;
+            }
+            if out.peer_exiting {
+                // In do_exit() but its exit record was not seen (lost, or rsttrace started
+                // in between): an exit, code unknown.
+                out.cause = Cause::Exit;
+                return out;
+            }
+        }
+        out.cause = match class {
+            Some(ReasonClass::Kernel) => Cause::Kernel,
+            Some(_) => Cause::Abort,
+            // No reasons on this kernel: a live process on the CPU with its own socket
+            // aborted; anything else came from the stack.
+            None if peer.is_some() => Cause::Abort,
+            None => Cause::Kernel,
+        };
+        out
+    }
+
+    fn explain_death(&self, out: &mut Attribution, exit: &ProcessExit) {
+        match exit.death() {
+            Death::Exited(code) => {
+                out.cause = Cause::Exit;
+                out.exit_code = Some(code);
+            }
+            Death::Signal(sig) => {
+                let ids = [exit.task.pid, exit.task.tid];
+                let candidates: Vec<&SignalGenerated> = ids
+                    .iter()
+                    .filter_map(|id| self.signals.get(id))
+                    .flatten()
+                    .filter(|s| s.sig == sig && s.time_ns <= exit.time_ns)
+                    .collect();
+                let oom = ids.iter().find_map(|id| self.oom.get(id));
+                if let Some(victim) = oom.filter(|_| sig == 9) {
+                    out.cause = Cause::OomKill;
+                    out.oom = Some(OomEvidence {
+                        victim: Task {
+                            pid: exit.task.pid,
+                            tid: exit.task.tid,
+                            comm: exit.task.comm.clone(),
+                        },
+                        killer: victim.killer.clone(),
+                        memcg_id: if exit.memcg_id != 0 {
+                            exit.memcg_id
+                        } else {
+                            victim.memcg_id
+                        },
+                    });
+                    let kernel_kill = candidates.iter().find(|s| s.code == SI_KERNEL);
+                    out.signal = Some(SignalEvidence {
+                        number: sig,
+                        code: SI_KERNEL,
+                        sender: kernel_kill.map(|s| s.sender.clone()),
+                    });
+                    return;
+                }
+                let external = candidates
+                    .iter()
+                    .filter(|s| s.sender.pid != exit.task.pid)
+                    .min_by_key(|s| s.time_ns);
+                let own = candidates
+                    .iter()
+                    .filter(|s| s.sender.pid == exit.task.pid)
+                    .min_by_key(|s| s.time_ns);
+                let evidence = |s: &SignalGenerated| SignalEvidence {
+                    number: s.sig,
+                    code: s.code,
+                    sender: Some(s.sender.clone()),
+                };
+                (out.cause, out.signal) = match (external, own) {
+                    // The first fatal signal from another process wins over the worker's
+                    // own re-raise (php-fpm workers re-raise SIGTERM from their handler).
+                    (Some(ext), _) => (Cause::Signal, Some(evidence(ext))),
+                    (None, Some(own)) if is_crash(own.sig, own.code) => {
+                        (Cause::Crash, Some(evidence(own)))
+                    }
+                    (None, Some(own)) => (Cause::Signal, Some(evidence(own))),
+                    (None, None) => (
+                        if is_fault_signal(sig) {
+                            Cause::Crash
+                        } else {
+                            Cause::Signal
+                        },
+                        Some(SignalEvidence {
+                            number: sig,
+                            code: 0,
+                            sender: None,
+                        }),
+                    ),
+                };
+            }
+        }
+    }
+
+    fn is_local(&self, ip: IpAddr) -> bool {
+        let ip = canon_ip(ip);
+        ip.is_loopback() || self.local_addrs.contains(&ip)
+    }
+
+    fn prune(&mut self, now: u64) {
+        self.prune_sends(now);
+        let keep = now.saturating_sub(EVIDENCE_TTL);
+        self.exits.retain(|_, e| e.time_ns >= keep);
+        self.oom.retain(|_, o| o.time_ns >= keep);
+        self.signals.retain(|_, l| {
+            l.retain(|s| s.time_ns >= keep);
+            !l.is_empty()
+        });
+        for map_len in [self.exits.len(), self.oom.len(), self.signals.len()] {
+            if map_len > MAX_PROCESS_RECORDS {
+                // A fork/kill storm beyond any sane rate: forget the oldest half.
+                let cutoff = now.saturating_sub(EVIDENCE_TTL / 2);
+                self.exits.retain(|_, e| e.time_ns >= cutoff);
+                self.oom.retain(|_, o| o.time_ns >= cutoff);
+                self.signals
+                    .retain(|_, l| l.iter().any(|s| s.time_ns >= cutoff));
+            }
+        }
+    }
+
+    fn prune_sends(&mut self, now: u64) {
+        let keep = now.saturating_sub(SEND_TTL);
+        self.sends.retain(|_, s| s.time_ns >= keep);
+        if self.sends.len() >= MAX_PENDING_SENDS {
+            // All recent: a storm of resets to remote hosts. Their receives never come here.
+            self.sends.clear();
+        }
+    }
+
+    /// Remembered state, for the bounded-memory checks.
+    pub fn state_len(&self) -> usize {
+        self.sends.len()
+            + self.receives.len()
+            + self.exits.len()
+            + self.signals.len()
+            + self.oom.len()
+    }
+}
+
+/// A signal the kernel raised in the task itself for a fault, or abort().
+fn is_crash(sig: i32, code: i32) -> bool {
+    (is_fault_signal(sig) && code > 0) || (sig == SIGABRT && (code == SI_TKILL || code <= 0))
+}
+
+fn is_fault_signal(sig: i32) -> bool {
+    matches!(
+        sig,
+        SIGSEGV | SIGBUS | SIGILL | SIGFPE | SIGABRT | SIGTRAP | SIGSYS
+    )
+}
+
+fn canon_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// v4-mapped IPv6 endpoints (dual-stack sockets) match their IPv4 form.
+fn canon(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(canon_ip(a.ip()), a.port())
+}
+
+#[cfg(test)]
+mod tests;

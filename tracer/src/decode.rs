@@ -1,0 +1,431 @@
+//! Ring buffer bytes -> typed kernel events, using the layouts resolved at start.
+//!
+//! A malformed or truncated sample is an error the caller reports and skips; nothing
+//! here panics on input from the kernel.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use anyhow::{bail, Result};
+use tracer_ebpf::{kind, Sample, SockOwner, PF_EXITING};
+
+use crate::{
+    kernel::Layouts,
+    model::{
+        KernelEvent, OomVictim, ProcessExit, ProcessFork, ResetReceived, ResetSent,
+        SignalGenerated, Task,
+    },
+    tracefs::{Field, RecordFormat},
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+pub struct Decoder<'a> {
+    layouts: &'a Layouts,
+}
+
+impl<'a> Decoder<'a> {
+    pub fn new(layouts: &'a Layouts) -> Self {
+        Self { layouts }
+    }
+
+    pub fn decode(&self, bytes: &[u8]) -> Result<KernelEvent> {
+        if bytes.len() < size_of::<Sample>() {
+            bail!(
+                "truncated sample: {} bytes, expected {}",
+                bytes.len(),
+                size_of::<Sample>()
+            );
+        }
+        // SAFETY: length checked above; Sample is plain old data (any bit pattern is valid),
+        // and read_unaligned has no alignment requirement.
+        let sample: Sample = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        self.decode_sample(&sample)
+    }
+
+    pub fn decode_sample(&self, s: &Sample) -> Result<KernelEvent> {
+        let raw_len = (s.raw_len as usize).min(s.raw.len());
+        let raw = &s.raw[..raw_len];
+        let Some(format) = self.layouts.get(s.kind) else {
+            bail!("sample of unknown kind {}", s.kind);
+        };
+        let rec = Record { raw, format };
+        let current = Task {
+            pid: (s.pid_tgid >> 32) as u32,
+            tid: s.pid_tgid as u32,
+            comm: comm_str(&s.comm),
+        };
+        let time_ns = s.ktime_ns;
+        Ok(match s.kind {
+            kind::RESET_SENT => KernelEvent::ResetSent(ResetSent {
+                time_ns,
+                current,
+                current_exiting: s.task_flags & PF_EXITING != 0,
+                owner: owner(&s.owner),
+                sk: rec.u64("skaddr")?,
+                reason: rec.opt_u64("reason").map(|r| r as u32),
+                state: rec.opt_u64("state").map(|v| v as u32),
+                src: rec.endpoint(true)?,
+                dst: rec.endpoint(false)?,
+            }),
+            kind::RESET_RECEIVED => KernelEvent::ResetReceived(ResetReceived {
+                time_ns,
+                current,
+                owner: owner(&s.owner),
+                sk: rec.u64("skaddr")?,
+                local: rec.endpoint(true)?,
+                remote: rec.endpoint(false)?,
+                sock_cookie: rec.opt_u64("sock_cookie"),
+            }),
+            kind::SIGNAL => KernelEvent::Signal(SignalGenerated {
+                time_ns,
+                sender: current,
+                sig: rec.i64("sig")? as i32,
+                code: rec.i64("code")? as i32,
+                target_pid: rec.i64("pid")? as u32,
+                target_comm: rec.string("comm")?,
+                result: rec.opt_i64("result").map(|r| r as i32),
+            }),
+            kind::EXIT => KernelEvent::Exit(ProcessExit {
+                time_ns,
+                task: current,
+                exit_code: s.exit_code,
+                memcg_id: s.memcg_id,
+            }),
+            kind::FORK => KernelEvent::Fork(ProcessFork {
+                time_ns,
+                parent_pid: rec.i64("parent_pid")? as u32,
+                child_pid: rec.i64("child_pid")? as u32,
+                parent_tgid: current.pid,
+            }),
+            kind::OOM_VICTIM => KernelEvent::OomVictim(OomVictim {
+                time_ns,
+                victim_pid: rec.i64("pid")? as u32,
+                victim_comm: rec.string("comm").unwrap_or_default(),
+                killer: current,
+                memcg_id: s.memcg_id,
+            }),
+            other => bail!("sample of unknown kind {other}"),
+        })
+    }
+}
+
+fn owner(o: &SockOwner) -> Option<Task> {
+    (o.tgid != 0).then(|| Task {
+        pid: o.tgid,
+        tid: o.pid,
+        comm: comm_str(&o.comm),
+    })
+}
+
+pub fn comm_str(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+struct Record<'a> {
+    raw: &'a [u8],
+    format: &'a RecordFormat,
+}
+
+impl Record<'_> {
+    fn bytes(&self, field: &Field) -> Result<&[u8]> {
+        match self.raw.get(field.offset..field.offset + field.size) {
+            Some(b) => Ok(b),
+            None => bail!(
+                "record too short for field `{}` ({} bytes copied)",
+                field.decl,
+                self.raw.len()
+            ),
+        }
+    }
+
+    fn field(&self, name: &str) -> Result<&Field> {
+        match self.format.field(name) {
+            Some(f) => Ok(f),
+            None => bail!("record has no field `{name}`"),
+        }
+    }
+
+    fn int(&self, field: &Field) -> Result<i128> {
+        let b = self.bytes(field)?;
+        let mut buf = [0u8; 8];
+        let n = b.len().min(8);
+        buf[..n].copy_from_slice(&b[..n]);
+        let unsigned = u64::from_ne_bytes(buf);
+        Ok(if field.signed && n < 8 {
+            let shift = 64 - 8 * n as u32;
+            (((unsigned << shift) as i64) >> shift) as i128
+        } else if field.signed {
+            unsigned as i64 as i128
+        } else {
+            unsigned as i128
+        })
+    }
+
+    fn u64(&self, name: &str) -> Result<u64> {
+        Ok(self.int(self.field(name)?)? as u64)
+    }
+
+    fn i64(&self, name: &str) -> Result<i64> {
+        Ok(self.int(self.field(name)?)? as i64)
+    }
+
+    fn opt_u64(&self, name: &str) -> Option<u64> {
+        self.format
+            .field(name)
+            .and_then(|f| self.int(f).ok())
+            .map(|v| v as u64)
+    }
+
+    fn opt_i64(&self, name: &str) -> Option<i64> {
+        self.format
+            .field(name)
+            .and_then(|f| self.int(f).ok())
+            .map(|v| v as i64)
+    }
+
+    /// A `char comm[16]` field, or a `__data_loc char[]` one (only when its payload was
+    /// copied along with the record).
+    fn string(&self, name: &str) -> Result<String> {
+        let field = self.field(name)?;
+        if field.is_data_loc() {
+            let loc = self.int(field)? as u32;
+            let (off, len) = ((loc & 0xffff) as usize, (loc >> 16) as usize);
+            return match self.raw.get(off..off + len) {
+                Some(b) => Ok(comm_str(b)),
+                None => bail!("string `{name}` lies outside the copied record"),
+            };
+        }
+        Ok(comm_str(self.bytes(field)?))
+    }
+
+    /// The source (`src == true`) or destination endpoint of a TCP record, in either of the
+    /// kernel's layouts:
+    /// - 6.10+: `saddr`/`daddr` are 28-byte sockaddr_in/sockaddr_in6 (port inside);
+    /// - before: `sport`/`dport` (host order), `family`, `saddr`/`daddr` (4 bytes),
+    ///   `saddr_v6`/`daddr_v6` (16 bytes).
+    fn endpoint(&self, src: bool) -> Result<SocketAddr> {
+        let (addr, port, v6) = if src {
+            ("saddr", "sport", "saddr_v6")
+        } else {
+            ("daddr", "dport", "daddr_v6")
+        };
+        let addr_field = self.field(addr)?;
+        if addr_field.size >= 16 {
+            return sockaddr(self.bytes(addr_field)?);
+        }
+        let port = self.u64(port)? as u16;
+        let family = self.u64("family")? as u16;
+        let ip = match family {
+            AF_INET => {
+                let b = self.bytes(addr_field)?;
+                IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+            }
+            AF_INET6 => {
+                let b = self.bytes(self.field(v6)?)?;
+                let mut a = [0u8; 16];
+                a.copy_from_slice(&b[..16]);
+                IpAddr::V6(Ipv6Addr::from(a))
+            }
+            other => bail!("unknown address family {other}"),
+        };
+        Ok(SocketAddr::new(ip, port))
+    }
+}
+
+/// struct sockaddr_in / sockaddr_in6 as the kernel stores them (family in host order,
+/// port in network order). An all-zero sockaddr (family 0) decodes as 0.0.0.0:0.
+fn sockaddr(b: &[u8]) -> Result<SocketAddr> {
+    if b.len() < 16 {
+        bail!("sockaddr field of {} bytes", b.len());
+    }
+    let family = u16::from_ne_bytes([b[0], b[1]]);
+    let port = u16::from_be_bytes([b[2], b[3]]);
+    match family {
+        AF_INET => Ok(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(b[4], b[5], b[6], b[7])),
+            port,
+        )),
+        AF_INET6 if b.len() >= 24 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&b[8..24]);
+            Ok(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(a)), port))
+        }
+        0 => Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)),
+        other => bail!("unknown sockaddr family {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::Layouts;
+
+    const SEND_RESET_6_18: &str = "format:
+	field:unsigned short common_type;	offset:0;	size:2;	signed:0;
+	field:int common_pid;	offset:4;	size:4;	signed:1;
+	field:const void * skbaddr;	offset:8;	size:8;	signed:0;
+	field:const void * skaddr;	offset:16;	size:8;	signed:0;
+	field:int state;	offset:24;	size:4;	signed:1;
+	field:enum sk_rst_reason reason;	offset:28;	size:4;	signed:0;
+	field:__u8 saddr[28];	offset:32;	size:28;	signed:0;
+	field:__u8 daddr[28];	offset:60;	size:28;	signed:0;
+";
+
+    /// Debian 12's 6.1 (and everything before ~6.10): ports and family, no reason.
+    const SEND_RESET_6_1: &str = "format:
+	field:unsigned short common_type;	offset:0;	size:2;	signed:0;
+	field:int common_pid;	offset:4;	size:4;	signed:1;
+	field:const void * skbaddr;	offset:8;	size:8;	signed:0;
+	field:const void * skaddr;	offset:16;	size:8;	signed:0;
+	field:int state;	offset:24;	size:4;	signed:1;
+	field:__u16 sport;	offset:28;	size:2;	signed:0;
+	field:__u16 dport;	offset:30;	size:2;	signed:0;
+	field:__u16 family;	offset:32;	size:2;	signed:0;
+	field:__u8 saddr[4];	offset:34;	size:4;	signed:0;
+	field:__u8 daddr[4];	offset:38;	size:4;	signed:0;
+	field:__u8 saddr_v6[16];	offset:42;	size:16;	signed:0;
+	field:__u8 daddr_v6[16];	offset:58;	size:16;	signed:0;
+";
+
+    const RECEIVE_RESET_NO_COOKIE: &str = "format:
+	field:unsigned short common_type;	offset:0;	size:2;	signed:0;
+	field:int common_pid;	offset:4;	size:4;	signed:1;
+	field:const void * skaddr;	offset:8;	size:8;	signed:0;
+	field:__u16 sport;	offset:16;	size:2;	signed:0;
+	field:__u16 dport;	offset:18;	size:2;	signed:0;
+	field:__u16 family;	offset:20;	size:2;	signed:0;
+	field:__u8 saddr[4];	offset:22;	size:4;	signed:0;
+	field:__u8 daddr[4];	offset:26;	size:4;	signed:0;
+	field:__u8 saddr_v6[16];	offset:30;	size:16;	signed:0;
+	field:__u8 daddr_v6[16];	offset:46;	size:16;	signed:0;
+";
+
+    fn layouts(kind: u32, text: &str) -> Layouts {
+        let mut l = Layouts::default();
+        l.by_kind
+            .insert(kind, RecordFormat::parse(text).expect("format"));
+        l
+    }
+
+    fn sample(kind: u32, raw: &[u8]) -> Sample {
+        let mut s = Sample {
+            kind,
+            raw_len: raw.len() as u32,
+            ktime_ns: 42,
+            pid_tgid: (100u64 << 32) | 101,
+            comm: [0; 16],
+            task_flags: PF_EXITING,
+            exit_code: 0,
+            owner: SockOwner {
+                tgid: 0,
+                pid: 0,
+                comm: [0; 16],
+                closed_ns: 0,
+            },
+            memcg_id: 0,
+            raw: [0; tracer_ebpf::RAW_RECORD_MAX],
+        };
+        s.comm[..4].copy_from_slice(b"fpm\0");
+        s.raw[..raw.len()].copy_from_slice(raw);
+        s
+    }
+
+    fn put(raw: &mut [u8], off: usize, bytes: &[u8]) {
+        raw[off..off + bytes.len()].copy_from_slice(bytes);
+    }
+
+    fn sockaddr_in(ip: [u8; 4], port: u16) -> [u8; 28] {
+        let mut b = [0u8; 28];
+        b[..2].copy_from_slice(&AF_INET.to_ne_bytes());
+        b[2..4].copy_from_slice(&port.to_be_bytes());
+        b[4..8].copy_from_slice(&ip);
+        b
+    }
+
+    #[test]
+    fn send_reset_with_reason_and_sockaddrs() {
+        let l = layouts(kind::RESET_SENT, SEND_RESET_6_18);
+        let mut raw = [0u8; 88];
+        put(&mut raw, 16, &0xffff_8880_1234_5678u64.to_ne_bytes());
+        put(&mut raw, 28, &11u32.to_ne_bytes());
+        put(&mut raw, 32, &sockaddr_in([127, 0, 0, 1], 9000));
+        put(&mut raw, 60, &sockaddr_in([127, 0, 0, 1], 43210));
+        let ev = Decoder::new(&l)
+            .decode_sample(&sample(kind::RESET_SENT, &raw))
+            .expect("decode");
+        let KernelEvent::ResetSent(s) = ev else {
+            panic!("wrong event {ev:?}")
+        };
+        assert_eq!(s.sk, 0xffff_8880_1234_5678);
+        assert_eq!(s.reason, Some(11));
+        assert_eq!(s.src.to_string(), "127.0.0.1:9000");
+        assert_eq!(s.dst.to_string(), "127.0.0.1:43210");
+        assert!(s.current_exiting);
+        assert_eq!(s.current.pid, 100);
+        assert_eq!(s.current.tid, 101);
+        assert_eq!(s.current.comm, "fpm");
+    }
+
+    #[test]
+    fn send_reset_before_6_10_has_no_reason() {
+        let l = layouts(kind::RESET_SENT, SEND_RESET_6_1);
+        let mut raw = [0u8; 74];
+        put(&mut raw, 28, &9000u16.to_ne_bytes());
+        put(&mut raw, 30, &43210u16.to_ne_bytes());
+        put(&mut raw, 32, &AF_INET6.to_ne_bytes());
+        let v6: Ipv6Addr = "::ffff:127.0.0.1".parse().expect("ip");
+        put(&mut raw, 42, &v6.octets());
+        put(&mut raw, 58, &Ipv6Addr::LOCALHOST.octets());
+        let ev = Decoder::new(&l)
+            .decode_sample(&sample(kind::RESET_SENT, &raw))
+            .expect("decode");
+        let KernelEvent::ResetSent(s) = ev else {
+            panic!("wrong event {ev:?}")
+        };
+        assert_eq!(s.reason, None);
+        assert_eq!(s.src.to_string(), "[::ffff:127.0.0.1]:9000");
+        assert_eq!(s.dst.to_string(), "[::1]:43210");
+    }
+
+    #[test]
+    fn receive_reset_without_optional_cookie() {
+        let l = layouts(kind::RESET_RECEIVED, RECEIVE_RESET_NO_COOKIE);
+        let mut raw = [0u8; 62];
+        put(&mut raw, 16, &43210u16.to_ne_bytes());
+        put(&mut raw, 18, &9000u16.to_ne_bytes());
+        put(&mut raw, 20, &AF_INET.to_ne_bytes());
+        put(&mut raw, 22, &[127, 0, 0, 1]);
+        put(&mut raw, 26, &[127, 0, 0, 2]);
+        let ev = Decoder::new(&l)
+            .decode_sample(&sample(kind::RESET_RECEIVED, &raw))
+            .expect("decode");
+        let KernelEvent::ResetReceived(r) = ev else {
+            panic!("wrong event {ev:?}")
+        };
+        assert_eq!(r.local.to_string(), "127.0.0.1:43210");
+        assert_eq!(r.remote.to_string(), "127.0.0.2:9000");
+        assert_eq!(r.sock_cookie, None);
+    }
+
+    #[test]
+    fn truncated_and_malformed_samples_are_errors_not_panics() {
+        let l = layouts(kind::RESET_SENT, SEND_RESET_6_18);
+        let d = Decoder::new(&l);
+        assert!(d.decode(&[0u8; 10]).is_err());
+        // record shorter than its layout
+        assert!(d
+            .decode_sample(&sample(kind::RESET_SENT, &[0u8; 20]))
+            .is_err());
+        // unknown kind
+        assert!(d.decode_sample(&sample(99, &[0u8; 20])).is_err());
+        // garbage family
+        let mut raw = [0u8; 88];
+        put(&mut raw, 32, &[77, 0]);
+        assert!(d.decode_sample(&sample(kind::RESET_SENT, &raw)).is_err());
+        // raw_len larger than the buffer is clamped, not trusted
+        let mut s = sample(kind::RESET_SENT, &[0u8; 88]);
+        s.raw_len = u32::MAX;
+        assert!(d.decode_sample(&s).is_ok());
+    }
+}

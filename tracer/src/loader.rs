@@ -1,0 +1,94 @@
+//! Loads the kernel programs with this kernel's facts frozen in, attaches them, and hands
+//! out the ring buffer and the lost-sample counter. Dropping [`Attached`] detaches all.
+use std::time::Instant;
+
+use anyhow::{anyhow, Context as _, Result};
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
+use tracer_ebpf::{CONFIG_GLOBAL, EVENTS_MAP, LOST_MAP};
+
+use crate::kernel::KernelFacts;
+
+/// The compiled kernel programs (tracer-ebpf, built by build.rs for bpfel).
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rsttrace-ebpf"));
+
+pub struct Attached {
+    /// Owns the programs and their links: dropping it detaches everything.
+    _ebpf: Ebpf,
+    lost: PerCpuArray<MapData, u64>,
+    pub hooks: usize,
+    pub elapsed_ms: u128,
+}
+
+/// Returns the attached programs and the ring buffer their samples arrive on.
+pub fn attach(facts: &KernelFacts, ring_bytes: u32) -> Result<(Attached, RingBuf<MapData>)> {
+    let started = Instant::now();
+    let mut ebpf = EbpfLoader::new()
+        // Offsets come from our own BTF parse (kernel.rs); the programs use no CO-RE
+        // relocations, so aya need not parse vmlinux BTF a second time.
+        .btf(None)
+        .override_global(CONFIG_GLOBAL, &facts.config, true)
+        .map_max_entries(EVENTS_MAP, ring_bytes)
+        .load(PROGRAMS)
+        .map_err(|e| explain_load_error(e.into()))?;
+
+    let mut hooks = 0;
+    for hook in &facts.available {
+        let program: &mut TracePoint = ebpf
+            .program_mut(hook.program)
+            .ok_or_else(|| anyhow!("program {} missing from the eBPF object", hook.program))?
+            .try_into()
+            .with_context(|| format!("program {} is not a tracepoint", hook.program))?;
+        program
+            .load()
+            .map_err(|e| explain_load_error(e.into()))
+            .with_context(|| format!("loading the program for {}:{}", hook.category, hook.event))?;
+        program
+            .attach(hook.category, hook.event)
+            .with_context(|| format!("attaching to tracepoint {}:{}", hook.category, hook.event))?;
+        hooks += 1;
+    }
+
+    let events = RingBuf::try_from(
+        ebpf.take_map(EVENTS_MAP)
+            .ok_or_else(|| anyhow!("map {EVENTS_MAP} missing"))?,
+    )?;
+    let lost = PerCpuArray::try_from(
+        ebpf.take_map(LOST_MAP)
+            .ok_or_else(|| anyhow!("map {LOST_MAP} missing"))?,
+    )?;
+    Ok((
+        Attached {
+            _ebpf: ebpf,
+            lost,
+            hooks,
+            elapsed_ms: started.elapsed().as_millis(),
+        },
+        events,
+    ))
+}
+
+impl Attached {
+    /// Samples the kernel could not queue since start (ring buffer full), all CPUs.
+    pub fn lost_total(&self) -> u64 {
+        self.lost
+            .get(&0, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+}
+
+fn explain_load_error(err: anyhow::Error) -> anyhow::Error {
+    let text = format!("{err:#}");
+    if text.contains("Operation not permitted") || text.contains("EPERM") {
+        err.context(
+            "the kernel refused to load eBPF programs: run rsttrace as root (or with CAP_BPF and \
+             CAP_PERFMON), and check kernel.unprivileged_bpf_disabled / lockdown",
+        )
+    } else {
+        err
+    }
+}

@@ -1,0 +1,207 @@
+//! The domain: kernel events as decoded, and the verdicts the attribution engine gives.
+use std::net::SocketAddr;
+
+/// A task as the kernel saw it. `pid` is the process (tgid), `tid` the thread.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Task {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+}
+
+/// tcp:tcp_send_reset — this host sent a RST.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResetSent {
+    pub time_ns: u64,
+    /// The task on the CPU: the closing or dying process for resets sent from close()
+    /// or do_exit(); an unrelated one for resets sent from softirq or timers.
+    pub current: Task,
+    pub current_exiting: bool,
+    /// The process that connected or accepted the socket, when rsttrace saw it do so.
+    pub owner: Option<Task>,
+    /// struct sock * of the sending socket, 0 when the segment matched no socket.
+    pub sk: u64,
+    /// enum sk_rst_reason (kernels 6.10+).
+    pub reason: Option<u32>,
+    pub state: Option<u32>,
+    /// The sender's end.
+    pub src: SocketAddr,
+    /// The end the RST goes to.
+    pub dst: SocketAddr,
+}
+
+/// tcp:tcp_receive_reset — a local socket got a RST.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResetReceived {
+    pub time_ns: u64,
+    /// On loopback, the *sender's* context (same softirq pass), not the receiver.
+    pub current: Task,
+    /// The process that connected or accepted the receiving socket.
+    pub owner: Option<Task>,
+    pub sk: u64,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub sock_cookie: Option<u64>,
+}
+
+/// signal:signal_generate for a signal whose default action terminates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignalGenerated {
+    pub time_ns: u64,
+    pub sender: Task,
+    pub sig: i32,
+    /// si_code: 0 SI_USER (kill), 0x80 SI_KERNEL, -6 SI_TKILL, >0 a fault (SEGV_MAPERR...).
+    pub code: i32,
+    /// Target thread id (the process id for process-directed signals).
+    pub target_pid: u32,
+    pub target_comm: String,
+    /// 0 delivered, 1 ignored, 2 already pending, 3 ... (TRACE_SIGNAL_*).
+    pub result: Option<i32>,
+}
+
+/// sched:sched_process_exit, read in the exiting task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessExit {
+    pub time_ns: u64,
+    pub task: Task,
+    /// current->exit_code: a wait(2) status (signal in the low 7 bits, else code << 8).
+    pub exit_code: i32,
+    pub memcg_id: u64,
+}
+
+impl ProcessExit {
+    pub fn death(&self) -> Death {
+        let sig = self.exit_code & 0x7f;
+        if sig != 0 {
+            Death::Signal(sig)
+        } else {
+            Death::Exited((self.exit_code >> 8) & 0xff)
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Death {
+    Signal(i32),
+    Exited(i32),
+}
+
+/// sched:sched_process_fork.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessFork {
+    pub time_ns: u64,
+    pub parent_pid: u32,
+    pub child_pid: u32,
+    /// Process of the forking task (a thread's parent_pid is a thread id).
+    pub parent_tgid: u32,
+}
+
+/// oom:mark_victim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OomVictim {
+    pub time_ns: u64,
+    pub victim_pid: u32,
+    pub victim_comm: String,
+    /// The allocating task that ran the OOM killer.
+    pub killer: Task,
+    pub memcg_id: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelEvent {
+    ResetSent(ResetSent),
+    ResetReceived(ResetReceived),
+    Signal(SignalGenerated),
+    Exit(ProcessExit),
+    Fork(ProcessFork),
+    OomVictim(OomVictim),
+}
+
+impl KernelEvent {
+    pub fn time_ns(&self) -> u64 {
+        match self {
+            KernelEvent::ResetSent(e) => e.time_ns,
+            KernelEvent::ResetReceived(e) => e.time_ns,
+            KernelEvent::Signal(e) => e.time_ns,
+            KernelEvent::Exit(e) => e.time_ns,
+            KernelEvent::Fork(e) => e.time_ns,
+            KernelEvent::OomVictim(e) => e.time_ns,
+        }
+    }
+}
+
+/// Why a reset happened. One place names the causes; `report` gives each its hint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cause {
+    OomKill,
+    Signal,
+    Crash,
+    Exit,
+    Abort,
+    NoSocket,
+    Kernel,
+    Network,
+    Unknown,
+}
+
+impl Cause {
+    pub const ALL: [Cause; 9] = [
+        Cause::OomKill,
+        Cause::Signal,
+        Cause::Crash,
+        Cause::Exit,
+        Cause::Abort,
+        Cause::NoSocket,
+        Cause::Kernel,
+        Cause::Network,
+        Cause::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::OomKill => "oom_kill",
+            Cause::Signal => "signal",
+            Cause::Crash => "crash",
+            Cause::Exit => "exit",
+            Cause::Abort => "abort",
+            Cause::NoSocket => "no_socket",
+            Cause::Kernel => "kernel",
+            Cause::Network => "network",
+            Cause::Unknown => "unknown",
+        }
+    }
+}
+
+/// The signal that killed the peer, with who sent it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignalEvidence {
+    pub number: i32,
+    pub code: i32,
+    /// None when rsttrace did not see the signal being sent (before it started).
+    pub sender: Option<Task>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OomEvidence {
+    pub victim: Task,
+    pub killer: Task,
+    pub memcg_id: u64,
+}
+
+/// One verdict per reset received by a local socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attribution {
+    pub time_ns: u64,
+    pub cause: Cause,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub receiver: Option<Task>,
+    pub peer: Option<Task>,
+    pub signal: Option<SignalEvidence>,
+    pub exit_code: Option<i32>,
+    pub oom: Option<OomEvidence>,
+    /// sk_rst_reason value of the matching send, when the kernel has reasons.
+    pub kernel_reason: Option<u32>,
+    /// The peer was in do_exit() when its socket sent the reset.
+    pub peer_exiting: bool,
+}

@@ -1,0 +1,401 @@
+//! Rendering: the JSON lines contract (schema_version 1, documented in README.md) and the
+//! human text form. One place names causes' hints and signal names.
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::{
+    attribute::SI_KERNEL,
+    model::{Attribution, Cause, Task},
+    timefmt::rfc3339_utc,
+};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Facts the renderer needs that the pure engine does not have (names, paths).
+pub trait Resolve {
+    fn reason_name(&self, reason: u32) -> Option<String>;
+    /// Memory cgroup id -> (path, scope "cgroup" | "global", limit in bytes).
+    fn memcg(&self, memcg_id: u64) -> Option<MemcgInfo>;
+    fn wall_time_ns(&self, ktime_ns: u64) -> i128;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemcgInfo {
+    pub path: String,
+    /// The cgroup whose limit was hit, when it is one (else a global OOM).
+    pub limited_by: Option<String>,
+    pub limit_bytes: Option<u64>,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct ProcessJson {
+    pub pid: u32,
+    pub comm: String,
+}
+
+impl From<&Task> for ProcessJson {
+    fn from(t: &Task) -> Self {
+        Self {
+            pid: t.pid,
+            comm: t.comm.clone(),
+        }
+    }
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct SignalJson {
+    pub number: i32,
+    pub name: &'static str,
+    pub code: i32,
+    pub code_name: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender: Option<ProcessJson>,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct OomJson {
+    pub scope: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_bytes: Option<u64>,
+    pub victim: ProcessJson,
+    pub killer: ProcessJson,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct ResetJson {
+    pub schema_version: u32,
+    pub event: &'static str,
+    pub time: String,
+    pub cause: &'static str,
+    pub transport: &'static str,
+    pub local: String,
+    pub remote: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receiver: Option<ProcessJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<ProcessJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<SignalJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom: Option<OomJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_reason: Option<String>,
+    pub peer_exiting: bool,
+    pub hint: String,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct LostJson {
+    pub schema_version: u32,
+    pub event: &'static str,
+    pub time: String,
+    /// Kernel samples dropped since the previous `lost` event (ring buffer full).
+    pub count: u64,
+    /// Dropped since start.
+    pub total: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decode_errors: Option<u64>,
+}
+
+pub fn reset_json(a: &Attribution, r: &dyn Resolve) -> ResetJson {
+    let oom = a.oom.as_ref().map(|o| {
+        let info = r.memcg(o.memcg_id);
+        let (scope, cgroup, limit) = match &info {
+            Some(MemcgInfo {
+                limited_by: Some(by),
+                limit_bytes,
+                ..
+            }) => ("cgroup", Some(by.clone()), *limit_bytes),
+            Some(MemcgInfo { path, .. }) => ("global", Some(path.clone()), None),
+            None => ("global", None, None),
+        };
+        OomJson {
+            scope,
+            cgroup,
+            limit_bytes: limit,
+            victim: (&o.victim).into(),
+            killer: (&o.killer).into(),
+        }
+    });
+    let kernel_reason = a.kernel_reason.and_then(|v| r.reason_name(v));
+    let hint = hint(a, oom.as_ref(), kernel_reason.as_deref());
+    ResetJson {
+        schema_version: SCHEMA_VERSION,
+        event: "reset",
+        time: rfc3339_utc(r.wall_time_ns(a.time_ns)),
+        cause: a.cause.as_str(),
+        transport: "tcp",
+        local: a.local.to_string(),
+        remote: a.remote.to_string(),
+        receiver: a.receiver.as_ref().map(Into::into),
+        peer: a.peer.as_ref().map(Into::into),
+        signal: a.signal.as_ref().map(|s| SignalJson {
+            number: s.number,
+            name: signal_name(s.number),
+            code: s.code,
+            code_name: signal_code_name(s.number, s.code),
+            sender: s.sender.as_ref().map(Into::into),
+        }),
+        exit_code: a.exit_code,
+        oom,
+        kernel_reason,
+        peer_exiting: a.peer_exiting,
+        hint,
+    }
+}
+
+fn hint(a: &Attribution, oom: Option<&OomJson>, reason: Option<&str>) -> String {
+    match a.cause {
+        Cause::OomKill => match oom {
+            Some(OomJson {
+                scope: "cgroup",
+                cgroup: Some(cg),
+                ..
+            }) => format!(
+                "The upstream worker was OOM-killed by the limit of memory cgroup {cg}: raise that limit or cut the worker's memory use (PHP memory_limit, fewer/lighter workers)."
+            ),
+            _ => "The upstream worker was OOM-killed by the global OOM killer: the host ran out of memory; see dmesg and reduce memory use or add memory.".into(),
+        },
+        Cause::Signal => {
+            let who = a
+                .signal
+                .as_ref()
+                .and_then(|s| s.sender.as_ref())
+                .map(|s| format!("{} (pid {})", s.comm, s.pid));
+            match who {
+                Some(who) => format!(
+                    "The upstream worker was killed mid-request by {who}: if that is the process manager, a timeout fired (php-fpm request_terminate_timeout, gunicorn --timeout); otherwise check what runs it (deploys, admins, watchdogs)."
+                ),
+                None => "The upstream worker was killed by a signal rsttrace did not see being sent (it was sent before rsttrace started).".into(),
+            }
+        }
+        Cause::Crash => "The upstream worker crashed (a fault signal raised by the kernel, or abort()): look for a core dump and the upstream's error log at this time.".into(),
+        Cause::Exit => "The upstream worker exited with the request unread: worker recycling (pm.max_requests, gunicorn --max-requests) racing nginx keepalive, or an exit in the application.".into(),
+        Cause::Abort => "A live upstream closed the connection with unread data or SO_LINGER 0: check its own limits (request body size, timeouts) and its error log.".into(),
+        Cause::NoSocket => "Nothing was listening at the remote address: the upstream is down or restarting, or nginx points at the wrong port.".into(),
+        Cause::Kernel => format!(
+            "The kernel reset the connection itself ({}): look at socket memory (tcp_mem), keepalive and timestamp settings.",
+            reason.unwrap_or("no reason given by this kernel")
+        ),
+        Cause::Network => "The reset came from another host or a device in the path (firewall, load balancer, conntrack): capture on the wire to see which.".into(),
+        Cause::Unknown => "A local reset whose sender rsttrace did not see; check for `lost` events and run `rsttrace --check`.".into(),
+    }
+}
+
+pub fn render_text(j: &ResetJson) -> String {
+    let mut line = format!("{} {:<9} {} <- {}", j.time, j.cause, j.local, j.remote);
+    if let Some(r) = &j.receiver {
+        let _ = write!(line, " receiver={}[{}]", r.comm, r.pid);
+    }
+    if let Some(p) = &j.peer {
+        let _ = write!(line, " peer={}[{}]", p.comm, p.pid);
+    }
+    if let Some(s) = &j.signal {
+        let _ = write!(line, " {}", s.name);
+        if let Some(from) = &s.sender {
+            let _ = write!(line, " from {}[{}]", from.comm, from.pid);
+        }
+    }
+    if let Some(c) = j.exit_code {
+        let _ = write!(line, " exit_code={c}");
+    }
+    if let Some(o) = &j.oom {
+        let _ = write!(line, " oom={}", o.scope);
+        if let Some(cg) = &o.cgroup {
+            let _ = write!(line, ":{cg}");
+        }
+    }
+    if let Some(r) = &j.kernel_reason {
+        let _ = write!(line, " reason={r}");
+    }
+    let _ = write!(line, "\n    {}", j.hint);
+    line
+}
+
+pub fn signal_name(sig: i32) -> &'static str {
+    const NAMES: [&str; 32] = [
+        "SIG0",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    usize::try_from(sig)
+        .ok()
+        .and_then(|i| NAMES.get(i))
+        .copied()
+        .unwrap_or("SIGRT")
+}
+
+/// si_code names (include/uapi/asm-generic/siginfo.h).
+pub fn signal_code_name(sig: i32, code: i32) -> &'static str {
+    match code {
+        0 => "SI_USER",
+        SI_KERNEL => "SI_KERNEL",
+        -1 => "SI_QUEUE",
+        -2 => "SI_TIMER",
+        -3 => "SI_MESGQ",
+        -4 => "SI_ASYNCIO",
+        -5 => "SI_SIGIO",
+        -6 => "SI_TKILL",
+        1 if sig == 11 => "SEGV_MAPERR",
+        2 if sig == 11 => "SEGV_ACCERR",
+        1 if sig == 7 => "BUS_ADRALN",
+        2 if sig == 7 => "BUS_ADRERR",
+        1 if sig == 8 => "FPE_INTDIV",
+        c if c > 0 => "fault",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::model::{OomEvidence, SignalEvidence};
+
+    struct Fixed;
+    impl Resolve for Fixed {
+        fn reason_name(&self, reason: u32) -> Option<String> {
+            (reason == 11).then(|| "TCP_ABORT_ON_CLOSE".to_string())
+        }
+        fn memcg(&self, id: u64) -> Option<MemcgInfo> {
+            (id == 7).then(|| MemcgInfo {
+                path: "/pool".into(),
+                limited_by: Some("/pool".into()),
+                limit_bytes: Some(64 << 20),
+            })
+        }
+        fn wall_time_ns(&self, ktime_ns: u64) -> i128 {
+            1_700_000_000_000_000_000 + ktime_ns as i128
+        }
+    }
+
+    fn task(pid: u32, comm: &str) -> Task {
+        Task {
+            pid,
+            tid: pid,
+            comm: comm.into(),
+        }
+    }
+
+    fn attribution(cause: Cause) -> Attribution {
+        let local: SocketAddr = "127.0.0.1:43210".parse().expect("addr");
+        let remote: SocketAddr = "127.0.0.1:9000".parse().expect("addr");
+        Attribution {
+            time_ns: 5,
+            cause,
+            local,
+            remote,
+            receiver: Some(task(10, "nginx")),
+            peer: Some(task(20, "php-fpm8.2")),
+            signal: None,
+            exit_code: None,
+            oom: None,
+            kernel_reason: Some(11),
+            peer_exiting: true,
+        }
+    }
+
+    #[test]
+    fn json_has_the_documented_field_names() {
+        let mut a = attribution(Cause::Signal);
+        a.signal = Some(SignalEvidence {
+            number: 9,
+            code: 0,
+            sender: Some(task(30, "kill")),
+        });
+        let v = serde_json::to_value(reset_json(&a, &Fixed)).expect("json");
+        assert_eq!(v["schema_version"], 1);
+        assert_eq!(v["event"], "reset");
+        assert_eq!(v["time"], "2023-11-14T22:13:20.000000005Z");
+        assert_eq!(v["cause"], "signal");
+        assert_eq!(v["transport"], "tcp");
+        assert_eq!(v["local"], "127.0.0.1:43210");
+        assert_eq!(v["remote"], "127.0.0.1:9000");
+        assert_eq!(v["receiver"]["comm"], "nginx");
+        assert_eq!(v["peer"]["pid"], 20);
+        assert_eq!(v["signal"]["name"], "SIGKILL");
+        assert_eq!(v["signal"]["code_name"], "SI_USER");
+        assert_eq!(v["signal"]["sender"]["pid"], 30);
+        assert_eq!(v["kernel_reason"], "TCP_ABORT_ON_CLOSE");
+        assert!(v.get("exit_code").is_none());
+        assert!(v.get("oom").is_none());
+        assert!(v["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("kill (pid 30)")));
+    }
+
+    #[test]
+    fn oom_scope_comes_from_the_memcg() {
+        let mut a = attribution(Cause::OomKill);
+        a.oom = Some(OomEvidence {
+            victim: task(20, "php-fpm8.2"),
+            killer: task(20, "php-fpm8.2"),
+            memcg_id: 7,
+        });
+        let v = serde_json::to_value(reset_json(&a, &Fixed)).expect("json");
+        assert_eq!(v["oom"]["scope"], "cgroup");
+        assert_eq!(v["oom"]["cgroup"], "/pool");
+        assert_eq!(v["oom"]["limit_bytes"], 64 << 20);
+        a.oom = a.oom.map(|o| OomEvidence { memcg_id: 1, ..o });
+        let v = serde_json::to_value(reset_json(&a, &Fixed)).expect("json");
+        assert_eq!(v["oom"]["scope"], "global");
+    }
+
+    #[test]
+    fn every_cause_has_a_one_sentence_hint() {
+        for cause in Cause::ALL {
+            let j = reset_json(&attribution(cause), &Fixed);
+            assert!(
+                !j.hint.is_empty() && j.hint.ends_with('.'),
+                "{cause:?}: {}",
+                j.hint
+            );
+            assert!(render_text(&j).contains(cause.as_str()));
+        }
+    }
+
+    #[test]
+    fn signal_names() {
+        assert_eq!(signal_name(9), "SIGKILL");
+        assert_eq!(signal_name(15), "SIGTERM");
+        assert_eq!(signal_name(40), "SIGRT");
+        assert_eq!(signal_name(-1), "SIGRT");
+        assert_eq!(signal_code_name(11, 1), "SEGV_MAPERR");
+        assert_eq!(signal_code_name(9, 0x80), "SI_KERNEL");
+    }
+}

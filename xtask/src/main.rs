@@ -1,0 +1,192 @@
+//! Developer and user entry point: `cargo xtask setup|build|run|test|demo`.
+//!
+//! Everything a fresh machine lacks is installed by `setup`, idempotently; `test` and
+//! `demo` call it first, so a newcomer runs one command.
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "rsttrace developer tasks", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what this machine lacks: Debian packages, bpf-linker, the eBPF toolchain
+    /// link, the servers the tests use. Idempotent; says what it did.
+    Setup,
+    /// Build rsttrace (kernel programs included).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build and run rsttrace as root with the given arguments: cargo xtask run -- --pid-of php-fpm
+    Run {
+        #[arg(long)]
+        release: bool,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, formatting and lint checks, unit tests, then the root integration tests
+    /// against real nginx, php-fpm and gunicorn.
+    Test {
+        /// Only run integration tests whose name contains this filter.
+        filter: Option<String>,
+    },
+    /// Start nginx + php-fpm + gunicorn on loopback, break them one way after another and
+    /// show rsttrace's explanation next to nginx's error.log line.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.task {
+        Task::Setup => setup::setup(),
+        Task::Build { release } => build(release).map(|_| ()),
+        Task::Run { release, args } => {
+            let bin = build(release)?;
+            let status = as_root(&bin, &args)
+                .status()
+                .with_context(|| format!("running {}", bin.display()))?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Task::Test { filter } => test(filter.as_deref()),
+        Task::Demo => demo(),
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+pub fn run_checked(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: $ {}", display(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {}", display(cmd)))?;
+    if !status.success() {
+        bail!("{} failed ({status})", display(cmd));
+    }
+    Ok(())
+}
+
+pub fn display(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn build(release: bool) -> Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "rsttrace", "--bin", "rsttrace"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run_checked(&mut cmd)?;
+    let profile = if release { "release" } else { "debug" };
+    Ok(workspace_root()
+        .join("target")
+        .join(profile)
+        .join("rsttrace"))
+}
+
+fn as_root(bin: &Path, args: &[String]) -> Command {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } == 0 {
+        let mut cmd = Command::new(bin);
+        cmd.args(args);
+        cmd
+    } else {
+        let mut cmd = Command::new("sudo");
+        cmd.arg(bin).args(args);
+        cmd
+    }
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn test(filter: Option<&str>) -> Result<()> {
+    setup::setup()?;
+    run_checked(cargo().args(["fmt", "--all", "--check"]))?;
+    run_checked(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // Unit tests (attribution engine on recorded sequences, decoders, CLI): no root needed.
+    run_checked(cargo().args(["test", "--workspace", "--exclude", "rsttrace-tests"]))?;
+    // Root integration tests: real nginx, php-fpm and gunicorn, broken for real.
+    let bin = build(false)?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        bail!("the integration tests attach eBPF programs and start servers: run `cargo xtask test` as root");
+    }
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--package",
+        "rsttrace-tests",
+        "--test",
+        "scenarios",
+        "--",
+    ])
+    .args(filter)
+    .args(["--test-threads=1", "--nocapture"])
+    .env("RSTTRACE_BIN", &bin);
+    run_checked(&mut cmd)
+}
+
+fn demo() -> Result<()> {
+    setup::setup()?;
+    let bin = build(false)?;
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--quiet",
+        "--package",
+        "rsttrace-tests",
+        "--bin",
+        "rsttrace-demo",
+    ])
+    .env("RSTTRACE_BIN", &bin);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        bail!("the demo attaches eBPF programs and starts servers: run `cargo xtask demo` as root");
+    }
+    run_checked(&mut cmd)
+}
