@@ -117,7 +117,7 @@ impl Attributor {
     pub fn observe(&mut self, event: KernelEvent, out: &mut Vec<Attribution>) {
         self.events_seen += 1;
         let now = event.time_ns();
-        if self.events_seen % PRUNE_EVERY == 0 {
+        if self.events_seen.is_multiple_of(PRUNE_EVERY) {
             self.prune(now);
         }
         if !self.receives.is_empty() {

@@ -1,1 +1,386 @@
+//! The engine on event sequences in the order the kernel produces them (observed on 6.18
+//! with real nginx, php-fpm and gunicorn; see ../shared/KERNEL-NOTES.md). Active resets
+//! (close, exit) trace the receive *before* the send on loopback; passive ones (no socket)
+//! trace the send first.
+use std::collections::{HashMap, HashSet};
 
+use super::*;
+use crate::model::{OomVictim, ProcessExit, ResetReceived, ResetSent, SignalGenerated, Task};
+
+const NGINX: u32 = 1000;
+const WORKER: u32 = 2000;
+const MASTER: u32 = 1999;
+const KILLER: u32 = 3000;
+const NGINX_END: &str = "127.0.0.1:43210";
+const UPSTREAM_END: &str = "127.0.0.1:9000";
+
+fn reasons() -> HashMap<u32, String> {
+    [
+        (0, "SK_RST_REASON_NOT_SPECIFIED"),
+        (1, "SK_RST_REASON_NO_SOCKET"),
+        (3, "SK_RST_REASON_TCP_RFC7323_PAWS"),
+        (11, "SK_RST_REASON_TCP_ABORT_ON_CLOSE"),
+        (12, "SK_RST_REASON_TCP_ABORT_ON_LINGER"),
+        (13, "SK_RST_REASON_TCP_ABORT_ON_MEMORY"),
+        (15, "SK_RST_REASON_TCP_KEEPALIVE_TIMEOUT"),
+    ]
+    .into_iter()
+    .map(|(v, n)| (v, n.to_string()))
+    .collect()
+}
+
+const ABORT_ON_CLOSE: u32 = 11;
+
+fn task(pid: u32, comm: &str) -> Task {
+    Task {
+        pid,
+        tid: pid,
+        comm: comm.into(),
+    }
+}
+
+fn nginx() -> Task {
+    task(NGINX, "nginx")
+}
+
+fn worker() -> Task {
+    task(WORKER, "php-fpm8.2")
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("socket address")
+}
+
+fn received(t: u64) -> KernelEvent {
+    KernelEvent::ResetReceived(ResetReceived {
+        time_ns: t,
+        // on loopback the receive runs in the sender's context
+        current: worker(),
+        owner: Some(nginx()),
+        sk: 0xa,
+        local: addr(NGINX_END),
+        remote: addr(UPSTREAM_END),
+        sock_cookie: Some(7),
+    })
+}
+
+fn sent(t: u64, current: Task, exiting: bool, reason: Option<u32>) -> KernelEvent {
+    KernelEvent::ResetSent(ResetSent {
+        time_ns: t,
+        current,
+        current_exiting: exiting,
+        owner: None,
+        sk: 0xb,
+        reason,
+        state: Some(7),
+        src: addr(UPSTREAM_END),
+        dst: addr(NGINX_END),
+    })
+}
+
+fn signal(t: u64, sender: Task, sig: i32, code: i32, target: u32) -> KernelEvent {
+    KernelEvent::Signal(SignalGenerated {
+        time_ns: t,
+        sender,
+        sig,
+        code,
+        target_pid: target,
+        target_comm: "php-fpm8.2".into(),
+        result: Some(0),
+    })
+}
+
+fn exit(t: u64, exit_code: i32) -> KernelEvent {
+    KernelEvent::Exit(ProcessExit {
+        time_ns: t,
+        task: worker(),
+        exit_code,
+        memcg_id: 77,
+    })
+}
+
+fn run(events: Vec<KernelEvent>) -> Vec<Attribution> {
+    let mut engine = Attributor::new(&reasons(), HashSet::new());
+    let mut out = Vec::new();
+    for e in events {
+        engine.observe(e, &mut out);
+    }
+    engine.expire(u64::MAX, &mut out);
+    out
+}
+
+fn only(events: Vec<KernelEvent>) -> Attribution {
+    let mut out = run(events);
+    assert_eq!(out.len(), 1, "expected one verdict, got {out:#?}");
+    out.remove(0)
+}
+
+#[test]
+fn kill_9_of_a_worker_names_the_killer() {
+    let a = only(vec![
+        signal(100, task(KILLER, "kill"), 9, 0, WORKER),
+        exit(200, 9),
+        received(300),
+        sent(301, worker(), true, Some(ABORT_ON_CLOSE)),
+    ]);
+    assert_eq!(a.cause, Cause::Signal);
+    assert_eq!(a.receiver, Some(nginx()));
+    assert_eq!(a.peer, Some(worker()));
+    assert!(a.peer_exiting);
+    let s = a.signal.expect("signal evidence");
+    assert_eq!((s.number, s.code), (9, 0));
+    assert_eq!(s.sender.map(|t| t.pid), Some(KILLER));
+    assert_eq!(a.kernel_reason, Some(ABORT_ON_CLOSE));
+}
+
+#[test]
+fn request_terminate_timeout_blames_the_master_not_the_reraise() {
+    // php-fpm: the master sends SIGTERM, the worker's handler re-raises SIGTERM itself.
+    let a = only(vec![
+        signal(100, task(MASTER, "php-fpm8.2"), 15, 0, WORKER),
+        signal(150, worker(), 15, -6, WORKER),
+        exit(200, 15),
+        received(300),
+        sent(301, worker(), true, Some(ABORT_ON_CLOSE)),
+    ]);
+    assert_eq!(a.cause, Cause::Signal);
+    assert_eq!(a.signal.and_then(|s| s.sender).map(|t| t.pid), Some(MASTER));
+}
+
+#[test]
+fn oom_kill_wins_over_the_sigkill_it_sends() {
+    let a = only(vec![
+        signal(100, worker(), 9, SI_KERNEL, WORKER),
+        KernelEvent::OomVictim(OomVictim {
+            time_ns: 110,
+            victim_pid: WORKER,
+            victim_comm: "php-fpm8.2".into(),
+            killer: worker(),
+            memcg_id: 77,
+        }),
+        exit(200, 9),
+        received(300),
+        sent(301, worker(), true, Some(ABORT_ON_CLOSE)),
+    ]);
+    assert_eq!(a.cause, Cause::OomKill);
+    let oom = a.oom.expect("oom evidence");
+    assert_eq!(oom.victim.pid, WORKER);
+    assert_eq!(oom.memcg_id, 77);
+    assert_eq!(a.signal.map(|s| s.code), Some(SI_KERNEL));
+}
+
+#[test]
+fn segfault_raised_by_the_kernel_is_a_crash() {
+    let a = only(vec![
+        signal(100, worker(), 11, 1, WORKER),
+        exit(200, 11 | 0x80),
+        received(300),
+        sent(301, worker(), true, Some(ABORT_ON_CLOSE)),
+    ]);
+    assert_eq!(a.cause, Cause::Crash);
+    assert_eq!(a.signal.map(|s| (s.number, s.code)), Some((11, 1)));
+}
+
+#[test]
+fn sigsegv_sent_by_another_process_is_a_signal() {
+    let a = only(vec![
+        signal(100, task(KILLER, "kill"), 11, 0, WORKER),
+        exit(200, 11),
+        received(300),
+        sent(301, worker(), true, Some(ABORT_ON_CLOSE)),
+    ]);
+    assert_eq!(a.cause, Cause::Signal);
+}
+
+#[test]
+fn abort_is_a_crash() {
+    let a = only(vec![
+        signal(100, worker(), 6, -6, WORKER),
+        exit(200, 6),
+        received(300),
+        sent(301, worker(), true, Some(ABORT_ON_CLOSE)),
+    ]);
+    assert_eq!(a.cause, Cause::Crash);
+}
+
+#[test]
+fn exit_with_unread_data_reports_the_code() {
+    let a = only(vec![
+        exit(200, 3 << 8),
+        received(300),
+        sent(301, worker(), true, Some(ABORT_ON_CLOSE)),
+    ]);
+    assert_eq!(a.cause, Cause::Exit);
+    assert_eq!(a.exit_code, Some(3));
+    assert!(a.signal.is_none());
+}
+
+#[test]
+fn live_close_with_unread_data_is_an_abort() {
+    let a = only(vec![
+        received(300),
+        sent(301, worker(), false, Some(ABORT_ON_CLOSE)),
+    ]);
+    assert_eq!(a.cause, Cause::Abort);
+    assert_eq!(a.peer, Some(worker()));
+    assert!(!a.peer_exiting);
+}
+
+#[test]
+fn closed_port_is_no_socket_send_first() {
+    // tcp_v4_send_reset traces before transmitting: send, then receive.
+    let a = only(vec![
+        KernelEvent::ResetSent(ResetSent {
+            time_ns: 100,
+            current: nginx(),
+            current_exiting: false,
+            owner: None,
+            sk: 0,
+            reason: Some(1),
+            state: None,
+            src: addr(UPSTREAM_END),
+            dst: addr(NGINX_END),
+        }),
+        received(101),
+    ]);
+    assert_eq!(a.cause, Cause::NoSocket);
+    assert_eq!(a.receiver, Some(nginx()));
+    assert!(a.peer.is_none());
+}
+
+#[test]
+fn keepalive_timeout_is_the_kernel() {
+    let a = only(vec![
+        received(300),
+        // timer context: whatever task was on the CPU
+        sent(301, task(4444, "swapper/1"), false, Some(15)),
+    ]);
+    assert_eq!(a.cause, Cause::Kernel);
+    assert!(a.peer.is_none());
+}
+
+#[test]
+fn reset_from_a_remote_host_is_the_network() {
+    let a = only(vec![KernelEvent::ResetReceived(ResetReceived {
+        time_ns: 1,
+        current: task(0, "swapper/0"),
+        owner: Some(nginx()),
+        sk: 0xa,
+        local: addr("10.0.0.1:43210"),
+        remote: addr("192.0.2.7:443"),
+        sock_cookie: None,
+    })]);
+    assert_eq!(a.cause, Cause::Network);
+}
+
+#[test]
+fn local_reset_without_a_send_is_unknown_after_the_wait() {
+    let mut engine = Attributor::new(&reasons(), HashSet::new());
+    let mut out = Vec::new();
+    engine.observe(received(1_000), &mut out);
+    assert!(out.is_empty(), "must wait for the send");
+    engine.expire(1_000 + RECEIVE_WAIT / 2, &mut out);
+    assert!(out.is_empty());
+    engine.expire(1_000 + RECEIVE_WAIT + 1, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].cause, Cause::Unknown);
+}
+
+#[test]
+fn v4_mapped_endpoints_match_their_ipv4_form() {
+    let a = only(vec![
+        KernelEvent::ResetReceived(ResetReceived {
+            time_ns: 300,
+            current: worker(),
+            owner: Some(nginx()),
+            sk: 0xa,
+            local: addr("[::ffff:127.0.0.1]:43210"),
+            remote: addr("[::ffff:127.0.0.1]:9000"),
+            sock_cookie: None,
+        }),
+        sent(301, worker(), false, Some(ABORT_ON_CLOSE)),
+    ]);
+    assert_eq!(a.cause, Cause::Abort);
+}
+
+#[test]
+fn kernels_without_reasons_infer_from_the_task() {
+    // Before ~6.10 tcp_send_reset has no reason field.
+    let mut engine = Attributor::new(&HashMap::new(), HashSet::new());
+    let mut out = Vec::new();
+    for e in [
+        signal(100, task(KILLER, "kill"), 9, 0, WORKER),
+        exit(200, 9),
+        received(300),
+        sent(301, worker(), true, None),
+        // a live abort on another connection
+        KernelEvent::ResetReceived(ResetReceived {
+            time_ns: 400,
+            current: task(5000, "gunicorn"),
+            owner: Some(nginx()),
+            sk: 0xc,
+            local: addr("127.0.0.1:43211"),
+            remote: addr("127.0.0.1:8000"),
+            sock_cookie: None,
+        }),
+        KernelEvent::ResetSent(ResetSent {
+            time_ns: 401,
+            current: task(5000, "gunicorn"),
+            current_exiting: false,
+            owner: Some(task(5000, "gunicorn")),
+            sk: 0xd,
+            reason: None,
+            state: Some(7),
+            src: addr("127.0.0.1:8000"),
+            dst: addr("127.0.0.1:43211"),
+        }),
+    ] {
+        engine.observe(e, &mut out);
+    }
+    let causes: Vec<Cause> = out.iter().map(|a| a.cause).collect();
+    assert_eq!(causes, vec![Cause::Signal, Cause::Abort]);
+}
+
+#[test]
+fn a_million_resets_keep_state_bounded() {
+    let mut engine = Attributor::new(&reasons(), HashSet::new());
+    let mut out = Vec::new();
+    for i in 0..1_000_000u64 {
+        let port = (i % 60_000) as u16 + 1024;
+        let t = i * 1_000;
+        let nginx_end = SocketAddr::new(addr(NGINX_END).ip(), port);
+        engine.observe(
+            KernelEvent::ResetReceived(ResetReceived {
+                time_ns: t,
+                current: worker(),
+                owner: Some(nginx()),
+                sk: i,
+                local: nginx_end,
+                remote: addr(UPSTREAM_END),
+                sock_cookie: None,
+            }),
+            &mut out,
+        );
+        engine.observe(
+            KernelEvent::ResetSent(ResetSent {
+                time_ns: t + 1,
+                current: worker(),
+                current_exiting: false,
+                owner: None,
+                sk: i,
+                reason: Some(ABORT_ON_CLOSE),
+                state: Some(7),
+                src: addr(UPSTREAM_END),
+                dst: nginx_end,
+            }),
+            &mut out,
+        );
+        assert_eq!(out.len(), 1, "every reset gets exactly one verdict");
+        out.clear();
+    }
+    assert!(
+        engine.state_len() <= MAX_PENDING_SENDS,
+        "state {}",
+        engine.state_len()
+    );
+}

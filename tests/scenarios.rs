@@ -1,0 +1,524 @@
+//! Root integration tests: real nginx in front of real php-fpm and gunicorn, an upstream
+//! broken for real, the kernel's own reset checked through tracefs, then rsttrace's JSON.
+//!
+//! Run as root, one test at a time: `cargo xtask test` (sets RSTTRACE_BIN).
+
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use rsttrace_tests::fixtures::{php_script, run_kill, wait_for_php_worker, GUNICORN_APP};
+use rsttrace_tests::{
+    free_port, http_request, is_alive, require_root, spawn_http_request, wait_for_exit, wait_until,
+    Gunicorn, GunicornOptions, KernelResetTrace, Location, MemCgroup, Nginx, PhpFpm, PhpFpmOptions,
+    Pm, Rsttrace, TraceEvent,
+};
+use serde_json::Value;
+
+/// How long a request that the test breaks may hang at most.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the kernel and rsttrace get to report a reset that already happened.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request body far larger than what an upstream reads before its app runs (gunicorn reads
+/// the headers and at most a few KiB), so the upstream's receive queue holds unread data.
+const BIG_BODY: usize = 1 << 20;
+
+const CAUSES: [&str; 9] = [
+    "oom_kill",
+    "signal",
+    "crash",
+    "exit",
+    "abort",
+    "no_socket",
+    "kernel",
+    "network",
+    "unknown",
+];
+
+fn response(request: JoinHandle<Result<(u16, String)>>) -> (u16, String) {
+    request
+        .join()
+        .expect("the request thread panicked")
+        .expect("the request to nginx failed")
+}
+
+/// Ground truth: the kernel delivered a RST to a socket connected to 127.0.0.1:`upstream_port`
+/// (nginx's upstream connection). Returns the tcp_receive_reset record.
+fn kernel_reset_to_nginx(trace: &KernelResetTrace, upstream_port: u16) -> TraceEvent {
+    let reset = trace
+        .wait_receive_reset(upstream_port, REPORT_TIMEOUT)
+        .unwrap_or_else(|| {
+            panic!(
+                "the kernel delivered no RST to a socket connected to 127.0.0.1:{upstream_port}; \
+                 the scenario is broken, not rsttrace. Trace:\n{}",
+                trace.raw()
+            )
+        });
+    eprintln!("kernel: {}", reset.line.trim());
+    if let Some(send) = trace.send_reset_for(reset.port("sport").unwrap_or_default(), upstream_port)
+    {
+        eprintln!("kernel: {}", send.line.trim());
+    }
+    reset
+}
+
+/// Ground truth from php-fpm's master: how the worker ended.
+fn assert_fpm_child_exit(fpm: &PhpFpm, worker: u32, how: &str) {
+    let needle = format!("child {worker} exited on {how}");
+    assert!(
+        fpm.wait_log(&needle, REPORT_TIMEOUT),
+        "php-fpm's log lacks {needle:?}:\n{}",
+        fpm.log()
+    );
+}
+
+fn assert_error_log(nginx: &Nginx, needle: &str) {
+    assert!(
+        nginx.wait_error_log(needle, REPORT_TIMEOUT),
+        "nginx's error.log lacks {needle:?}:\n{}",
+        nginx.error_log_contents()
+    );
+}
+
+fn pid_of(v: &Value) -> Option<u32> {
+    v["pid"].as_u64().and_then(|p| u32::try_from(p).ok())
+}
+
+/// Finds rsttrace's reset event for the connection the kernel reset and checks the parts of
+/// the contract every event shares.
+fn rsttrace_reset(
+    tool: &Rsttrace,
+    trace: &KernelResetTrace,
+    kernel: &TraceEvent,
+    nginx: &Nginx,
+) -> Value {
+    let local = kernel.port("sport").expect("receive_reset has sport");
+    let remote = kernel.port("dport").expect("receive_reset has dport");
+    let event = tool
+        .wait_for_reset(local, remote, REPORT_TIMEOUT)
+        .unwrap_or_else(|| {
+            panic!(
+                "rsttrace reported no reset for 127.0.0.1:{local} -> 127.0.0.1:{remote} \
+                 within {REPORT_TIMEOUT:?}"
+            )
+        });
+    eprintln!("rsttrace: {event}");
+
+    assert_eq!(event["schema_version"], 1, "{event}");
+    assert_eq!(event["transport"], "tcp", "{event}");
+    let time = event["time"].as_str().unwrap_or_default();
+    let unix = rfc3339_utc_seconds(time)
+        .unwrap_or_else(|| panic!("time is not RFC 3339 UTC (…Z): {event}"));
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs();
+    assert!(
+        unix.abs_diff(now) < 300,
+        "time is {}s away from now (boot-relative clock?): {event}",
+        i128::from(unix) - i128::from(now)
+    );
+    let cause = event["cause"].as_str().unwrap_or_default();
+    assert!(CAUSES.contains(&cause), "unknown cause: {event}");
+    assert_eq!(event["receiver"]["comm"], "nginx", "{event}");
+    let receiver = pid_of(&event["receiver"]).expect("receiver.pid");
+    assert!(
+        nginx.worker_pids().contains(&receiver),
+        "receiver.pid {receiver} is not nginx's worker {:?}: {event}",
+        nginx.worker_pids()
+    );
+    // kernel_reason: kernels before 6.10 record none; where the kernel recorded one for this
+    // reset (tcp_send_reset's reason), rsttrace must report that same name.
+    let kernel_reason = trace
+        .send_reset_for(local, remote)
+        .and_then(|send| send.field("reason").map(str::to_string));
+    if let Some(reason) = kernel_reason {
+        assert_eq!(event["kernel_reason"], reason.as_str(), "{event}");
+    }
+    event
+}
+
+/// Seconds since the epoch of "YYYY-MM-DDTHH:MM:SS[.fraction]Z".
+fn rfc3339_utc_seconds(time: &str) -> Option<u64> {
+    let body = time.strip_suffix('Z')?;
+    let (date, clock) = body.split_once('T')?;
+    let mut date = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, d) = (date.next()??, date.next()??, date.next()??);
+    let clock = clock.split('.').next()?;
+    let mut clock = clock.split(':').map(|p| p.parse::<i64>().ok());
+    let (hh, mm, ss) = (clock.next()??, clock.next()??, clock.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Days from 1970-01-01 (Howard Hinnant's days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
+}
+
+#[test]
+fn rfc3339_parsing() {
+    assert_eq!(rfc3339_utc_seconds("1970-01-01T00:00:00Z"), Some(0));
+    assert_eq!(
+        rfc3339_utc_seconds("2026-11-22T22:40:01.123456789Z"),
+        Some(1_795_387_201)
+    );
+    assert_eq!(
+        rfc3339_utc_seconds("2024-02-29T12:00:00Z"),
+        Some(1_709_208_000)
+    );
+    assert_eq!(rfc3339_utc_seconds("2026-11-22T22:40:01"), None);
+    assert_eq!(rfc3339_utc_seconds("2026-11-22 22:40:01Z"), None);
+}
+
+/// Stops rsttrace (clean exit required) and checks the event is among everything it printed.
+fn stop_and_check(tool: &mut Rsttrace, event: &Value) {
+    let all = tool.stop().expect("rsttrace must exit 0 on SIGINT");
+    assert!(
+        all.contains(event),
+        "the event is missing from the final output"
+    );
+}
+
+#[test]
+fn php_fpm_tcp_worker_kill9() {
+    require_root();
+    let fpm = PhpFpm::start(PhpFpmOptions::default()).expect("starting php-fpm");
+    let marker = fpm.state_dir().join("started");
+    fpm.write_script("sleep.php", &php_script(&marker, "sleep(30);"))
+        .expect("writing sleep.php");
+    let nginx = Nginx::start(&[Location::php(&fpm)]).expect("starting nginx");
+    let trace = KernelResetTrace::start().expect("starting the kernel trace");
+    let mut tool = Rsttrace::start(&[]).expect("starting rsttrace");
+
+    let request = spawn_http_request(
+        nginx.port(),
+        "GET",
+        "/php/sleep.php",
+        Vec::new(),
+        REQUEST_TIMEOUT,
+    );
+    let worker = wait_for_php_worker(&marker);
+    assert!(fpm.worker_pids().contains(&worker));
+    // Why a RST: php-fpm reads the FastCGI params but not the (empty) STDIN record that nginx
+    // sent with them; the dying worker's socket closes with unread data.
+    let kill = run_kill("-9", worker);
+    let (status, _) = response(request);
+    assert_eq!(status, 502);
+    assert_fpm_child_exit(&fpm, worker, "signal 9 (SIGKILL)");
+
+    let kernel = kernel_reset_to_nginx(&trace, fpm.port());
+    assert_error_log(&nginx, "(104: Connection reset by peer)");
+
+    let event = rsttrace_reset(&tool, &trace, &kernel, &nginx);
+    assert_eq!(event["cause"], "signal", "{event}");
+    assert_eq!(pid_of(&event["peer"]), Some(worker), "{event}");
+    assert_eq!(event["signal"]["number"], 9, "{event}");
+    assert_eq!(event["signal"]["name"], "SIGKILL", "{event}");
+    assert_eq!(pid_of(&event["signal"]["sender"]), Some(kill), "{event}");
+    assert_eq!(event["signal"]["sender"]["comm"], "kill", "{event}");
+    stop_and_check(&mut tool, &event);
+}
+
+#[test]
+fn php_fpm_request_terminate_timeout() {
+    require_root();
+    let fpm = PhpFpm::start(PhpFpmOptions {
+        request_terminate_timeout: Some(2),
+        ..PhpFpmOptions::default()
+    })
+    .expect("starting php-fpm");
+    let marker = fpm.state_dir().join("started");
+    fpm.write_script("sleep.php", &php_script(&marker, "sleep(30);"))
+        .expect("writing sleep.php");
+    let nginx = Nginx::start(&[Location::php(&fpm)]).expect("starting nginx");
+    let trace = KernelResetTrace::start().expect("starting the kernel trace");
+    let mut tool = Rsttrace::start(&[]).expect("starting rsttrace");
+
+    // Why a RST: after 2 s the master SIGTERMs the worker, which dies with nginx's unread
+    // FastCGI STDIN record in its receive queue.
+    let request = spawn_http_request(
+        nginx.port(),
+        "GET",
+        "/php/sleep.php",
+        Vec::new(),
+        REQUEST_TIMEOUT,
+    );
+    let worker = wait_for_php_worker(&marker);
+    let (status, _) = response(request);
+    assert_eq!(status, 502);
+    assert_fpm_child_exit(&fpm, worker, "signal 15 (SIGTERM)");
+    assert!(
+        fpm.wait_log("execution timed out", REPORT_TIMEOUT),
+        "php-fpm did not report the timeout:\n{}",
+        fpm.log()
+    );
+
+    let kernel = kernel_reset_to_nginx(&trace, fpm.port());
+    assert_error_log(&nginx, "(104: Connection reset by peer)");
+
+    let event = rsttrace_reset(&tool, &trace, &kernel, &nginx);
+    assert_eq!(event["cause"], "signal", "{event}");
+    assert_eq!(pid_of(&event["peer"]), Some(worker), "{event}");
+    assert_eq!(event["signal"]["number"], 15, "{event}");
+    assert_eq!(
+        pid_of(&event["signal"]["sender"]),
+        Some(fpm.master_pid()),
+        "{event}"
+    );
+    stop_and_check(&mut tool, &event);
+}
+
+#[test]
+fn php_fpm_oom_in_memory_cgroup() {
+    require_root();
+    let cgroup = MemCgroup::create(64 << 20).expect("creating a 64 MiB memory cgroup");
+    let fpm = PhpFpm::start(PhpFpmOptions {
+        memory_limit: Some("-1".into()),
+        cgroup: Some(cgroup.dir().to_path_buf()),
+        ..PhpFpmOptions::default()
+    })
+    .expect("starting php-fpm in the cgroup");
+    assert!(cgroup.pids().contains(&fpm.master_pid()));
+    let marker = fpm.state_dir().join("started");
+    let allocate = "$chunks = [];\n\
+                    for ($i = 0; $i < 512; $i++) { $chunks[] = str_repeat('x', 1 << 20); }\n\
+                    echo count($chunks);";
+    fpm.write_script("hog.php", &php_script(&marker, allocate))
+        .expect("writing hog.php");
+    let nginx = Nginx::start(&[Location::php(&fpm)]).expect("starting nginx");
+    let trace = KernelResetTrace::start().expect("starting the kernel trace");
+    let mut tool = Rsttrace::start(&[]).expect("starting rsttrace");
+    let oom_kills_before = cgroup.oom_kills().unwrap_or(0);
+
+    // Why a RST: the worker outgrows the cgroup's 64 MiB, the OOM killer SIGKILLs it, and it
+    // dies with nginx's unread FastCGI STDIN record in its receive queue.
+    let request = spawn_http_request(
+        nginx.port(),
+        "GET",
+        "/php/hog.php",
+        Vec::new(),
+        REQUEST_TIMEOUT,
+    );
+    // The worker may already be OOM-killed here: that it ran in the cgroup is shown by the
+    // cgroup's oom_kill count below, and by rsttrace naming the cgroup.
+    let worker = wait_for_php_worker(&marker);
+    let (status, _) = response(request);
+    assert_eq!(status, 502);
+    assert_fpm_child_exit(&fpm, worker, "signal 9 (SIGKILL)");
+    let oom_kills = cgroup.oom_kills();
+    assert!(
+        oom_kills.is_none_or(|n| n > oom_kills_before),
+        "the cgroup's OOM kill count did not grow ({oom_kills_before} -> {oom_kills:?})"
+    );
+
+    let kernel = kernel_reset_to_nginx(&trace, fpm.port());
+    assert_error_log(&nginx, "(104: Connection reset by peer)");
+
+    let event = rsttrace_reset(&tool, &trace, &kernel, &nginx);
+    assert_eq!(event["cause"], "oom_kill", "{event}");
+    assert_eq!(pid_of(&event["peer"]), Some(worker), "{event}");
+    assert_eq!(event["oom"]["scope"], "cgroup", "{event}");
+    assert_eq!(event["oom"]["cgroup"], cgroup.path(), "{event}");
+    assert_eq!(pid_of(&event["oom"]["victim"]), Some(worker), "{event}");
+    stop_and_check(&mut tool, &event);
+}
+
+/// Starts gunicorn (one worker) and nginx in front of it; returns them and the worker's pid.
+fn gunicorn_behind_nginx() -> (Gunicorn, Nginx, u32) {
+    let gunicorn =
+        Gunicorn::start(GUNICORN_APP, GunicornOptions::default()).expect("starting gunicorn");
+    let workers = gunicorn.worker_pids();
+    assert_eq!(
+        workers.len(),
+        1,
+        "one gunicorn worker expected: {workers:?}"
+    );
+    let nginx = Nginx::start(&[Location::py(gunicorn.port())]).expect("starting nginx");
+    (gunicorn, nginx, workers[0])
+}
+
+#[test]
+fn gunicorn_segfault() {
+    require_root();
+    let (gunicorn, nginx, worker) = gunicorn_behind_nginx();
+    let trace = KernelResetTrace::start().expect("starting the kernel trace");
+    let mut tool = Rsttrace::start(&[]).expect("starting rsttrace");
+
+    // Why a RST: the worker faults before reading the 1 MiB body nginx forwards, so it dies
+    // with unread data in its receive queue.
+    let (status, _) = http_request(
+        nginx.port(),
+        "POST",
+        "/py/segv",
+        &vec![b'x'; BIG_BODY],
+        REQUEST_TIMEOUT,
+    )
+    .expect("POST /py/segv");
+    assert_eq!(status, 502);
+    assert!(
+        gunicorn.wait_log(
+            &format!("Worker with pid {worker} was terminated due to signal 11"),
+            REPORT_TIMEOUT
+        ),
+        "gunicorn did not report the segfault:\n{}",
+        gunicorn.log()
+    );
+
+    let kernel = kernel_reset_to_nginx(&trace, gunicorn.port());
+    assert_error_log(&nginx, "(104: Connection reset by peer)");
+
+    let event = rsttrace_reset(&tool, &trace, &kernel, &nginx);
+    assert_eq!(event["cause"], "crash", "{event}");
+    assert_eq!(pid_of(&event["peer"]), Some(worker), "{event}");
+    assert_eq!(event["signal"]["number"], 11, "{event}");
+    // A real fault is raised by the faulting task itself.
+    if !event["signal"]["sender"].is_null() {
+        assert_eq!(pid_of(&event["signal"]["sender"]), Some(worker), "{event}");
+    }
+    stop_and_check(&mut tool, &event);
+}
+
+#[test]
+fn gunicorn_live_abort() {
+    require_root();
+    let (gunicorn, nginx, worker) = gunicorn_behind_nginx();
+    let trace = KernelResetTrace::start().expect("starting the kernel trace");
+    let mut tool = Rsttrace::start(&[]).expect("starting rsttrace");
+
+    // Why a RST: the app closes the connection (SO_LINGER 0) with the 1 MiB body unread.
+    let (status, _) = http_request(
+        nginx.port(),
+        "POST",
+        "/py/abort",
+        &vec![b'x'; BIG_BODY],
+        REQUEST_TIMEOUT,
+    )
+    .expect("POST /py/abort");
+    assert_eq!(status, 502);
+
+    let kernel = kernel_reset_to_nginx(&trace, gunicorn.port());
+    assert_error_log(&nginx, "(104: Connection reset by peer)");
+    assert!(is_alive(worker), "the worker died:\n{}", gunicorn.log());
+    let (status, body) = http_request(nginx.port(), "GET", "/py/pid", b"", REQUEST_TIMEOUT)
+        .expect("GET /py/pid after the abort");
+    assert_eq!((status, body.trim()), (200, worker.to_string().as_str()));
+
+    let event = rsttrace_reset(&tool, &trace, &kernel, &nginx);
+    assert_eq!(event["cause"], "abort", "{event}");
+    assert_eq!(pid_of(&event["peer"]), Some(worker), "{event}");
+    assert!(event["signal"].is_null(), "no signal is involved: {event}");
+    stop_and_check(&mut tool, &event);
+}
+
+#[test]
+fn gunicorn_exit_3() {
+    require_root();
+    let (gunicorn, nginx, worker) = gunicorn_behind_nginx();
+    let trace = KernelResetTrace::start().expect("starting the kernel trace");
+    let mut tool = Rsttrace::start(&["--pid-of", "nginx"]).expect("starting rsttrace");
+
+    // Why a RST: the worker exits before reading the 1 MiB body, so its socket is closed by
+    // exit with unread data. (Exit code 3 is gunicorn's "worker failed to boot": the arbiter
+    // shuts down too, which changes nothing for this connection.)
+    let (status, _) = http_request(
+        nginx.port(),
+        "POST",
+        "/py/exit3",
+        &vec![b'x'; BIG_BODY],
+        REQUEST_TIMEOUT,
+    )
+    .expect("POST /py/exit3");
+    assert_eq!(status, 502);
+    // gunicorn 20.1 reports exit code 3 as "Worker failed to boot." (and halts); others log
+    // the code itself.
+    let needles = [
+        format!("Worker (pid:{worker}) exited with code 3"),
+        "Reason: Worker failed to boot.".to_string(),
+    ];
+    assert!(
+        wait_until(REPORT_TIMEOUT, || needles
+            .iter()
+            .any(|n| gunicorn.log().contains(n))
+            .then_some(()))
+        .is_some(),
+        "gunicorn's log shows no exit with code 3:\n{}",
+        gunicorn.log()
+    );
+    assert!(
+        wait_for_exit(worker, REPORT_TIMEOUT),
+        "the worker is still alive"
+    );
+
+    let kernel = kernel_reset_to_nginx(&trace, gunicorn.port());
+    assert_error_log(&nginx, "(104: Connection reset by peer)");
+
+    let event = rsttrace_reset(&tool, &trace, &kernel, &nginx);
+    assert_eq!(event["cause"], "exit", "{event}");
+    assert_eq!(event["exit_code"], 3, "{event}");
+    assert_eq!(pid_of(&event["peer"]), Some(worker), "{event}");
+    stop_and_check(&mut tool, &event);
+}
+
+#[test]
+fn nginx_to_closed_port() {
+    require_root();
+    let closed = free_port();
+    let nginx = Nginx::start(&[Location::closed(closed)]).expect("starting nginx");
+    let trace = KernelResetTrace::start().expect("starting the kernel trace");
+    let mut tool = Rsttrace::start(&["--pid-of", "nginx"]).expect("starting rsttrace");
+
+    // Why a RST: nothing listens on the port, so the kernel answers nginx's SYN with a RST.
+    let (status, _) = http_request(nginx.port(), "GET", "/closed/x", b"", REQUEST_TIMEOUT)
+        .expect("GET /closed/x");
+    assert_eq!(status, 502);
+
+    let kernel = kernel_reset_to_nginx(&trace, closed);
+    assert_error_log(&nginx, "(111: Connection refused)");
+
+    let event = rsttrace_reset(&tool, &trace, &kernel, &nginx);
+    assert_eq!(event["cause"], "no_socket", "{event}");
+    stop_and_check(&mut tool, &event);
+}
+
+/// The harness itself, without rsttrace: every server answers through nginx (php-fpm over TCP
+/// and a unix socket, static and ondemand; gunicorn). A failure here is the harness's, not the
+/// tool's.
+#[test]
+fn harness_servers_answer_through_nginx() {
+    require_root();
+    for pm in [Pm::Static, Pm::Ondemand] {
+        let fpm = PhpFpm::start(PhpFpmOptions {
+            pm,
+            max_children: 2,
+            unix_socket: true,
+            ..PhpFpmOptions::default()
+        })
+        .expect("starting php-fpm");
+        fpm.write_script("pid.php", "<?php echo getmypid();")
+            .expect("writing pid.php");
+        let nginx =
+            Nginx::start(&[Location::php(&fpm), Location::php_unix(&fpm)]).expect("starting nginx");
+        for path in ["/php/pid.php", "/php-unix/pid.php"] {
+            let (status, body) = http_request(nginx.port(), "GET", path, b"", REQUEST_TIMEOUT)
+                .unwrap_or_else(|e| panic!("GET {path}: {e:#}"));
+            assert_eq!(status, 200, "GET {path} ({pm:?}): {body}");
+            let pid: u32 = body.trim().parse().expect("a pid");
+            assert!(
+                fpm.worker_pids().contains(&pid),
+                "{path} ({pm:?}) answered from {pid}, not a worker of {:?}",
+                fpm.worker_pids()
+            );
+        }
+    }
+
+    let (gunicorn, nginx, worker) = gunicorn_behind_nginx();
+    let (status, body) = http_request(nginx.port(), "POST", "/py/pid", b"hello", REQUEST_TIMEOUT)
+        .expect("POST /py/pid");
+    assert_eq!((status, body.trim()), (200, worker.to_string().as_str()));
+    assert_eq!(gunicorn.worker_pids(), vec![worker]);
+}

@@ -1,0 +1,221 @@
+//! `cargo xtask demo`: real nginx in front of real php-fpm and gunicorn on loopback, broken
+//! one way after another, with nginx's error.log line and rsttrace's explanation side by side.
+use std::{
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use rsttrace_tests::{
+    fixtures::{php_script, run_kill, wait_for_php_worker, GUNICORN_APP},
+    free_port, require_root, spawn_http_request, wait_until, Gunicorn, GunicornOptions, Location,
+    MemCgroup, Nginx, PhpFpm, PhpFpmOptions, Rsttrace,
+};
+use serde_json::Value;
+
+const BIG_BODY: usize = 1 << 20;
+const WAIT: Duration = Duration::from_secs(15);
+
+fn main() -> ExitCode {
+    require_root();
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("demo: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Stage<'a> {
+    nginx: &'a Nginx,
+    tool: &'a Rsttrace,
+    seen_events: usize,
+    seen_log: usize,
+}
+
+impl Stage<'_> {
+    /// Prints what nginx logged and what rsttrace said since the previous step.
+    fn show(&mut self, what: &str) -> Result<()> {
+        println!("\n=== {what}");
+        let deadline = Instant::now() + WAIT;
+        let new_resets = loop {
+            let events = self.tool.events();
+            let resets: Vec<Value> = events[self.seen_events..]
+                .iter()
+                .filter(|e| e["event"] == "reset" && e["receiver"]["comm"] == "nginx")
+                .cloned()
+                .collect();
+            if !resets.is_empty() || Instant::now() > deadline {
+                self.seen_events = events.len();
+                break resets;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let log = self.nginx.error_log_contents();
+        for line in log.lines().skip(self.seen_log) {
+            if line.contains("[error]") {
+                let short = line.split(" while ").next().unwrap_or(line);
+                println!(
+                    "nginx error.log: {}",
+                    short.split("*").nth(1).unwrap_or(short)
+                );
+            }
+        }
+        self.seen_log = log.lines().count();
+        if new_resets.is_empty() {
+            bail!(
+                "rsttrace reported no reset for this step:\n{}",
+                self.tool.report()
+            );
+        }
+        for e in new_resets {
+            println!(
+                "rsttrace:        cause={}  {}",
+                e["cause"].as_str().unwrap_or("?"),
+                evidence(&e)
+            );
+            println!(
+                "                 {}",
+                e["hint"].as_str().unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+}
+
+fn process(v: &Value) -> String {
+    format!(
+        "{}[{}]",
+        v["comm"].as_str().unwrap_or("?"),
+        v["pid"].as_u64().unwrap_or_default()
+    )
+}
+
+fn evidence(e: &Value) -> String {
+    let mut parts = vec![format!("receiver={}", process(&e["receiver"]))];
+    if e["peer"].is_object() {
+        parts.push(format!("peer={}", process(&e["peer"])));
+    }
+    if e["signal"].is_object() {
+        let mut s = e["signal"]["name"].as_str().unwrap_or("?").to_string();
+        if e["signal"]["sender"].is_object() {
+            s.push_str(&format!(" from {}", process(&e["signal"]["sender"])));
+        }
+        parts.push(s);
+    }
+    if let Some(code) = e["exit_code"].as_i64() {
+        parts.push(format!("exit_code={code}"));
+    }
+    if e["oom"].is_object() {
+        parts.push(format!(
+            "oom {} {}",
+            e["oom"]["scope"].as_str().unwrap_or("?"),
+            e["oom"]["cgroup"].as_str().unwrap_or_default()
+        ));
+    }
+    if let Some(r) = e["kernel_reason"].as_str() {
+        parts.push(format!("kernel_reason={r}"));
+    }
+    parts.join("  ")
+}
+
+fn php_worker_request(nginx: &Nginx, fpm: &PhpFpm, script: &str, body: &str) -> Result<u32> {
+    let marker = fpm.state_dir().join(format!("{script}.started"));
+    let _ = std::fs::remove_file(&marker);
+    fpm.write_script(script, &php_script(&marker, body))?;
+    let _request = spawn_http_request(
+        nginx.port(),
+        "GET",
+        &format!("/php/{script}"),
+        Vec::new(),
+        WAIT,
+    );
+    Ok(wait_for_php_worker(&marker))
+}
+
+fn run() -> Result<()> {
+    println!("Starting php-fpm (TCP pool, request_terminate_timeout=2s), a second pool in a 64 MiB memory cgroup, gunicorn and nginx on 127.0.0.1...");
+    let fpm = PhpFpm::start(PhpFpmOptions {
+        request_terminate_timeout: Some(2),
+        ..PhpFpmOptions::default()
+    })?;
+    let cgroup = MemCgroup::create(64 << 20)?;
+    let fpm_oom = PhpFpm::start(PhpFpmOptions {
+        memory_limit: Some("-1".into()),
+        cgroup: Some(cgroup.dir().to_path_buf()),
+        ..PhpFpmOptions::default()
+    })?;
+    let gunicorn = Gunicorn::start(GUNICORN_APP, GunicornOptions::default())?;
+    let closed = free_port();
+    let mut oom_location = Location::php(&fpm_oom);
+    oom_location.prefix = "/oom/".into();
+    let nginx = Nginx::start(&[
+        Location::php(&fpm),
+        oom_location,
+        Location::py(gunicorn.port()),
+        Location::closed(closed),
+    ])?;
+    let tool = Rsttrace::start(&[])?;
+    println!("{}", tool.stderr().trim());
+    let mut stage = Stage {
+        nginx: &nginx,
+        tool: &tool,
+        seen_events: 0,
+        seen_log: nginx.error_log_contents().lines().count(),
+    };
+
+    let worker = php_worker_request(&nginx, &fpm, "slow.php", "sleep(30);")?;
+    let killer = run_kill("-9", worker);
+    stage.show(&format!(
+        "kill -9 of php-fpm worker {worker} mid-request (kill ran as pid {killer})"
+    ))?;
+
+    php_worker_request(&nginx, &fpm, "slower.php", "sleep(30);")?;
+    stage.show("a request outlives php-fpm's request_terminate_timeout (2 s): the master terminates the worker")?;
+
+    let marker = fpm_oom.state_dir().join("hog.started");
+    fpm_oom.write_script(
+        "hog.php",
+        &php_script(
+            &marker,
+            "$c = []; for ($i = 0; $i < 512; $i++) { $c[] = str_repeat('x', 1 << 20); }",
+        ),
+    )?;
+    let _hog = spawn_http_request(nginx.port(), "GET", "/oom/hog.php", Vec::new(), WAIT);
+    stage.show(&format!(
+        "a PHP script allocates 512 MiB in a pool limited to 64 MiB (memory cgroup {})",
+        cgroup.path()
+    ))?;
+
+    for (path, what) in [
+        (
+            "/py/segv",
+            "a gunicorn worker segfaults (NULL read) with a 1 MiB request body unread",
+        ),
+        (
+            "/py/abort",
+            "a live gunicorn worker closes the connection (SO_LINGER 0) without reading the body",
+        ),
+        (
+            "/py/exit3",
+            "a gunicorn worker calls os._exit(3) with the body unread",
+        ),
+    ] {
+        let workers = wait_until(WAIT, || {
+            let w = gunicorn.worker_pids();
+            (!w.is_empty()).then_some(w)
+        })
+        .context("gunicorn has no worker")?;
+        let _r = spawn_http_request(nginx.port(), "POST", path, vec![b'x'; BIG_BODY], WAIT);
+        stage.show(&format!("{what} (worker {})", workers[0]))?;
+    }
+
+    let _r = spawn_http_request(nginx.port(), "GET", "/closed/", Vec::new(), WAIT);
+    stage.show(&format!(
+        "nginx proxies to 127.0.0.1:{closed}, where nothing listens"
+    ))?;
+
+    println!("\nDone: every reset nginx saw was explained. Stopping everything.");
+    Ok(())
+}
