@@ -138,6 +138,14 @@ fn rsttrace_reset(
     event
 }
 
+/// The scenarios above serve nginx a 502: its recv()/writev()/connect() failed.
+fn assert_seen(event: &Value) {
+    assert_eq!(
+        event["seen_by_receiver"], true,
+        "nginx saw this reset: {event}"
+    );
+}
+
 /// Seconds since the epoch of "YYYY-MM-DDTHH:MM:SS[.fraction]Z".
 fn rfc3339_utc_seconds(time: &str) -> Option<u64> {
     let body = time.strip_suffix('Z')?;
@@ -221,6 +229,7 @@ fn php_fpm_tcp_worker_kill9() {
     assert_eq!(event["signal"]["name"], "SIGKILL", "{event}");
     assert_eq!(pid_of(&event["signal"]["sender"]), Some(kill), "{event}");
     assert_eq!(event["signal"]["sender"]["comm"], "kill", "{event}");
+    assert_seen(&event);
     stop_and_check(&mut tool, &event);
 }
 
@@ -270,6 +279,7 @@ fn php_fpm_request_terminate_timeout() {
         Some(fpm.master_pid()),
         "{event}"
     );
+    assert_seen(&event);
     stop_and_check(&mut tool, &event);
 }
 
@@ -325,6 +335,7 @@ fn php_fpm_oom_in_memory_cgroup() {
     assert_eq!(event["oom"]["scope"], "cgroup", "{event}");
     assert_eq!(event["oom"]["cgroup"], cgroup.path(), "{event}");
     assert_eq!(pid_of(&event["oom"]["victim"]), Some(worker), "{event}");
+    assert_seen(&event);
     stop_and_check(&mut tool, &event);
 }
 
@@ -380,6 +391,7 @@ fn gunicorn_segfault() {
     if !event["signal"]["sender"].is_null() {
         assert_eq!(pid_of(&event["signal"]["sender"]), Some(worker), "{event}");
     }
+    assert_seen(&event);
     stop_and_check(&mut tool, &event);
 }
 
@@ -412,6 +424,7 @@ fn gunicorn_live_abort() {
     assert_eq!(event["cause"], "abort", "{event}");
     assert_eq!(pid_of(&event["peer"]), Some(worker), "{event}");
     assert!(event["signal"].is_null(), "no signal is involved: {event}");
+    assert_seen(&event);
     stop_and_check(&mut tool, &event);
 }
 
@@ -461,6 +474,7 @@ fn gunicorn_exit_3() {
     assert_eq!(event["cause"], "exit", "{event}");
     assert_eq!(event["exit_code"], 3, "{event}");
     assert_eq!(pid_of(&event["peer"]), Some(worker), "{event}");
+    assert_seen(&event);
     stop_and_check(&mut tool, &event);
 }
 
@@ -482,6 +496,7 @@ fn nginx_to_closed_port() {
 
     let event = rsttrace_reset(&tool, &trace, &kernel, &nginx);
     assert_eq!(event["cause"], "no_socket", "{event}");
+    assert_seen(&event);
     stop_and_check(&mut tool, &event);
 }
 
@@ -521,4 +536,252 @@ fn harness_servers_answer_through_nginx() {
         .expect("POST /py/pid");
     assert_eq!((status, body.trim()), (200, worker.to_string().as_str()));
     assert_eq!(gunicorn.worker_pids(), vec![worker]);
+}
+
+// ---- unix-domain upstreams (php-fpm's Debian/Ubuntu default) ------------------------------
+//
+// No RST exists on a unix socket and no tcp tracepoint fires: nginx's recv() failing with
+// ECONNRESET is the reset. php-fpm leaves nginx's FastCGI STDIN record unread, so a worker
+// that dies mid-request closes with unread data and its peer (nginx) gets ECONNRESET.
+
+/// A php-fpm unix pool behind nginx (`/php-unix/`).
+fn php_fpm_unix(options: PhpFpmOptions) -> (PhpFpm, Nginx, String) {
+    let fpm = PhpFpm::start(PhpFpmOptions {
+        unix_socket: true,
+        ..options
+    })
+    .expect("starting php-fpm");
+    let nginx = Nginx::start(&[Location::php_unix(&fpm)]).expect("starting nginx");
+    let path = fpm
+        .unix_socket()
+        .expect("unix socket")
+        .display()
+        .to_string();
+    (fpm, nginx, path)
+}
+
+/// rsttrace's unix reset events for `path`, waiting until `pred` holds for one of them.
+fn unix_reset(tool: &Rsttrace, nginx: &Nginx, path: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let event = tool
+        .wait_for(
+            |e| e["event"] == "reset" && e["transport"] == "unix" && e["remote"] == path && pred(e),
+            REPORT_TIMEOUT,
+        )
+        .unwrap_or_else(|| panic!("rsttrace reported no matching unix reset on {path}"));
+    eprintln!("rsttrace: {event}");
+    assert_eq!(event["schema_version"], 1, "{event}");
+    assert_eq!(event["receiver"]["comm"], "nginx", "{event}");
+    let receiver = pid_of(&event["receiver"]).expect("receiver.pid");
+    assert!(
+        nginx.worker_pids().contains(&receiver),
+        "receiver.pid {receiver} is not nginx's worker: {event}"
+    );
+    assert_eq!(event["seen_by_receiver"], true, "{event}");
+    event
+}
+
+fn php_unix_request(
+    nginx: &Nginx,
+    fpm: &PhpFpm,
+    script: &str,
+    body: &str,
+) -> (JoinHandle<Result<(u16, String)>>, u32) {
+    let marker = fpm.state_dir().join(format!("{script}.started"));
+    fpm.write_script(script, &php_script(&marker, body))
+        .expect("writing the script");
+    let request = spawn_http_request(
+        nginx.port(),
+        "GET",
+        &format!("/php-unix/{script}"),
+        Vec::new(),
+        REQUEST_TIMEOUT,
+    );
+    (request, wait_for_php_worker(&marker))
+}
+
+#[test]
+fn php_fpm_unix_worker_kill9() {
+    require_root();
+    let (fpm, nginx, path) = php_fpm_unix(PhpFpmOptions::default());
+    let mut tool = Rsttrace::start(&[]).expect("starting rsttrace");
+    let (request, worker) = php_unix_request(&nginx, &fpm, "sleep.php", "sleep(30);");
+    let kill = run_kill("-9", worker);
+    let (status, _) = response(request);
+    assert_eq!(status, 502);
+    assert_fpm_child_exit(&fpm, worker, "signal 9 (SIGKILL)");
+    assert_error_log(&nginx, "(104: Connection reset by peer)");
+
+    let event = unix_reset(&tool, &nginx, &path, |_| true);
+    assert_eq!(event["cause"], "signal", "{event}");
+    assert_eq!(pid_of(&event["peer"]), Some(worker), "{event}");
+    assert_eq!(event["signal"]["number"], 9, "{event}");
+    assert_eq!(pid_of(&event["signal"]["sender"]), Some(kill), "{event}");
+    assert_eq!(event["listener_closed"], false, "{event}");
+    stop_and_check(&mut tool, &event);
+}
+
+#[test]
+fn php_fpm_unix_request_terminate_timeout() {
+    require_root();
+    let (fpm, nginx, path) = php_fpm_unix(PhpFpmOptions {
+        request_terminate_timeout: Some(2),
+        ..PhpFpmOptions::default()
+    });
+    let mut tool = Rsttrace::start(&[]).expect("starting rsttrace");
+    let (request, worker) = php_unix_request(&nginx, &fpm, "sleep.php", "sleep(30);");
+    let (status, _) = response(request);
+    assert_eq!(status, 502);
+    assert_fpm_child_exit(&fpm, worker, "signal 15 (SIGTERM)");
+
+    let event = unix_reset(&tool, &nginx, &path, |_| true);
+    assert_eq!(event["cause"], "signal", "{event}");
+    assert_eq!(pid_of(&event["peer"]), Some(worker), "{event}");
+    assert_eq!(event["signal"]["number"], 15, "{event}");
+    assert_eq!(
+        pid_of(&event["signal"]["sender"]),
+        Some(fpm.master_pid()),
+        "the FPM master terminated the worker: {event}"
+    );
+    stop_and_check(&mut tool, &event);
+}
+
+#[test]
+fn php_fpm_unix_oom_in_memory_cgroup() {
+    require_root();
+    let cgroup = MemCgroup::create(64 << 20).expect("creating a 64 MiB memory cgroup");
+    let (fpm, nginx, path) = php_fpm_unix(PhpFpmOptions {
+        memory_limit: Some("-1".into()),
+        cgroup: Some(cgroup.dir().to_path_buf()),
+        ..PhpFpmOptions::default()
+    });
+    let mut tool = Rsttrace::start(&[]).expect("starting rsttrace");
+    let (request, worker) = php_unix_request(
+        &nginx,
+        &fpm,
+        "hog.php",
+        "$c = []; for ($i = 0; $i < 512; $i++) { $c[] = str_repeat('x', 1 << 20); }",
+    );
+    let (status, _) = response(request);
+    assert_eq!(status, 502);
+    assert_fpm_child_exit(&fpm, worker, "signal 9 (SIGKILL)");
+
+    let event = unix_reset(&tool, &nginx, &path, |_| true);
+    assert_eq!(event["cause"], "oom_kill", "{event}");
+    assert_eq!(pid_of(&event["peer"]), Some(worker), "{event}");
+    assert_eq!(event["oom"]["scope"], "cgroup", "{event}");
+    assert_eq!(event["oom"]["cgroup"], cgroup.path(), "{event}");
+    stop_and_check(&mut tool, &event);
+}
+
+#[test]
+fn php_fpm_unix_stopped_with_queued_requests() {
+    require_root();
+    // One worker, busy; the next requests wait in the listener's backlog, never accepted.
+    let (fpm, nginx, path) = php_fpm_unix(PhpFpmOptions::default());
+    let master = fpm.master_pid();
+    let mut tool = Rsttrace::start(&[]).expect("starting rsttrace");
+    let (busy, worker) = php_unix_request(&nginx, &fpm, "sleep.php", "sleep(30);");
+    let queued: Vec<_> = (0..3)
+        .map(|_| {
+            spawn_http_request(
+                nginx.port(),
+                "GET",
+                "/php-unix/sleep.php",
+                Vec::new(),
+                REQUEST_TIMEOUT,
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // What `systemctl restart php8.2-fpm` does first: SIGTERM to the master, which
+    // terminates its workers and exits, closing the listener with connections queued.
+    let kill = run_kill("-TERM", master);
+    assert!(
+        wait_for_exit(master, REPORT_TIMEOUT),
+        "php-fpm's master did not exit"
+    );
+    for request in queued.into_iter().chain([busy]) {
+        let (status, _) = response(request);
+        assert_eq!(status, 502);
+    }
+
+    let closed = unix_reset(&tool, &nginx, &path, |e| e["listener_closed"] == true);
+    assert_eq!(
+        pid_of(&closed["peer"]),
+        Some(master),
+        "the listener's owner: {closed}"
+    );
+    assert_eq!(closed["cause"], "signal", "{closed}");
+    assert_eq!(pid_of(&closed["signal"]["sender"]), Some(kill), "{closed}");
+    let all = tool.events();
+    let listener_closed = all
+        .iter()
+        .filter(|e| e["transport"] == "unix" && e["listener_closed"] == true)
+        .count();
+    assert_eq!(listener_closed, 3, "one per queued request: {all:#?}");
+    let busy_event = unix_reset(&tool, &nginx, &path, |e| e["listener_closed"] == false);
+    assert_eq!(pid_of(&busy_event["peer"]), Some(worker), "{busy_event}");
+    assert_eq!(busy_event["cause"], "signal", "{busy_event}");
+    assert_eq!(
+        pid_of(&busy_event["signal"]["sender"]),
+        Some(master),
+        "{busy_event}"
+    );
+    stop_and_check(&mut tool, &closed);
+}
+
+#[test]
+fn reset_after_a_complete_response_is_not_seen() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    require_root();
+    // nginx cannot show this: it closes a finished upstream connection (a RST then meets
+    // only a TIME_WAIT remnant, no socket) or, with upstream keepalive, reads the idle
+    // connection and so sees the error. A client that got its whole response and simply
+    // does not touch the socket again is the case: it is this test, talking to gunicorn.
+    let (gunicorn, _nginx, worker) = gunicorn_behind_nginx();
+    let trace = KernelResetTrace::start().expect("starting the kernel trace");
+    let mut tool = Rsttrace::start(&[]).expect("starting rsttrace");
+    let mut stream = TcpStream::connect(("127.0.0.1", gunicorn.port())).expect("connecting");
+    let body = vec![b'x'; 64 << 10];
+    let head = format!(
+        "POST /py/late-reset HTTP/1.0\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream
+        .write_all(head.as_bytes())
+        .expect("sending the request");
+    stream.write_all(&body).expect("sending the body");
+    stream
+        .set_read_timeout(Some(REQUEST_TIMEOUT))
+        .expect("read timeout");
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !response.ends_with(b"\r\n\r\nok") {
+        let n = stream.read(&mut buf).expect("reading the response");
+        assert!(n > 0, "gunicorn closed before the whole response");
+        response.extend_from_slice(&buf[..n]);
+    }
+    assert!(response.starts_with(b"HTTP/1.1 200") || response.starts_with(b"HTTP/1.0 200"));
+    // gunicorn aborts the connection 1 s after the response; we never read again.
+    let local = stream.local_addr().expect("local address").port();
+    let kernel = trace
+        .wait_receive_reset(gunicorn.port(), REPORT_TIMEOUT)
+        .expect("the kernel delivered no RST to the client");
+    assert_eq!(kernel.port("sport"), Some(local), "{}", kernel.line);
+    let event = tool
+        .wait_for_reset(local, gunicorn.port(), REPORT_TIMEOUT)
+        .expect("rsttrace reported no reset for the client's connection");
+    eprintln!("rsttrace: {event}");
+    assert_eq!(event["seen_by_receiver"], false, "{event}");
+    assert_eq!(event["cause"], "abort", "{event}");
+    assert_eq!(pid_of(&event["peer"]), Some(worker), "{event}");
+    assert_eq!(
+        pid_of(&event["receiver"]),
+        Some(std::process::id()),
+        "{event}"
+    );
+    drop(stream);
+    stop_and_check(&mut tool, &event);
 }

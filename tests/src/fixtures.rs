@@ -11,6 +11,24 @@ import ctypes
 import os
 import socket
 import struct
+import time
+
+
+class CloseLate:
+    """A complete response, then (1 s later, when nginx has served it and closed its end)
+    an abortive close (SO_LINGER 0) of the connection: a RST nobody reads."""
+
+    def __init__(self, body, sock):
+        self.body = body
+        self.sock = sock
+
+    def __iter__(self):
+        yield self.body
+
+    def close(self):
+        time.sleep(1)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
 
 
 def application(environ, start_response):
@@ -19,6 +37,9 @@ def application(environ, start_response):
         ctypes.string_at(0)  # a real SIGSEGV (NULL read), body unread
     if path == "/py/exit3":
         os._exit(3)  # body unread
+    if path == "/py/late-reset":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return CloseLate(b"ok", environ["gunicorn.socket"])
     if path == "/py/abort":
         # Close the client connection with the body unread and stay alive.
         sock = environ["gunicorn.socket"]

@@ -18,8 +18,40 @@ pub mod kind {
     pub const EXIT: u32 = 4;
     pub const FORK: u32 = 5;
     pub const OOM_VICTIM: u32 = 6;
-    pub const COUNT: usize = 7;
+    /// A read/write/connect syscall on a socket returned ECONNRESET (or ECONNREFUSED for
+    /// connect): the receiver saw the reset. Carries the socket, and for AF_UNIX its peer.
+    pub const SOCKET_ERROR: u32 = 7;
+    /// listen() on an AF_UNIX socket: who owns the listener at that path.
+    pub const UNIX_LISTEN: u32 = 8;
+    pub const COUNT: usize = 9;
 }
+
+/// Which syscall a `SOCKET_ERROR` sample comes from.
+pub mod syscall {
+    pub const RECVFROM: u32 = 1;
+    pub const RECVMSG: u32 = 2;
+    pub const READV: u32 = 3;
+    pub const SENDTO: u32 = 4;
+    pub const SENDMSG: u32 = 5;
+    pub const WRITEV: u32 = 6;
+    pub const CONNECT: u32 = 7;
+    /// getsockopt(SOL_SOCKET, SO_ERROR): how event loops (nginx) learn that a non-blocking
+    /// connect() failed.
+    pub const GETSOCKOPT: u32 = 8;
+}
+
+/// A socket syscall in flight (the exit record carries only the result).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingSyscall {
+    pub fd: i64,
+    /// getsockopt's optval (user pointer), 0 for the other syscalls.
+    pub optval: u64,
+}
+
+pub const ECONNRESET: i64 = 104;
+pub const ECONNREFUSED: i64 = 111;
+pub const AF_UNIX: u16 = 1;
 
 /// `task_struct::flags` bit set once a task has entered do_exit() (include/linux/sched.h).
 pub const PF_EXITING: u32 = 0x0000_0004;
@@ -61,6 +93,20 @@ pub struct Sample {
     /// Kernfs id of current's memory cgroup (= inode of its cgroupfs directory), 0 if
     /// unknown; filled for `kind::EXIT` and `kind::OOM_VICTIM`.
     pub memcg_id: u64,
+    /// `SOCKET_ERROR`, `UNIX_LISTEN`: the struct sock * behind the syscall's fd.
+    pub sock: u64,
+    /// `SOCKET_ERROR` on AF_UNIX: unix_peer(sock), the other end (an accepted socket, or an
+    /// embryo never accepted). `owner` is its owner when known.
+    pub peer_sock: u64,
+    /// `SOCKET_ERROR`: the syscall's return value (-104, -111).
+    pub sys_ret: i64,
+    /// `SOCKET_ERROR`: the socket's address family.
+    pub family: u16,
+    pub _pad: u16,
+    /// `SOCKET_ERROR`: which syscall (`syscall::*`).
+    pub syscall: u32,
+    /// Tracepoint record, or for AF_UNIX samples the struct sockaddr_un of the listener's
+    /// path (the peer's address for `SOCKET_ERROR`, the socket's own for `UNIX_LISTEN`).
     pub raw: [u8; RAW_RECORD_MAX],
 }
 
@@ -79,6 +125,12 @@ pub struct Config {
     pub set_state_protocol: u32,
     pub signal_sig: u32,
     pub syscall_ret: u32,
+    /// `fd` in syscalls:sys_enter_{recvfrom,readv,...,listen} records.
+    pub sys_enter_fd: u32,
+    /// `level`, `optname`, `optval` in syscalls:sys_enter_getsockopt.
+    pub getsockopt_level: u32,
+    pub getsockopt_optname: u32,
+    pub getsockopt_optval: u32,
     // struct offsets from BTF
     pub task_flags: u32,
     pub task_exit_code: u32,
@@ -94,6 +146,11 @@ pub struct Config {
     pub fdt_fd: u32,
     pub file_private_data: u32,
     pub socket_sk: u32,
+    pub sock_family: u32,
+    pub unix_peer: u32,
+    pub unix_addr: u32,
+    pub unix_address_len: u32,
+    pub unix_address_name: u32,
 }
 
 impl Config {
@@ -107,6 +164,10 @@ impl Config {
         set_state_protocol: NO_OFFSET,
         signal_sig: NO_OFFSET,
         syscall_ret: NO_OFFSET,
+        sys_enter_fd: NO_OFFSET,
+        getsockopt_level: NO_OFFSET,
+        getsockopt_optname: NO_OFFSET,
+        getsockopt_optval: NO_OFFSET,
         task_flags: NO_OFFSET,
         task_exit_code: NO_OFFSET,
         task_cgroups: NO_OFFSET,
@@ -120,6 +181,11 @@ impl Config {
         fdt_fd: NO_OFFSET,
         file_private_data: NO_OFFSET,
         socket_sk: NO_OFFSET,
+        sock_family: NO_OFFSET,
+        unix_peer: NO_OFFSET,
+        unix_addr: NO_OFFSET,
+        unix_address_len: NO_OFFSET,
+        unix_address_name: NO_OFFSET,
     };
 }
 
@@ -156,4 +222,5 @@ mod user {
     unsafe impl aya::Pod for super::Sample {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::SockOwner {}
+    unsafe impl aya::Pod for super::PendingSyscall {}
 }

@@ -21,7 +21,7 @@ mod programs {
     use aya_ebpf::{
         helpers::{
             bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
-            bpf_probe_read_kernel, generated,
+            bpf_probe_read_kernel, bpf_probe_read_user, generated,
         },
         macros::{map, tracepoint},
         maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -29,8 +29,8 @@ mod programs {
         EbpfContext,
     };
     use tracer_ebpf::{
-        kind, Config, Sample, SockOwner, FATAL_SIGNAL_MASK, NO_OFFSET, RAW_RECORD_MAX,
-        TASK_COMM_LEN,
+        kind, syscall, Config, PendingSyscall, Sample, SockOwner, AF_UNIX, ECONNREFUSED,
+        ECONNRESET, FATAL_SIGNAL_MASK, NO_OFFSET, RAW_RECORD_MAX, TASK_COMM_LEN,
     };
 
     /// Frozen into .rodata by the loader (EbpfLoader::set_global), so the verifier sees
@@ -189,6 +189,12 @@ mod programs {
             (*sample).exit_code = exit_code;
             (*sample).owner = owner;
             (*sample).memcg_id = memcg_id;
+            (*sample).sock = 0;
+            (*sample).peer_sock = 0;
+            (*sample).sys_ret = 0;
+            (*sample).family = 0;
+            (*sample)._pad = 0;
+            (*sample).syscall = 0;
             let copied = generated::bpf_probe_read_kernel(
                 (*sample).raw.as_mut_ptr() as *mut c_void,
                 len,
@@ -280,46 +286,248 @@ mod programs {
         0
     }
 
-    /// accept()/accept4() returned a socket fd: current->files->fdt->fd[ret]->private_data
-    /// is its struct socket, whose sk now belongs to current.
+    /// The struct sock * behind current's socket fd:
+    /// current->files->fdt->fd[fd]->private_data (struct socket *)->sk.
+    /// Only called for fds a socket syscall accepted or used, so private_data is a socket.
+    #[inline(always)]
+    fn fd_to_sock(cfg: &Config, fd: i64) -> Option<u64> {
+        if fd < 0 {
+            return None;
+        }
+        unsafe {
+            let files = read_field::<u64>(current_task(), cfg.task_files)?;
+            let fdt = read_field::<u64>(files, cfg.files_fdt)?;
+            let max_fds = read_field::<u32>(fdt, cfg.fdt_max_fds)?;
+            if fd as u64 >= max_fds as u64 {
+                return None;
+            }
+            let fd_array = read_field::<u64>(fdt, cfg.fdt_fd)?;
+            let file = bpf_probe_read_kernel((fd_array + (fd as u64) * 8) as *const u64).ok()?;
+            let socket = read_field::<u64>(file, cfg.file_private_data)?;
+            let sk = read_field::<u64>(socket, cfg.socket_sk)?;
+            (sk != 0).then_some(sk)
+        }
+    }
+
+    /// accept()/accept4() returned a socket fd, whose sk now belongs to current.
     #[inline(always)]
     fn record_accepted(ctx: &TracePointContext) {
         let cfg = config();
         let Some(fd) = record_field::<i64>(ctx, cfg.syscall_ret) else {
             return;
         };
-        if fd < 0 {
+        if let Some(sk) = fd_to_sock(&cfg, fd) {
+            let _ = SOCK_OWNERS.insert(&sk, &current_owner(), 0);
+        }
+    }
+
+    /// fd of the socket syscall in flight, by thread: the exit record has only the result.
+    #[map]
+    static SYSCALL_FD: LruHashMap<u32, PendingSyscall> = LruHashMap::with_max_entries(16384, 0);
+
+    const SOL_SOCKET: i64 = 1;
+    const SO_ERROR: i64 = 4;
+
+    #[inline(always)]
+    fn socket_syscall_enter(ctx: &TracePointContext, which: u32) {
+        let cfg = config();
+        let Some(fd) = record_field::<i64>(ctx, cfg.sys_enter_fd) else {
+            return;
+        };
+        let mut optval = 0;
+        if which == syscall::GETSOCKOPT {
+            let level = record_field::<i64>(ctx, cfg.getsockopt_level);
+            let optname = record_field::<i64>(ctx, cfg.getsockopt_optname);
+            if level != Some(SOL_SOCKET) || optname != Some(SO_ERROR) {
+                return;
+            }
+            optval = record_field::<u64>(ctx, cfg.getsockopt_optval).unwrap_or(0);
+        }
+        let tid = bpf_get_current_pid_tgid() as u32;
+        let _ = SYSCALL_FD.insert(&tid, &PendingSyscall { fd, optval }, 0);
+    }
+
+    /// A socket syscall failed with ECONNRESET (connect: ECONNREFUSED): the receiver saw
+    /// the reset. For AF_UNIX this is the only trace there is: no RST exists, the closing
+    /// end sets sk_err = ECONNRESET on its peer (unix_release_sock(), net/unix/af_unix.c).
+    #[inline(always)]
+    fn socket_syscall_exit(ctx: &TracePointContext, which: u32) {
+        let cfg = config();
+        let tid = bpf_get_current_pid_tgid() as u32;
+        // SAFETY: copied out at once; the entry belongs to this thread.
+        let pending = match unsafe { SYSCALL_FD.get(&tid) } {
+            Some(p) => *p,
+            None => return,
+        };
+        let _ = SYSCALL_FD.remove(&tid);
+        let fd = pending.fd;
+        let Some(mut ret) = record_field::<i64>(ctx, cfg.syscall_ret) else {
+            return;
+        };
+        if which == syscall::GETSOCKOPT {
+            if ret != 0 || pending.optval == 0 {
+                return;
+            }
+            // SO_ERROR's value, as the process will read it.
+            let err: i32 = match unsafe { bpf_probe_read_user(pending.optval as *const i32) } {
+                Ok(e) => e,
+                Err(_) => return,
+            };
+            ret = -(err as i64);
+        }
+        if ret != -ECONNRESET
+            && !((which == syscall::CONNECT || which == syscall::GETSOCKOPT)
+                && ret == -ECONNREFUSED)
+        {
             return;
         }
+        let Some(sk) = fd_to_sock(&cfg, fd) else {
+            return;
+        };
+        let family: u16 = unsafe { read_field(sk, cfg.sock_family) }.unwrap_or(0);
+        let mut peer: u64 = 0;
+        let mut addr: u64 = 0;
+        if family == AF_UNIX {
+            peer = unsafe { read_field(sk, cfg.unix_peer) }.unwrap_or(0);
+            addr = unsafe { read_field(peer, cfg.unix_addr) }.unwrap_or(0);
+        }
+        emit_socket(
+            &cfg,
+            kind::SOCKET_ERROR,
+            sk,
+            peer,
+            ret,
+            family,
+            which,
+            addr,
+            None,
+        );
+    }
+
+    /// listen() on an AF_UNIX socket: remember who owns the listener at its path.
+    #[inline(always)]
+    fn unix_listen(ctx: &TracePointContext) {
+        let cfg = config();
+        let Some(fd) = record_field::<i64>(ctx, cfg.sys_enter_fd) else {
+            return;
+        };
+        let Some(sk) = fd_to_sock(&cfg, fd) else {
+            return;
+        };
+        let family: u16 = unsafe { read_field(sk, cfg.sock_family) }.unwrap_or(0);
+        if family != AF_UNIX {
+            return;
+        }
+        let addr: u64 = unsafe { read_field(sk, cfg.unix_addr) }.unwrap_or(0);
+        let owner = current_owner();
+        emit_socket(
+            &cfg,
+            kind::UNIX_LISTEN,
+            sk,
+            0,
+            0,
+            family,
+            0,
+            addr,
+            Some(owner),
+        );
+    }
+
+    /// A sample about a socket; `raw` gets the struct sockaddr_un at `unix_address`
+    /// (struct unix_address: len, name[]), if any. `owner` defaults to the peer's.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn emit_socket(
+        cfg: &Config,
+        kind: u32,
+        sk: u64,
+        peer: u64,
+        ret: i64,
+        family: u16,
+        which: u32,
+        unix_address: u64,
+        owner: Option<SockOwner>,
+    ) {
+        let now = unsafe { bpf_ktime_get_ns() };
+        let owner = match owner {
+            Some(o) => o,
+            None => lookup_owner(peer, now),
+        };
+        let task_flags: u32 = unsafe { read_field(current_task(), cfg.task_flags) }.unwrap_or(0);
+        let mut len: u32 =
+            unsafe { read_field::<i32>(unix_address, cfg.unix_address_len) }.unwrap_or(0) as u32;
+        if len > RAW_RECORD_MAX as u32 {
+            len = RAW_RECORD_MAX as u32;
+        }
+        let Some(mut entry) = EVENTS.reserve::<Sample>(0) else {
+            count_lost();
+            return;
+        };
+        let sample = entry.as_mut_ptr();
+        // SAFETY: as in emit().
         unsafe {
-            let Some(files) = read_field::<u64>(current_task(), cfg.task_files) else {
-                return;
-            };
-            let Some(fdt) = read_field::<u64>(files, cfg.files_fdt) else {
-                return;
-            };
-            let Some(max_fds) = read_field::<u32>(fdt, cfg.fdt_max_fds) else {
-                return;
-            };
-            if fd as u64 >= max_fds as u64 {
-                return;
-            }
-            let Some(fd_array) = read_field::<u64>(fdt, cfg.fdt_fd) else {
-                return;
-            };
-            let Ok(file) = bpf_probe_read_kernel((fd_array + (fd as u64) * 8) as *const u64) else {
-                return;
-            };
-            let Some(socket) = read_field::<u64>(file, cfg.file_private_data) else {
-                return;
-            };
-            let Some(sk) = read_field::<u64>(socket, cfg.socket_sk) else {
-                return;
-            };
-            if sk != 0 {
-                let _ = SOCK_OWNERS.insert(&sk, &current_owner(), 0);
+            (*sample).kind = kind;
+            (*sample).ktime_ns = now;
+            (*sample).pid_tgid = bpf_get_current_pid_tgid();
+            (*sample).comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
+            (*sample).task_flags = task_flags;
+            (*sample).exit_code = 0;
+            (*sample).owner = owner;
+            (*sample).memcg_id = 0;
+            (*sample).sock = sk;
+            (*sample).peer_sock = peer;
+            (*sample).sys_ret = ret;
+            (*sample).family = family;
+            (*sample)._pad = 0;
+            (*sample).syscall = which;
+            (*sample).raw_len = 0;
+            if len > 0 && cfg.unix_address_name != NO_OFFSET {
+                let copied = generated::bpf_probe_read_kernel(
+                    (*sample).raw.as_mut_ptr() as *mut c_void,
+                    len,
+                    (unix_address + cfg.unix_address_name as u64) as *const c_void,
+                );
+                if copied == 0 {
+                    (*sample).raw_len = len;
+                }
             }
         }
+        entry.submit(0);
+    }
+
+    macro_rules! socket_syscall {
+        ($enter:ident, $exit:ident, $which:expr) => {
+            #[tracepoint]
+            pub fn $enter(ctx: TracePointContext) -> u32 {
+                socket_syscall_enter(&ctx, $which);
+                0
+            }
+
+            #[tracepoint]
+            pub fn $exit(ctx: TracePointContext) -> u32 {
+                socket_syscall_exit(&ctx, $which);
+                0
+            }
+        };
+    }
+
+    socket_syscall!(sys_enter_recvfrom, sys_exit_recvfrom, syscall::RECVFROM);
+    socket_syscall!(sys_enter_recvmsg, sys_exit_recvmsg, syscall::RECVMSG);
+    socket_syscall!(sys_enter_readv, sys_exit_readv, syscall::READV);
+    socket_syscall!(sys_enter_sendto, sys_exit_sendto, syscall::SENDTO);
+    socket_syscall!(sys_enter_sendmsg, sys_exit_sendmsg, syscall::SENDMSG);
+    socket_syscall!(sys_enter_writev, sys_exit_writev, syscall::WRITEV);
+    socket_syscall!(sys_enter_connect, sys_exit_connect, syscall::CONNECT);
+    socket_syscall!(
+        sys_enter_getsockopt,
+        sys_exit_getsockopt,
+        syscall::GETSOCKOPT
+    );
+
+    #[tracepoint]
+    pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
+        unix_listen(&ctx);
+        0
     }
 
     #[tracepoint]

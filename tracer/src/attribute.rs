@@ -20,7 +20,7 @@ use crate::{
     kernel::short_reason_name,
     model::{
         Attribution, Cause, Death, KernelEvent, OomEvidence, OomVictim, ProcessExit, ResetReceived,
-        ResetSent, SignalEvidence, SignalGenerated, Task,
+        ResetSent, SignalEvidence, SignalGenerated, SocketError, Task, Transport, UnixPeer,
     },
 };
 
@@ -30,6 +30,16 @@ const SEND_TTL: u64 = 5 * SECOND;
 /// A receive from a local address waits this long for its send (see above); in practice
 /// the send follows within microseconds.
 pub const RECEIVE_WAIT: u64 = 20_000_000;
+/// How long a TCP verdict waits for a syscall of its receiver to fail with ECONNRESET
+/// (`seen_by_receiver`). A process waiting on the socket (nginx waiting for a response)
+/// is woken by the reset at once; one that does not look within this time did not see it.
+pub const SEEN_WAIT: u64 = 250_000_000;
+/// A process that exits on its own this soon after another sent it SIGTERM, SIGINT or
+/// SIGQUIT exited *because* of it (php-fpm's master, gunicorn workers handle them).
+const HANDLED_SIGNAL_EXPLAINS_EXIT: u64 = 30 * SECOND;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const MAX_LISTENERS_PER_PATH: usize = 4;
 /// How long deaths, signals and OOM kills stay usable as evidence.
 const EVIDENCE_TTL: u64 = 300 * SECOND;
 /// A death explains a reset sent by its (then orphaned) socket this long afterwards.
@@ -42,6 +52,9 @@ const PRUNE_EVERY: u64 = 4096;
 
 pub const SI_KERNEL: i32 = 0x80;
 pub const SI_TKILL: i32 = -6;
+const SIGINT: i32 = 2;
+const SIGQUIT: i32 = 3;
+const SIGTERM: i32 = 15;
 const SIGILL: i32 = 4;
 const SIGTRAP: i32 = 5;
 const SIGABRT: i32 = 6;
@@ -86,6 +99,12 @@ pub struct Attributor {
     signals: HashMap<u32, Vec<SignalGenerated>>,
     /// OOM victims by pid.
     oom: HashMap<u32, OomVictim>,
+    /// TCP verdicts waiting to learn whether their receiver saw the reset, by receiving sock.
+    awaiting_seen: HashMap<u64, Attribution>,
+    /// Receiving socks whose syscall already failed, before their verdict was complete.
+    seen_early: HashMap<u64, u64>,
+    /// unix listening path -> processes that listened on it (latest last).
+    listeners: HashMap<String, Vec<Task>>,
     events_seen: u64,
 }
 
@@ -104,6 +123,9 @@ impl Attributor {
             exits: HashMap::new(),
             signals: HashMap::new(),
             oom: HashMap::new(),
+            awaiting_seen: HashMap::new(),
+            seen_early: HashMap::new(),
+            listeners: HashMap::new(),
             events_seen: 0,
         }
     }
@@ -131,19 +153,22 @@ impl Attributor {
                 }
                 self.sends.insert(key, s);
                 if let Some(r) = self.receives.remove(&key) {
-                    out.push(self.attribute(r));
+                    let a = self.attribute(r);
+                    self.settle(a, out);
                 }
             }
             KernelEvent::ResetReceived(r) => {
                 let key = (canon(r.remote), canon(r.local));
                 if self.sends.contains_key(&key) || !self.is_local(r.remote.ip()) {
-                    out.push(self.attribute(r));
+                    let a = self.attribute(r);
+                    self.settle(a, out);
                 } else {
                     if self.receives.len() >= MAX_PENDING_SENDS {
                         self.expire(u64::MAX, out);
                     }
                     if let Some(previous) = self.receives.insert(key, r) {
-                        out.push(self.attribute(previous));
+                        let a = self.attribute(previous);
+                        self.settle(a, out);
                     }
                 }
             }
@@ -161,7 +186,147 @@ impl Attributor {
                 self.oom.insert(o.victim_pid, o);
             }
             KernelEvent::Fork(_) => {}
+            KernelEvent::SocketError(e) => self.socket_error(e, out),
+            KernelEvent::UnixListen(l) => {
+                let owners = self.listeners.entry(l.path).or_default();
+                owners.retain(|t| t.pid != l.owner.pid);
+                if owners.len() >= MAX_LISTENERS_PER_PATH {
+                    owners.remove(0);
+                }
+                owners.push(l.owner);
+            }
         }
+    }
+
+    /// A completed TCP verdict: out at once if its receiver already failed a syscall on
+    /// the socket, else it waits (SEEN_WAIT) for that.
+    fn settle(&mut self, mut a: Attribution, out: &mut Vec<Attribution>) {
+        if self.seen_early.remove(&a.receiver_sock).is_some() {
+            a.seen_by_receiver = Some(true);
+            out.push(a);
+            return;
+        }
+        if a.receiver_sock == 0 {
+            a.seen_by_receiver = Some(false);
+            out.push(a);
+            return;
+        }
+        if let Some(mut previous) = self.awaiting_seen.insert(a.receiver_sock, a) {
+            previous.seen_by_receiver = Some(false);
+            out.push(previous);
+        }
+    }
+
+    fn socket_error(&mut self, e: SocketError, out: &mut Vec<Attribution>) {
+        match (e.family, &e.unix) {
+            (AF_INET | AF_INET6, _) => {
+                if let Some(mut a) = self.awaiting_seen.remove(&e.sock) {
+                    a.seen_by_receiver = Some(true);
+                    out.push(a);
+                } else if self.seen_early.len() < MAX_PENDING_SENDS {
+                    // The receiver's syscall can beat the send's trace to the ring buffer
+                    // (another CPU): remember it for the verdict still being completed.
+                    self.seen_early.insert(e.sock, e.time_ns);
+                }
+            }
+            (_, Some(peer)) => {
+                let a = self.attribute_unix(&e, peer);
+                out.push(a);
+            }
+            _ => {}
+        }
+    }
+
+    /// A unix stream socket's syscall failed with ECONNRESET: its peer was released with
+    /// unread data, or was an embryo of a listener that closed (unix_release_sock()).
+    fn attribute_unix(&self, e: &SocketError, peer: &UnixPeer) -> Attribution {
+        let mut out = Attribution {
+            time_ns: e.time_ns,
+            cause: Cause::Unknown,
+            transport: Transport::Unix,
+            local: String::new(),
+            remote: peer.path.clone().unwrap_or_default(),
+            receiver_sock: e.sock,
+            seen_by_receiver: Some(true),
+            listener_closed: false,
+            receiver: Some(e.receiver.clone()),
+            peer: None,
+            signal: None,
+            exit_code: None,
+            oom: None,
+            kernel_reason: None,
+            peer_exiting: false,
+        };
+        if let Some(owner) = &peer.owner {
+            out.peer = Some(owner.clone());
+            match self.recent_death(owner.pid, e.time_ns) {
+                Some(exit) => {
+                    out.peer_exiting = true;
+                    self.explain_death(&mut out, &exit);
+                }
+                None => out.cause = Cause::Abort,
+            }
+            return out;
+        }
+        // Never accepted while rsttrace watched: an embryo reset because its listener was
+        // closed, when a process that listened on that path has just died, or has just
+        // been asked to terminate (php-fpm's master closes its listeners on SIGTERM, then
+        // waits for its workers before it exits).
+        let owners = peer
+            .path
+            .as_ref()
+            .and_then(|p| self.listeners.get(p))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let died = owners
+            .iter()
+            .filter_map(|t| self.recent_death(t.pid, e.time_ns).map(|d| (t, d)))
+            .max_by_key(|(_, d)| d.time_ns);
+        if let Some((owner, exit)) = died {
+            out.listener_closed = true;
+            out.peer = Some(owner.clone());
+            out.peer_exiting = true;
+            self.explain_death(&mut out, &exit);
+            return out;
+        }
+        let asked = owners
+            .iter()
+            .find_map(|t| self.termination_request(t, e.time_ns).map(|s| (t, s)));
+        if let Some((owner, s)) = asked {
+            out.listener_closed = true;
+            out.peer = Some(owner.clone());
+            out.cause = Cause::Signal;
+            out.signal = Some(SignalEvidence {
+                number: s.sig,
+                code: s.code,
+                sender: Some(s.sender.clone()),
+            });
+        }
+        out
+    }
+
+    /// The first SIGTERM, SIGINT or SIGQUIT another process sent `task` in the
+    /// HANDLED_SIGNAL_EXPLAINS_EXIT before `now`: processes that handle those shut down
+    /// cleanly (close listeners, exit 0).
+    fn termination_request(&self, task: &Task, now: u64) -> Option<&SignalGenerated> {
+        [task.pid, task.tid]
+            .iter()
+            .filter_map(|id| self.signals.get(id))
+            .flatten()
+            .filter(|s| {
+                matches!(s.sig, SIGINT | SIGQUIT | SIGTERM)
+                    && s.sender.pid != task.pid
+                    && s.time_ns <= now
+                    && now - s.time_ns <= HANDLED_SIGNAL_EXPLAINS_EXIT
+            })
+            .min_by_key(|s| s.time_ns)
+    }
+
+    fn recent_death(&self, pid: u32, now: u64) -> Option<ProcessExit> {
+        self.exits
+            .get(&pid)
+            .filter(|d| d.time_ns <= now && now - d.time_ns <= DEATH_EXPLAINS_FOR)
+            .cloned()
     }
 
     /// Gives up waiting for the sends of receives older than RECEIVE_WAIT at `now_ns`
@@ -178,21 +343,42 @@ impl Attributor {
         });
         due.sort_by_key(|r| r.time_ns);
         for r in due {
-            out.push(self.attribute(r));
+            let a = self.attribute(r);
+            self.settle(a, out);
+        }
+        let seen_cutoff = now_ns.saturating_sub(SEEN_WAIT);
+        self.seen_early.retain(|_, t| *t > seen_cutoff);
+        let mut unseen: Vec<Attribution> = Vec::new();
+        self.awaiting_seen.retain(|_, a| {
+            let keep = a.time_ns > seen_cutoff;
+            if !keep {
+                unseen.push(a.clone());
+            }
+            keep
+        });
+        unseen.sort_by_key(|a| a.time_ns);
+        for mut a in unseen {
+            // At shutdown (now = MAX) nothing is known yet: leave it unknown.
+            a.seen_by_receiver = (now_ns != u64::MAX).then_some(false);
+            out.push(a);
         }
     }
 
-    /// Receives still waiting for their send.
+    /// Verdicts still waiting for their send or for their receiver's syscall.
     pub fn waiting(&self) -> usize {
-        self.receives.len()
+        self.receives.len() + self.awaiting_seen.len()
     }
 
     fn attribute(&mut self, r: ResetReceived) -> Attribution {
         let mut out = Attribution {
             time_ns: r.time_ns,
             cause: Cause::Unknown,
-            local: r.local,
-            remote: r.remote,
+            transport: Transport::Tcp,
+            local: r.local.to_string(),
+            remote: r.remote.to_string(),
+            receiver_sock: r.sk,
+            seen_by_receiver: None,
+            listener_closed: false,
             receiver: r.owner.clone(),
             peer: None,
             signal: None,
@@ -274,6 +460,17 @@ impl Attributor {
             Death::Exited(code) => {
                 out.cause = Cause::Exit;
                 out.exit_code = Some(code);
+                // A clean exit right after another process asked it to terminate: that
+                // request is the cause (the first one, as for signal deaths).
+                let asked = self.termination_request(&exit.task, exit.time_ns);
+                if let Some(s) = asked {
+                    out.cause = Cause::Signal;
+                    out.signal = Some(SignalEvidence {
+                        number: s.sig,
+                        code: s.code,
+                        sender: Some(s.sender.clone()),
+                    });
+                }
             }
             Death::Signal(sig) => {
                 let ids = [exit.task.pid, exit.task.tid];

@@ -5,13 +5,13 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{bail, Result};
-use tracer_ebpf::{kind, Sample, SockOwner, PF_EXITING};
+use tracer_ebpf::{kind, Sample, SockOwner, AF_UNIX, PF_EXITING};
 
 use crate::{
     kernel::Layouts,
     model::{
         KernelEvent, OomVictim, ProcessExit, ProcessFork, ResetReceived, ResetSent,
-        SignalGenerated, Task,
+        SignalGenerated, SocketError, Task, UnixListen, UnixPeer,
     },
     tracefs::{Field, RecordFormat},
 };
@@ -45,16 +45,44 @@ impl<'a> Decoder<'a> {
     pub fn decode_sample(&self, s: &Sample) -> Result<KernelEvent> {
         let raw_len = (s.raw_len as usize).min(s.raw.len());
         let raw = &s.raw[..raw_len];
-        let Some(format) = self.layouts.get(s.kind) else {
-            bail!("sample of unknown kind {}", s.kind);
-        };
-        let rec = Record { raw, format };
         let current = Task {
             pid: (s.pid_tgid >> 32) as u32,
             tid: s.pid_tgid as u32,
             comm: comm_str(&s.comm),
         };
         let time_ns = s.ktime_ns;
+        // Samples the programs build themselves (no tracepoint record to decode).
+        match s.kind {
+            kind::SOCKET_ERROR => {
+                return Ok(KernelEvent::SocketError(SocketError {
+                    time_ns,
+                    receiver: current,
+                    sock: s.sock,
+                    family: s.family,
+                    ret: s.sys_ret,
+                    unix: (s.family == AF_UNIX).then(|| UnixPeer {
+                        sock: s.peer_sock,
+                        owner: owner(&s.owner),
+                        path: unix_path(raw),
+                    }),
+                }))
+            }
+            kind::UNIX_LISTEN => {
+                let Some(path) = unix_path(raw) else {
+                    bail!("unix listen sample without a path");
+                };
+                return Ok(KernelEvent::UnixListen(UnixListen {
+                    time_ns,
+                    owner: current,
+                    path,
+                }));
+            }
+            _ => {}
+        }
+        let Some(format) = self.layouts.get(s.kind) else {
+            bail!("sample of unknown kind {}", s.kind);
+        };
+        let rec = Record { raw, format };
         Ok(match s.kind {
             kind::RESET_SENT => KernelEvent::ResetSent(ResetSent {
                 time_ns,
@@ -115,6 +143,19 @@ fn owner(o: &SockOwner) -> Option<Task> {
         tid: o.pid,
         comm: comm_str(&o.comm),
     })
+}
+
+/// struct sockaddr_un bytes (family, then sun_path) to a path; abstract names (leading
+/// NUL) as `@name`, as ss(8) shows them. None for unnamed sockets.
+pub fn unix_path(sockaddr: &[u8]) -> Option<String> {
+    let path = sockaddr.get(2..)?;
+    match path.first()? {
+        0 => Some(format!(
+            "@{}",
+            String::from_utf8_lossy(&path[1..]).trim_end_matches('\0')
+        )),
+        _ => Some(comm_str(path)),
+    }
 }
 
 pub fn comm_str(bytes: &[u8]) -> String {
@@ -324,6 +365,12 @@ mod tests {
                 closed_ns: 0,
             },
             memcg_id: 0,
+            sock: 0,
+            peer_sock: 0,
+            sys_ret: 0,
+            family: 0,
+            _pad: 0,
+            syscall: 0,
             raw: [0; tracer_ebpf::RAW_RECORD_MAX],
         };
         s.comm[..4].copy_from_slice(b"fpm\0");
@@ -406,6 +453,36 @@ mod tests {
         assert_eq!(r.local.to_string(), "127.0.0.1:43210");
         assert_eq!(r.remote.to_string(), "127.0.0.2:9000");
         assert_eq!(r.sock_cookie, None);
+    }
+
+    #[test]
+    fn unix_socket_error_carries_peer_and_listener_path() {
+        let l = Layouts::default();
+        let mut addr = Vec::from(1u16.to_ne_bytes());
+        addr.extend_from_slice(b"/run/php/php8.2-fpm.sock\0");
+        let mut s = sample(kind::SOCKET_ERROR, &addr);
+        s.family = AF_UNIX;
+        s.sock = 0x10;
+        s.peer_sock = 0x20;
+        s.sys_ret = -104;
+        s.owner.tgid = 77;
+        s.owner.comm[..3].copy_from_slice(b"fpm");
+        let ev = Decoder::new(&l).decode_sample(&s).expect("decode");
+        let KernelEvent::SocketError(e) = ev else {
+            panic!("wrong event {ev:?}")
+        };
+        assert_eq!(e.ret, -104);
+        let peer = e.unix.expect("unix peer");
+        assert_eq!(peer.sock, 0x20);
+        assert_eq!(peer.owner.map(|o| o.pid), Some(77));
+        assert_eq!(peer.path.as_deref(), Some("/run/php/php8.2-fpm.sock"));
+    }
+
+    #[test]
+    fn abstract_and_unnamed_unix_paths() {
+        assert_eq!(unix_path(b"\x01\x00\x00sock"), Some("@sock".into()));
+        assert_eq!(unix_path(b"\x01\x00"), None);
+        assert_eq!(unix_path(b""), None);
     }
 
     #[test]

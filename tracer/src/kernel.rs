@@ -96,6 +96,142 @@ pub const HOOKS: &[Hook] = &[
         required: false,
         purpose: "which process accepted a socket (the peer)",
     },
+    Hook {
+        category: "syscalls",
+        event: "sys_enter_recvfrom",
+        program: "sys_enter_recvfrom",
+        kind: None,
+        required: false,
+        purpose: "whether the receiver saw the reset (recv() returning ECONNRESET); unix-socket resets",
+    },
+    Hook {
+        category: "syscalls",
+        event: "sys_exit_recvfrom",
+        program: "sys_exit_recvfrom",
+        kind: None,
+        required: false,
+        purpose: "whether the receiver saw the reset (recv() returning ECONNRESET); unix-socket resets",
+    },
+    Hook {
+        category: "syscalls",
+        event: "sys_enter_recvmsg",
+        program: "sys_enter_recvmsg",
+        kind: None,
+        required: false,
+        purpose: "whether the receiver saw the reset (recvmsg() returning ECONNRESET); unix-socket resets",
+    },
+    Hook {
+        category: "syscalls",
+        event: "sys_exit_recvmsg",
+        program: "sys_exit_recvmsg",
+        kind: None,
+        required: false,
+        purpose: "whether the receiver saw the reset (recvmsg() returning ECONNRESET); unix-socket resets",
+    },
+    Hook {
+        category: "syscalls",
+        event: "sys_enter_readv",
+        program: "sys_enter_readv",
+        kind: None,
+        required: false,
+        purpose: "whether the receiver saw the reset (readv() returning ECONNRESET); unix-socket resets",
+    },
+    Hook {
+        category: "syscalls",
+        event: "sys_exit_readv",
+        program: "sys_exit_readv",
+        kind: None,
+        required: false,
+        purpose: "whether the receiver saw the reset (readv() returning ECONNRESET); unix-socket resets",
+    },
+    Hook {
+        category: "syscalls",
+        event: "sys_enter_sendto",
+        program: "sys_enter_sendto",
+        kind: None,
+        required: false,
+        purpose: "whether the receiver saw the reset (send() returning ECONNRESET); unix-socket resets",
+    },
+    Hook {
+        category: "syscalls",
+        event: "sys_exit_sendto",
+        program: "sys_exit_sendto",
+        kind: None,
+        required: false,
+        purpose: "whether the receiver saw the reset (send() returning ECONNRESET); unix-socket resets",
+    },
+    Hook {
+        category: "syscalls",
+        event: "sys_enter_sendmsg",
+        program: "sys_enter_sendmsg",
+        kind: None,
+        required: false,
+        purpose: "whether the receiver saw the reset (sendmsg() returning ECONNRESET); unix-socket resets",
+    },
+    Hook {
+        category: "syscalls",
+        event: "sys_exit_sendmsg",
+        program: "sys_exit_sendmsg",
+        kind: None,
+        required: false,
+        purpose: "whether the receiver saw the reset (sendmsg() returning ECONNRESET); unix-socket resets",
+    },
+    Hook {
+        category: "syscalls",
+        event: "sys_enter_writev",
+        program: "sys_enter_writev",
+        kind: None,
+        required: false,
+        purpose: "whether the receiver saw the reset (writev() returning ECONNRESET); unix-socket resets",
+    },
+    Hook {
+        category: "syscalls",
+        event: "sys_exit_writev",
+        program: "sys_exit_writev",
+        kind: None,
+        required: false,
+        purpose: "whether the receiver saw the reset (writev() returning ECONNRESET); unix-socket resets",
+    },
+    Hook {
+        category: "syscalls",
+        event: "sys_enter_connect",
+        program: "sys_enter_connect",
+        kind: None,
+        required: false,
+        purpose: "whether the receiver saw the reset (connect() returning ECONNRESET); unix-socket resets",
+    },
+    Hook {
+        category: "syscalls",
+        event: "sys_exit_connect",
+        program: "sys_exit_connect",
+        kind: None,
+        required: false,
+        purpose: "whether the receiver saw the reset (connect() returning ECONNRESET); unix-socket resets",
+    },
+    Hook {
+        category: "syscalls",
+        event: "sys_enter_getsockopt",
+        program: "sys_enter_getsockopt",
+        kind: None,
+        required: false,
+        purpose: "whether the receiver saw a refused non-blocking connect (SO_ERROR)",
+    },
+    Hook {
+        category: "syscalls",
+        event: "sys_exit_getsockopt",
+        program: "sys_exit_getsockopt",
+        kind: None,
+        required: false,
+        purpose: "whether the receiver saw a refused non-blocking connect (SO_ERROR)",
+    },
+    Hook {
+        category: "syscalls",
+        event: "sys_enter_listen",
+        program: "sys_enter_listen",
+        kind: None,
+        required: false,
+        purpose: "which process owns a unix listening socket",
+    },
 ];
 
 /// Record layouts of the events user space decodes, by sample kind.
@@ -171,6 +307,38 @@ impl KernelFacts {
                     config.set_state_protocol = off("protocol");
                 }
                 "sys_exit_accept4" | "sys_exit_accept" => config.syscall_ret = off("ret"),
+                p if p.starts_with("sys_exit_") => {
+                    if config.syscall_ret == NO_OFFSET {
+                        config.syscall_ret = off("ret");
+                    }
+                    if off("ret") != config.syscall_ret {
+                        missing.push(*hook);
+                        continue;
+                    }
+                }
+                "sys_enter_getsockopt" => {
+                    config.getsockopt_level = off("level");
+                    config.getsockopt_optname = off("optname");
+                    config.getsockopt_optval = off("optval");
+                    if config.sys_enter_fd == NO_OFFSET {
+                        config.sys_enter_fd = off("fd");
+                    }
+                    if off("fd") != config.sys_enter_fd {
+                        missing.push(*hook);
+                        continue;
+                    }
+                }
+                p if p.starts_with("sys_enter_") => {
+                    // One offset serves every syscall program (the first argument of
+                    // each); a kernel where they differ loses that hook only.
+                    if config.sys_enter_fd == NO_OFFSET {
+                        config.sys_enter_fd = off("fd");
+                    }
+                    if off("fd") != config.sys_enter_fd {
+                        missing.push(*hook);
+                        continue;
+                    }
+                }
                 _ => {}
             }
             if let Some(k) = hook.kind {
@@ -210,6 +378,11 @@ impl KernelFacts {
         config.fdt_fd = offset("fdtable.fd");
         config.file_private_data = offset("file.private_data");
         config.socket_sk = offset("socket.sk");
+        config.sock_family = offset("sock.__sk_common.skc_family");
+        config.unix_peer = offset("unix_sock.peer");
+        config.unix_addr = offset("unix_sock.addr");
+        config.unix_address_len = offset("unix_address.len");
+        config.unix_address_name = offset("unix_address.name");
         let subsys = offset("css_set.subsys");
         config.css_set_memcg = match (
             subsys,

@@ -12,4 +12,5 @@ pub mod model;
 pub mod report;
 pub mod timefmt;
 pub mod tracefs;
+pub mod unix;
 pub mod watch;

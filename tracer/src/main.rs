@@ -79,6 +79,9 @@ struct Args {
     /// Print what this kernel supports and which hook serves each capability, then exit.
     #[arg(long)]
     check: bool,
+    /// Also print every decoded kernel event on stderr (for recording test sequences).
+    #[arg(long, hide = true)]
+    debug_events: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -216,7 +219,7 @@ fn run(args: Args) -> Result<u8, Failure> {
         memory: MemoryHierarchy::locate(),
         offset_ns: realtime_offset_ns(),
     };
-    let session = Session {
+    let mut session = Session {
         attributor: Attributor::new(&facts.reset_reasons, local_addresses()),
         decoder: Decoder::new(&facts.layouts),
         resolver,
@@ -224,11 +227,21 @@ fn run(args: Args) -> Result<u8, Failure> {
         format: args.format,
         out: io::BufWriter::with_capacity(64 * 1024, io::stdout()),
         verdicts: Vec::new(),
+        debug_events: args.debug_events,
         reported: 0,
         lost_reported: 0,
         decode_errors: 0,
         decode_errors_reported: 0,
     };
+    // Listeners that predate us, so a listener-closed reset can name their owner.
+    for listen in rsttrace::unix::scan_listeners() {
+        if session.debug_events {
+            eprintln!("{listen:?}");
+        }
+        session
+            .attributor
+            .observe(KernelEvent::UnixListen(listen), &mut session.verdicts);
+    }
     runtime
         .block_on(event_loop(
             session,
@@ -274,6 +287,7 @@ struct Session<'a> {
     format: Format,
     out: io::BufWriter<io::Stdout>,
     verdicts: Vec<Attribution>,
+    debug_events: bool,
     reported: u64,
     lost_reported: u64,
     decode_errors: u64,
@@ -300,6 +314,9 @@ impl Session<'_> {
         };
         if let KernelEvent::Fork(f) = &event {
             self.watch.on_fork(f);
+        }
+        if self.debug_events {
+            eprintln!("{event:?}");
         }
         let mut verdicts = std::mem::take(&mut self.verdicts);
         self.attributor.observe(event, &mut verdicts);

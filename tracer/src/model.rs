@@ -107,6 +107,38 @@ pub struct OomVictim {
     pub memcg_id: u64,
 }
 
+/// A socket syscall of `receiver` failed with ECONNRESET (connect: ECONNREFUSED): the
+/// receiver saw a reset. For AF_UNIX sockets this is the reset itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketError {
+    pub time_ns: u64,
+    pub receiver: Task,
+    pub sock: u64,
+    pub family: u16,
+    /// Negative errno.
+    pub ret: i64,
+    pub unix: Option<UnixPeer>,
+}
+
+/// The other end of a unix stream socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnixPeer {
+    pub sock: u64,
+    /// The process that accepted it (None: accepted before rsttrace started, or never
+    /// accepted — an embryo in a listener's backlog).
+    pub owner: Option<Task>,
+    /// The listening path it was connected through (`@name` for abstract sockets).
+    pub path: Option<String>,
+}
+
+/// A process listens on a unix socket path (listen(), or found by the start-up scan).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnixListen {
+    pub time_ns: u64,
+    pub owner: Task,
+    pub path: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KernelEvent {
     ResetSent(ResetSent),
@@ -115,6 +147,8 @@ pub enum KernelEvent {
     Exit(ProcessExit),
     Fork(ProcessFork),
     OomVictim(OomVictim),
+    SocketError(SocketError),
+    UnixListen(UnixListen),
 }
 
 impl KernelEvent {
@@ -126,6 +160,8 @@ impl KernelEvent {
             KernelEvent::Exit(e) => e.time_ns,
             KernelEvent::Fork(e) => e.time_ns,
             KernelEvent::OomVictim(e) => e.time_ns,
+            KernelEvent::SocketError(e) => e.time_ns,
+            KernelEvent::UnixListen(e) => e.time_ns,
         }
     }
 }
@@ -188,13 +224,38 @@ pub struct OomEvidence {
     pub memcg_id: u64,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Unix,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Unix => "unix",
+        }
+    }
+}
+
 /// One verdict per reset received by a local socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attribution {
     pub time_ns: u64,
     pub cause: Cause,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
+    pub transport: Transport,
+    /// tcp: `ip:port`; unix: the receiving socket's own path (empty when unnamed).
+    pub local: String,
+    /// tcp: `ip:port`; unix: the path of the listener the upstream accepted on.
+    pub remote: String,
+    /// The receiving socket (struct sock *), to match the receiver's syscall error.
+    pub receiver_sock: u64,
+    /// A syscall of the receiver returned ECONNRESET for it (None: not known yet).
+    pub seen_by_receiver: Option<bool>,
+    /// unix: the peer was never accepted; its listener was closed (the peer is then the
+    /// process that owned the listener).
+    pub listener_closed: bool,
     pub receiver: Option<Task>,
     pub peer: Option<Task>,
     pub signal: Option<SignalEvidence>,

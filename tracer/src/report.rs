@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::{
     attribute::SI_KERNEL,
-    model::{Attribution, Cause, Task},
+    model::{Attribution, Cause, Task, Transport},
     timefmt::rfc3339_utc,
 };
 
@@ -86,6 +86,10 @@ pub struct ResetJson {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel_reason: Option<String>,
     pub peer_exiting: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seen_by_receiver: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listener_closed: Option<bool>,
     pub hint: String,
 }
 
@@ -129,9 +133,9 @@ pub fn reset_json(a: &Attribution, r: &dyn Resolve) -> ResetJson {
         event: "reset",
         time: rfc3339_utc(r.wall_time_ns(a.time_ns)),
         cause: a.cause.as_str(),
-        transport: "tcp",
-        local: a.local.to_string(),
-        remote: a.remote.to_string(),
+        transport: a.transport.as_str(),
+        local: a.local.clone(),
+        remote: a.remote.clone(),
         receiver: a.receiver.as_ref().map(Into::into),
         peer: a.peer.as_ref().map(Into::into),
         signal: a.signal.as_ref().map(|s| SignalJson {
@@ -145,11 +149,23 @@ pub fn reset_json(a: &Attribution, r: &dyn Resolve) -> ResetJson {
         oom,
         kernel_reason,
         peer_exiting: a.peer_exiting,
+        seen_by_receiver: a.seen_by_receiver,
+        listener_closed: (a.transport == Transport::Unix).then_some(a.listener_closed),
         hint,
     }
 }
 
 fn hint(a: &Attribution, oom: Option<&OomJson>, reason: Option<&str>) -> String {
+    if a.listener_closed {
+        let who = a.peer.as_ref().map_or_else(
+            || "its owner".to_string(),
+            |p| format!("{} (pid {})", p.comm, p.pid),
+        );
+        return format!(
+            "The upstream's listening socket was closed with this connection still queued in its backlog: {who} stopped or restarted ({}); reload gracefully (php-fpm: SIGUSR2) or drain before stopping.",
+            a.cause.as_str()
+        );
+    }
     match a.cause {
         Cause::OomKill => match oom {
             Some(OomJson {
@@ -188,7 +204,10 @@ fn hint(a: &Attribution, oom: Option<&OomJson>, reason: Option<&str>) -> String 
 }
 
 pub fn render_text(j: &ResetJson) -> String {
-    let mut line = format!("{} {:<9} {} <- {}", j.time, j.cause, j.local, j.remote);
+    let mut line = format!(
+        "{} {:<9} {} {} <- {}",
+        j.time, j.cause, j.transport, j.local, j.remote
+    );
     if let Some(r) = &j.receiver {
         let _ = write!(line, " receiver={}[{}]", r.comm, r.pid);
     }
@@ -212,6 +231,12 @@ pub fn render_text(j: &ResetJson) -> String {
     }
     if let Some(r) = &j.kernel_reason {
         let _ = write!(line, " reason={r}");
+    }
+    if j.listener_closed == Some(true) {
+        line.push_str(" listener_closed");
+    }
+    if j.seen_by_receiver == Some(false) {
+        line.push_str(" (not seen by the receiver)");
     }
     let _ = write!(line, "\n    {}", j.hint);
     line
@@ -282,8 +307,6 @@ pub fn signal_code_name(sig: i32, code: i32) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
-
     use super::*;
     use crate::model::{OomEvidence, SignalEvidence};
 
@@ -313,13 +336,15 @@ mod tests {
     }
 
     fn attribution(cause: Cause) -> Attribution {
-        let local: SocketAddr = "127.0.0.1:43210".parse().expect("addr");
-        let remote: SocketAddr = "127.0.0.1:9000".parse().expect("addr");
         Attribution {
             time_ns: 5,
             cause,
-            local,
-            remote,
+            transport: Transport::Tcp,
+            local: "127.0.0.1:43210".into(),
+            remote: "127.0.0.1:9000".into(),
+            receiver_sock: 1,
+            seen_by_receiver: Some(true),
+            listener_closed: false,
             receiver: Some(task(10, "nginx")),
             peer: Some(task(20, "php-fpm8.2")),
             signal: None,
@@ -353,6 +378,8 @@ mod tests {
         assert_eq!(v["signal"]["sender"]["pid"], 30);
         assert_eq!(v["kernel_reason"], "TCP_ABORT_ON_CLOSE");
         assert!(v.get("exit_code").is_none());
+        assert_eq!(v["seen_by_receiver"], true);
+        assert!(v.get("listener_closed").is_none(), "unix only");
         assert!(v.get("oom").is_none());
         assert!(v["hint"]
             .as_str()

@@ -5,7 +5,10 @@
 use std::collections::{HashMap, HashSet};
 
 use super::*;
-use crate::model::{OomVictim, ProcessExit, ResetReceived, ResetSent, SignalGenerated, Task};
+use crate::model::{
+    OomVictim, ProcessExit, ResetReceived, ResetSent, SignalGenerated, SocketError, Task,
+    UnixListen, UnixPeer,
+};
 
 const NGINX: u32 = 1000;
 const WORKER: u32 = 2000;
@@ -109,7 +112,26 @@ fn run(events: Vec<KernelEvent>) -> Vec<Attribution> {
     out
 }
 
-fn only(events: Vec<KernelEvent>) -> Attribution {
+/// nginx's recv() on its socket 0xa failed with ECONNRESET.
+fn nginx_saw_it(t: u64) -> KernelEvent {
+    KernelEvent::SocketError(SocketError {
+        time_ns: t,
+        receiver: nginx(),
+        sock: 0xa,
+        family: 2,
+        ret: -104,
+        unix: None,
+    })
+}
+
+fn only(mut events: Vec<KernelEvent>) -> Attribution {
+    // nginx reads the socket the reset hit, as when it waits for a response
+    if events
+        .iter()
+        .any(|e| matches!(e, KernelEvent::ResetReceived(_)))
+    {
+        events.push(nginx_saw_it(u64::MAX / 2));
+    }
     let mut out = run(events);
     assert_eq!(out.len(), 1, "expected one verdict, got {out:#?}");
     out.remove(0)
@@ -282,8 +304,146 @@ fn local_reset_without_a_send_is_unknown_after_the_wait() {
     engine.expire(1_000 + RECEIVE_WAIT / 2, &mut out);
     assert!(out.is_empty());
     engine.expire(1_000 + RECEIVE_WAIT + 1, &mut out);
+    assert!(
+        out.is_empty(),
+        "a verdict without its send still waits for the receiver"
+    );
+    engine.expire(1_000 + RECEIVE_WAIT + SEEN_WAIT + 2, &mut out);
     assert_eq!(out.len(), 1);
+    assert_eq!(out[0].seen_by_receiver, Some(false));
     assert_eq!(out[0].cause, Cause::Unknown);
+}
+
+#[test]
+fn a_reset_the_receiver_reads_is_seen_at_once() {
+    let mut engine = Attributor::new(&reasons(), HashSet::new());
+    let mut out = Vec::new();
+    for e in [
+        received(300),
+        sent(301, worker(), false, Some(ABORT_ON_CLOSE)),
+    ] {
+        engine.observe(e, &mut out);
+    }
+    assert!(out.is_empty(), "waits to learn whether nginx saw it");
+    engine.observe(nginx_saw_it(5_000), &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].seen_by_receiver, Some(true));
+}
+
+#[test]
+fn the_receivers_error_may_come_before_the_send() {
+    let a = only(vec![
+        received(300),
+        nginx_saw_it(301),
+        sent(302, worker(), false, Some(ABORT_ON_CLOSE)),
+    ]);
+    assert_eq!(a.cause, Cause::Abort);
+    assert_eq!(a.seen_by_receiver, Some(true));
+}
+
+#[test]
+fn a_reset_after_the_response_is_not_seen() {
+    let mut engine = Attributor::new(&reasons(), HashSet::new());
+    let mut out = Vec::new();
+    for e in [
+        received(300),
+        sent(301, worker(), false, Some(ABORT_ON_CLOSE)),
+    ] {
+        engine.observe(e, &mut out);
+    }
+    engine.expire(300 + SEEN_WAIT + 1, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].seen_by_receiver, Some(false));
+}
+
+fn unix_error(t: u64, owner: Option<Task>) -> KernelEvent {
+    KernelEvent::SocketError(SocketError {
+        time_ns: t,
+        receiver: nginx(),
+        sock: 0xa,
+        family: 1,
+        ret: -104,
+        unix: Some(UnixPeer {
+            sock: 0xb,
+            owner,
+            path: Some("/run/php/php8.2-fpm.sock".into()),
+        }),
+    })
+}
+
+#[test]
+fn unix_worker_killed_mid_request() {
+    // No RST on unix sockets: nginx's recv() failing is the reset.
+    let a = only(vec![
+        signal(100, task(KILLER, "kill"), 9, 0, WORKER),
+        exit(200, 9),
+        unix_error(300, Some(worker())),
+    ]);
+    assert_eq!(a.transport, Transport::Unix);
+    assert_eq!(a.cause, Cause::Signal);
+    assert_eq!(a.remote, "/run/php/php8.2-fpm.sock");
+    assert_eq!(a.peer.map(|p| p.pid), Some(WORKER));
+    assert_eq!(a.seen_by_receiver, Some(true));
+    assert!(!a.listener_closed);
+}
+
+#[test]
+fn unix_live_abort() {
+    let a = only(vec![unix_error(300, Some(worker()))]);
+    assert_eq!(a.cause, Cause::Abort);
+}
+
+#[test]
+fn unix_listener_closed_with_queued_connections() {
+    // php-fpm's master gets SIGTERM, handles it, exits 0; its listener closes and the
+    // connections still in the backlog (never accepted: no owner) are reset.
+    let master = task(MASTER, "php-fpm8.2");
+    let a = only(vec![
+        KernelEvent::UnixListen(UnixListen {
+            time_ns: 0,
+            owner: master.clone(),
+            path: "/run/php/php8.2-fpm.sock".into(),
+        }),
+        signal(100, task(KILLER, "kill"), 15, 0, MASTER),
+        KernelEvent::Exit(ProcessExit {
+            time_ns: 200,
+            task: master.clone(),
+            exit_code: 0,
+            memcg_id: 0,
+        }),
+        unix_error(300, None),
+    ]);
+    assert!(a.listener_closed);
+    assert_eq!(a.peer, Some(master));
+    assert_eq!(a.cause, Cause::Signal);
+    assert_eq!(a.signal.and_then(|s| s.sender).map(|t| t.pid), Some(KILLER));
+}
+
+#[test]
+fn unix_listener_closed_by_a_master_still_shutting_down() {
+    // Observed with php-fpm 8.2: on SIGTERM the master closes its listeners at once and
+    // exits only after its workers, so the queued connections are reset before it dies.
+    let master = task(MASTER, "php-fpm8.2");
+    let a = only(vec![
+        KernelEvent::UnixListen(UnixListen {
+            time_ns: 0,
+            owner: master.clone(),
+            path: "/run/php/php8.2-fpm.sock".into(),
+        }),
+        signal(100, task(KILLER, "kill"), 15, 0, MASTER),
+        unix_error(300, None),
+    ]);
+    assert!(a.listener_closed);
+    assert_eq!(a.peer, Some(master));
+    assert_eq!(a.cause, Cause::Signal);
+    assert_eq!(a.signal.and_then(|s| s.sender).map(|t| t.pid), Some(KILLER));
+}
+
+#[test]
+fn unix_reset_with_nothing_known_is_unknown() {
+    let a = only(vec![unix_error(300, None)]);
+    assert_eq!(a.cause, Cause::Unknown);
+    assert!(!a.listener_closed);
 }
 
 #[test]
@@ -337,6 +497,7 @@ fn kernels_without_reasons_infer_from_the_task() {
     ] {
         engine.observe(e, &mut out);
     }
+    engine.expire(u64::MAX, &mut out);
     let causes: Vec<Cause> = out.iter().map(|a| a.cause).collect();
     assert_eq!(causes, vec![Cause::Signal, Cause::Abort]);
 }
@@ -372,6 +533,17 @@ fn a_million_resets_keep_state_bounded() {
                 state: Some(7),
                 src: addr(UPSTREAM_END),
                 dst: nginx_end,
+            }),
+            &mut out,
+        );
+        engine.observe(
+            KernelEvent::SocketError(SocketError {
+                time_ns: t + 2,
+                receiver: nginx(),
+                sock: i,
+                family: 2,
+                ret: -104,
+                unix: None,
             }),
             &mut out,
         );
