@@ -432,7 +432,9 @@ async fn event_loop(
                 r
             }
             _ = tick.tick() => session.report_lost(lost_total()).map(|()| false),
-            _ = expire_tick.tick() => session.expire(monotonic_ns() as u64).map(|()| false),
+            _ = expire_tick.tick() => session
+                .expire(monotonic_ns() as u64)
+                .map(|()| count.is_some_and(|c| session.reported >= c)),
             _ = sigint.recv() => Ok(true),
             _ = sigterm.recv() => Ok(true),
             _ = async {
