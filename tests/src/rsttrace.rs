@@ -143,14 +143,19 @@ impl Rsttrace {
 
     /// SIGINT, then waits for a clean exit (status 0) and returns every event printed.
     pub fn stop(&mut self) -> Result<Vec<Value>> {
+        self.stop_with(libc::SIGINT)
+    }
+
+    /// Like [`Rsttrace::stop`] with another signal (SIGTERM).
+    pub fn stop_with(&mut self, signal: i32) -> Result<Vec<Value>> {
         if self.try_exit()?.is_none() {
-            send_signal(self.pid(), libc::SIGINT)?;
+            send_signal(self.pid(), signal)?;
             let exited = wait_until(STOP_TIMEOUT, || self.try_exit().ok().flatten());
             if exited.is_none() {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
                 bail!(
-                    "rsttrace did not exit within {STOP_TIMEOUT:?} of SIGINT; stderr:\n{}",
+                    "rsttrace did not exit within {STOP_TIMEOUT:?} of signal {signal}; stderr:\n{}",
                     self.stderr()
                 );
             }

@@ -1,0 +1,190 @@
+//! Root reliability tests: clean detach, side-by-side instances, a closed output pipe, a
+//! php-fpm restarted under a `--pid-of` watch. Run through `cargo xtask test`.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rsttrace_tests::fixtures::{php_script, run_kill, wait_for_php_worker};
+use rsttrace_tests::{
+    require_root, spawn_http_request, Location, Nginx, PhpFpm, PhpFpmOptions, Rsttrace,
+    RSTTRACE_BIN_ENV,
+};
+use serde_json::Value;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Ids of the BPF programs loaded right now (`bpftool prog show`).
+fn bpf_program_ids() -> HashSet<u32> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("running bpftool (installed by cargo xtask setup)");
+    assert!(out.status.success(), "bpftool prog show failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(':').next()?.trim().parse().ok())
+        .collect()
+}
+
+/// A TCP reset to this process: connect to a port where nothing listens.
+fn closed_port_reset() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding");
+    let port = listener.local_addr().expect("address").port();
+    drop(listener);
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    port
+}
+
+fn has_reset_from(events: &[Value], remote_port: u16) -> bool {
+    events.iter().any(|e| {
+        e["event"] == "reset"
+            && e["cause"] == "no_socket"
+            && e["remote"]
+                .as_str()
+                .is_some_and(|r| r.ends_with(&format!(":{remote_port}")))
+    })
+}
+
+#[test]
+fn sigint_and_sigterm_detach_every_program() {
+    require_root();
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let before = bpf_program_ids();
+        let mut tool = Rsttrace::start(&[]).expect("starting rsttrace");
+        let ours: HashSet<u32> = bpf_program_ids().difference(&before).copied().collect();
+        assert!(
+            ours.len() >= 9,
+            "rsttrace loaded only {} programs",
+            ours.len()
+        );
+        let port = closed_port_reset();
+        assert!(
+            tool.wait_for(|e| has_reset_from(std::slice::from_ref(e), port), TIMEOUT)
+                .is_some(),
+            "no reset reported:\n{}",
+            tool.report()
+        );
+        tool.stop_with(signal).expect("rsttrace must exit 0");
+        let left: Vec<u32> = bpf_program_ids().intersection(&ours).copied().collect();
+        assert!(
+            left.is_empty(),
+            "signal {signal} left programs {left:?} loaded"
+        );
+        assert!(tool.stderr().contains("detached"), "{}", tool.stderr());
+    }
+}
+
+#[test]
+fn two_instances_side_by_side_both_report() {
+    require_root();
+    let mut first = Rsttrace::start(&[]).expect("starting the first rsttrace");
+    let mut second = Rsttrace::start(&[]).expect("starting the second rsttrace");
+    let port = closed_port_reset();
+    for tool in [&first, &second] {
+        assert!(
+            tool.wait_for(|e| has_reset_from(std::slice::from_ref(e), port), TIMEOUT)
+                .is_some(),
+            "an instance missed the reset:\n{}",
+            tool.report()
+        );
+    }
+    first.stop().expect("first exits 0");
+    second.stop().expect("second exits 0");
+}
+
+#[test]
+fn quiet_exit_when_the_reader_closes_the_pipe() {
+    require_root();
+    let bin = std::env::var(RSTTRACE_BIN_ENV).expect("RSTTRACE_BIN (run through cargo xtask test)");
+    let mut child = Command::new(bin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting rsttrace");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("reading stderr");
+    assert!(line.contains("attached"), "{line}");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    closed_port_reset();
+    let mut first = String::new();
+    stdout
+        .read_line(&mut first)
+        .expect("reading the first line");
+    assert!(first.contains("\"event\":\"reset\""), "{first}");
+    drop(stdout); // the reader goes away, like `rsttrace | head -1`
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        closed_port_reset(); // something to write
+        if let Some(status) = child.try_wait().expect("waiting") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rsttrace kept running after its reader left"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut rest = String::new();
+    for l in stderr.lines().map_while(Result::ok) {
+        rest.push_str(&l);
+        rest.push('\n');
+    }
+    assert_eq!(status.code(), Some(0), "stderr: {rest}");
+    assert!(
+        !rest.contains("panicked") && !rest.contains("error"),
+        "not quiet: {rest}"
+    );
+}
+
+#[test]
+fn pid_of_follows_a_restarted_php_fpm() {
+    require_root();
+    let old = PhpFpm::start(PhpFpmOptions::default()).expect("starting php-fpm");
+    let mut tool = Rsttrace::start(&["--pid-of", "php-fpm"]).expect("starting rsttrace");
+    let old_master = old.master_pid();
+    drop(old); // stopped: the next master is a new process rsttrace never saw start
+    let fpm = PhpFpm::start(PhpFpmOptions::default()).expect("restarting php-fpm");
+    assert_ne!(fpm.master_pid(), old_master);
+    let marker = fpm.state_dir().join("started");
+    fpm.write_script("sleep.php", &php_script(&marker, "sleep(30);"))
+        .expect("writing sleep.php");
+    let nginx = Nginx::start(&[Location::php(&fpm)]).expect("starting nginx");
+    let request = spawn_http_request(
+        nginx.port(),
+        "GET",
+        "/php/sleep.php",
+        Vec::new(),
+        Duration::from_secs(60),
+    );
+    let worker = wait_for_php_worker(&marker);
+    let kill = run_kill("-9", worker);
+    let _ = request.join();
+    let event = tool
+        .wait_for(
+            |e| e["event"] == "reset" && e["peer"]["pid"].as_u64() == Some(u64::from(worker)),
+            TIMEOUT,
+        )
+        .unwrap_or_else(|| {
+            panic!(
+                "the new master's worker was not followed:\n{}",
+                tool.report()
+            )
+        });
+    assert_eq!(event["cause"], "signal", "{event}");
+    assert_eq!(
+        event["signal"]["sender"]["pid"].as_u64(),
+        Some(u64::from(kill))
+    );
+    // The filter holds: resets between other processes are not reported.
+    let port = closed_port_reset();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !has_reset_from(&tool.events(), port),
+        "--pid-of let an unrelated reset through"
+    );
+    tool.stop().expect("rsttrace exits 0");
+}
