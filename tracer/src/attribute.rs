@@ -38,6 +38,7 @@ pub const SEEN_WAIT: u64 = 250_000_000;
 /// SIGQUIT exited *because* of it (php-fpm's master, gunicorn workers handle them).
 const HANDLED_SIGNAL_EXPLAINS_EXIT: u64 = 30 * SECOND;
 const AF_INET: u16 = 2;
+const ECONNREFUSED: i64 = 111;
 const AF_INET6: u16 = 10;
 const MAX_LISTENERS_PER_PATH: usize = 4;
 /// How long deaths, signals and OOM kills stay usable as evidence.
@@ -101,8 +102,9 @@ pub struct Attributor {
     oom: HashMap<u32, OomVictim>,
     /// TCP verdicts waiting to learn whether their receiver saw the reset, by receiving sock.
     awaiting_seen: HashMap<u64, Attribution>,
-    /// Receiving socks whose syscall already failed, before their verdict was complete.
-    seen_early: HashMap<u64, u64>,
+    /// Receiving socks whose syscall already failed (time, -errno), before their verdict
+    /// was complete.
+    seen_early: HashMap<u64, (u64, i64)>,
     /// unix listening path -> processes that listened on it (latest last).
     listeners: HashMap<String, Vec<Task>>,
     events_seen: u64,
@@ -201,8 +203,9 @@ impl Attributor {
     /// A completed TCP verdict: out at once if its receiver already failed a syscall on
     /// the socket, else it waits (SEEN_WAIT) for that.
     fn settle(&mut self, mut a: Attribution, out: &mut Vec<Attribution>) {
-        if self.seen_early.remove(&a.receiver_sock).is_some() {
+        if let Some((_, ret)) = self.seen_early.remove(&a.receiver_sock) {
             a.seen_by_receiver = Some(true);
+            refused_means_no_socket(&mut a, ret);
             out.push(a);
             return;
         }
@@ -222,11 +225,12 @@ impl Attributor {
             (AF_INET | AF_INET6, _) => {
                 if let Some(mut a) = self.awaiting_seen.remove(&e.sock) {
                     a.seen_by_receiver = Some(true);
+                    refused_means_no_socket(&mut a, e.ret);
                     out.push(a);
                 } else if self.seen_early.len() < MAX_PENDING_SENDS {
                     // The receiver's syscall can beat the send's trace to the ring buffer
                     // (another CPU): remember it for the verdict still being completed.
-                    self.seen_early.insert(e.sock, e.time_ns);
+                    self.seen_early.insert(e.sock, (e.time_ns, e.ret));
                 }
             }
             (_, Some(peer)) => {
@@ -347,7 +351,7 @@ impl Attributor {
             self.settle(a, out);
         }
         let seen_cutoff = now_ns.saturating_sub(SEEN_WAIT);
-        self.seen_early.retain(|_, t| *t > seen_cutoff);
+        self.seen_early.retain(|_, (t, _)| *t > seen_cutoff);
         let mut unseen: Vec<Attribution> = Vec::new();
         self.awaiting_seen.retain(|_, a| {
             let keep = a.time_ns > seen_cutoff;
@@ -584,6 +588,15 @@ impl Attributor {
             + self.exits.len()
             + self.signals.len()
             + self.oom.len()
+    }
+}
+
+/// connect() refused (ECONNREFUSED, directly or through SO_ERROR) is a RST answering a
+/// SYN: nothing listened. Kernels before ~6.10 do not trace that send (tcp_v4_send_reset()
+/// with no socket), so the receiver's errno is the only witness there.
+fn refused_means_no_socket(a: &mut Attribution, ret: i64) {
+    if a.cause == Cause::Unknown && ret == -ECONNREFUSED {
+        a.cause = Cause::NoSocket;
     }
 }
 

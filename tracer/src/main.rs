@@ -150,19 +150,20 @@ impl<T, E: Into<anyhow::Error>> ExitWith<T> for Result<T, E> {
 
 fn run(args: Args) -> Result<u8, Failure> {
     let started = Instant::now();
-    let facts = KernelFacts::resolve().exit_with(EXIT_UNSUPPORTED)?;
-    if args.check {
-        print_check(&facts);
-        return Ok(EXIT_OK);
-    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(Failure {
             code: EXIT_UNSUPPORTED,
             error: anyhow::anyhow!(
-                "rsttrace attaches eBPF programs to kernel tracepoints and must run as root: sudo rsttrace ..."
+                "rsttrace reads tracefs and attaches eBPF programs to kernel tracepoints: \
+                 run it as root (sudo rsttrace ...)"
             ),
         });
+    }
+    let facts = KernelFacts::resolve().exit_with(EXIT_UNSUPPORTED)?;
+    if args.check {
+        print_check(&facts);
+        return Ok(EXIT_OK);
     }
     for pid in &args.pid {
         if !watch::pid_exists(*pid) {
@@ -490,6 +491,25 @@ fn drain(
 fn print_check(facts: &KernelFacts) {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("kernel {}", release.trim());
+    println!(
+        "BTF: {} (struct offsets, sk_rst_reason names)",
+        rsttrace::kernel::VMLINUX_BTF
+    );
+    println!("capabilities:");
+    for (capability, events) in CAPABILITIES {
+        let served: Vec<&str> = events
+            .iter()
+            .copied()
+            .filter(|e| facts.available.iter().any(|h| h.event == *e))
+            .collect();
+        if served.is_empty() {
+            println!("  MISSING  {capability}");
+        } else if served.len() < events.len() {
+            println!("  partial  {capability}: {}", served.join(", "));
+        } else {
+            println!("  ok       {capability}: {}", served.join(", "));
+        }
+    }
     println!("hooks (tracepoints):");
     for hook in &facts.available {
         println!(
@@ -524,6 +544,40 @@ fn print_check(facts: &KernelFacts) {
         );
     }
 }
+
+/// What rsttrace does, and the tracepoints serving each (for --check).
+const CAPABILITIES: &[(&str, &[&str])] = &[
+    ("TCP resets received", &["tcp_receive_reset"]),
+    (
+        "who sent a TCP reset, and the kernel's reason",
+        &["tcp_send_reset"],
+    ),
+    ("who killed a process (signals)", &["signal_generate"]),
+    (
+        "process deaths, exit codes, memory cgroups",
+        &["sched_process_exit"],
+    ),
+    ("OOM kills", &["mark_victim"]),
+    ("following --pid children", &["sched_process_fork"]),
+    (
+        "socket owners (receiver, peer)",
+        &["inet_sock_set_state", "sys_exit_accept4", "sys_exit_accept"],
+    ),
+    (
+        "unix-socket resets, seen_by_receiver",
+        &[
+            "sys_exit_recvfrom",
+            "sys_exit_recvmsg",
+            "sys_exit_readv",
+            "sys_exit_sendto",
+            "sys_exit_sendmsg",
+            "sys_exit_writev",
+            "sys_exit_connect",
+            "sys_exit_getsockopt",
+        ],
+    ),
+    ("unix listener owners", &["sys_enter_listen"]),
+];
 
 /// This host's addresses, so a reset from one of them is never blamed on the network.
 fn local_addresses() -> HashSet<IpAddr> {

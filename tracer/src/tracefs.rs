@@ -115,10 +115,17 @@ impl Tracefs {
     pub fn locate() -> Result<Self> {
         for candidate in TRACEFS_CANDIDATES {
             let root = Path::new(candidate);
-            if root.join("events").is_dir() {
-                return Ok(Self {
-                    root: root.to_path_buf(),
-                });
+            match fs::read_dir(root.join("events")) {
+                Ok(_) => {
+                    return Ok(Self {
+                        root: root.to_path_buf(),
+                    })
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+                    "cannot read {}: permission denied; run rsttrace as root",
+                    root.display()
+                ),
+                Err(_) => {}
             }
         }
         bail!(

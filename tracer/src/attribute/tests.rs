@@ -271,6 +271,30 @@ fn closed_port_is_no_socket_send_first() {
 }
 
 #[test]
+fn refused_connect_without_a_traced_send_is_no_socket() {
+    // 6.1: tcp_v4_send_reset() with no socket is not traced; nginx's connect() (or its
+    // getsockopt(SO_ERROR)) returning ECONNREFUSED says what happened.
+    let mut engine = Attributor::new(&reasons(), HashSet::new());
+    let mut out = Vec::new();
+    engine.observe(received(100), &mut out);
+    engine.expire(100 + RECEIVE_WAIT + 1, &mut out);
+    engine.observe(
+        KernelEvent::SocketError(SocketError {
+            time_ns: 100 + RECEIVE_WAIT + 2,
+            receiver: nginx(),
+            sock: 0xa,
+            family: 2,
+            ret: -111,
+            unix: None,
+        }),
+        &mut out,
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].cause, Cause::NoSocket);
+    assert_eq!(out[0].seen_by_receiver, Some(true));
+}
+
+#[test]
 fn keepalive_timeout_is_the_kernel() {
     let a = only(vec![
         received(300),
