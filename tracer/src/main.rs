@@ -512,16 +512,12 @@ fn print_check(facts: &KernelFacts) {
     }
     println!("hooks (tracepoints):");
     for hook in &facts.available {
-        println!(
-            "  ok       {}:{:<22} {}",
-            hook.category, hook.event, hook.purpose
-        );
+        let name = format!("{}:{}", hook.category, hook.event);
+        println!("  ok       {name:<32} {}", hook.purpose);
     }
     for hook in &facts.missing {
-        println!(
-            "  missing  {}:{:<22} no {}",
-            hook.category, hook.event, hook.purpose
-        );
+        let name = format!("{}:{}", hook.category, hook.event);
+        println!("  missing  {name:<32} no {}", hook.purpose);
     }
     println!(
         "reset reasons: {}",
