@@ -188,3 +188,93 @@ fn pid_of_follows_a_restarted_php_fpm() {
     );
     tool.stop().expect("rsttrace exits 0");
 }
+
+#[test]
+fn worker_churn_keeps_attribution_right() {
+    require_root();
+    // pm.max_requests = 1: every request ends its worker and the master forks another, so
+    // pids churn while rsttrace follows --pid-of php-fpm.
+    let fpm = PhpFpm::start(PhpFpmOptions {
+        max_children: 2,
+        max_requests: Some(1),
+        ..PhpFpmOptions::default()
+    })
+    .expect("starting php-fpm");
+    fpm.write_script("quick.php", "<?php echo 'ok';")
+        .expect("writing quick.php");
+    let marker = fpm.state_dir().join("started");
+    fpm.write_script("sleep.php", &php_script(&marker, "sleep(30);"))
+        .expect("writing sleep.php");
+    let nginx = Nginx::start(&[Location::php(&fpm)]).expect("starting nginx");
+    let mut tool = Rsttrace::start(&["--pid-of", "php-fpm"]).expect("starting rsttrace");
+    for _ in 0..60 {
+        let (status, _) = rsttrace_tests::http_request(
+            nginx.port(),
+            "GET",
+            "/php/quick.php",
+            b"",
+            Duration::from_secs(10),
+        )
+        .expect("a quick request");
+        assert_eq!(status, 200);
+    }
+    let request = spawn_http_request(
+        nginx.port(),
+        "GET",
+        "/php/sleep.php",
+        Vec::new(),
+        Duration::from_secs(60),
+    );
+    let worker = wait_for_php_worker(&marker);
+    let kill = run_kill("-9", worker);
+    let _ = request.join();
+    let event = tool
+        .wait_for(
+            |e| e["event"] == "reset" && e["peer"]["pid"].as_u64() == Some(u64::from(worker)),
+            TIMEOUT,
+        )
+        .unwrap_or_else(|| panic!("the killed worker's reset is missing:\n{}", tool.report()));
+    assert_eq!(event["cause"], "signal", "{event}");
+    assert_eq!(event["signal"]["number"], 9, "{event}");
+    assert_eq!(
+        event["signal"]["sender"]["pid"].as_u64(),
+        Some(u64::from(kill))
+    );
+    // Recycled workers exit cleanly after their response: no reset may be blamed on them.
+    let events = tool.events();
+    let wrong: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "reset" && e["peer"]["pid"].as_u64() != Some(u64::from(worker)))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "resets blamed on recycled workers: {wrong:#?}"
+    );
+    tool.stop().expect("rsttrace exits 0");
+}
+
+#[test]
+fn a_full_ring_buffer_is_counted_never_silent() {
+    require_root();
+    // 4 KiB holds about 16 samples: a burst of refused connects overflows it.
+    let mut tool = Rsttrace::start(&["--buffer-size", "4"]).expect("starting rsttrace");
+    let made = 3000;
+    let ports: Vec<u16> = (0..made).map(|_| closed_port_reset()).collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let events = tool.stop().expect("rsttrace exits 0");
+    let reported = ports
+        .iter()
+        .filter(|p| has_reset_from(&events, **p))
+        .count();
+    let lost: u64 = events
+        .iter()
+        .filter(|e| e["event"] == "lost")
+        .filter_map(|e| e["count"].as_u64())
+        .sum();
+    eprintln!("made {made} resets: {reported} reported, {lost} kernel samples lost");
+    assert!(
+        reported == made || lost > 0,
+        "{} resets vanished without a lost event",
+        made - reported
+    );
+}

@@ -36,6 +36,8 @@ pub struct PhpFpmOptions {
     /// Also serve the pool on a unix socket (a second pool, `unix`, same settings), as
     /// Debian's default /run/php/php8.2-fpm.sock does.
     pub unix_socket: bool,
+    /// pm.max_requests: a worker exits (and the master forks a new one) after that many.
+    pub max_requests: Option<u32>,
 }
 
 impl Default for PhpFpmOptions {
@@ -47,6 +49,7 @@ impl Default for PhpFpmOptions {
             memory_limit: None,
             cgroup: None,
             unix_socket: false,
+            max_requests: None,
         }
     }
 }
@@ -212,6 +215,9 @@ fn pool(name: &str, listen: &str, o: &PhpFpmOptions) -> String {
     }
     if let Some(t) = o.request_terminate_timeout {
         let _ = writeln!(p, "request_terminate_timeout = {t}s");
+    }
+    if let Some(n) = o.max_requests {
+        let _ = writeln!(p, "pm.max_requests = {n}");
     }
     if let Some(limit) = &o.memory_limit {
         let _ = writeln!(p, "php_admin_value[memory_limit] = {limit}");
