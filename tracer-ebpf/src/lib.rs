@@ -127,6 +127,14 @@ pub struct Config {
     pub syscall_ret: u32,
     /// `fd` in syscalls:sys_enter_{recvfrom,readv,...,listen} records.
     pub sys_enter_fd: u32,
+    /// Offsets in struct pt_regs of the first four syscall arguments (x86_64: di, si, dx,
+    /// r10). Known: socket syscall exits read their arguments from the task's saved
+    /// registers (bpf_task_pt_regs, 5.15+) and no enter hook runs on every syscall.
+    pub regs_arg: [u32; 4],
+    /// Force a reader wake-up once this many bytes wait in the ring buffer; below it,
+    /// samples are submitted without waking rsttrace, which drains on a short timer
+    /// (a wake-up per sample costs more than the sample itself in a reset storm).
+    pub ring_wakeup_bytes: u32,
     /// `level`, `optname`, `optval` in syscalls:sys_enter_getsockopt.
     pub getsockopt_level: u32,
     pub getsockopt_optname: u32,
@@ -165,6 +173,8 @@ impl Config {
         signal_sig: NO_OFFSET,
         syscall_ret: NO_OFFSET,
         sys_enter_fd: NO_OFFSET,
+        regs_arg: [NO_OFFSET; 4],
+        ring_wakeup_bytes: 0,
         getsockopt_level: NO_OFFSET,
         getsockopt_optname: NO_OFFSET,
         getsockopt_optval: NO_OFFSET,

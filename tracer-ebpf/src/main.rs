@@ -149,30 +149,46 @@ mod programs {
         }
     }
 
-    /// Reserves a Sample, fills what every hook knows, copies the record, submits it.
-    #[inline(always)]
-    fn emit(ctx: &TracePointContext, cfg: &Config, kind: u32, sk_offset: u32, memcg: bool) {
-        let now = unsafe { bpf_ktime_get_ns() };
-        let owner = match record_field::<u64>(ctx, sk_offset) {
-            Some(sk) => lookup_owner(sk, now),
-            None => lookup_owner(0, now),
-        };
-        let task = current_task();
-        let task_flags: u32 = unsafe { read_field(task, cfg.task_flags) }.unwrap_or(0);
-        let exit_code: i32 = if kind == tracer_ebpf::kind::EXIT {
-            unsafe { read_field(task, cfg.task_exit_code) }.unwrap_or(0)
-        } else {
-            0
-        };
-        let memcg_id = if memcg { current_memcg_id(cfg) } else { 0 };
-        let mut len = match cfg.record_len.get(kind as usize) {
-            Some(len) => *len,
-            None => 0,
-        };
-        if len > RAW_RECORD_MAX as u32 {
-            len = RAW_RECORD_MAX as u32;
-        }
+    /// What a sample says beyond what every hook knows about the current task.
+    struct Extra {
+        kind: u32,
+        owner: SockOwner,
+        exit_code: i32,
+        memcg_id: u64,
+        sock: u64,
+        peer_sock: u64,
+        sys_ret: i64,
+        family: u16,
+        syscall: u32,
+    }
 
+    impl Extra {
+        #[inline(always)]
+        fn new(kind: u32, owner: SockOwner) -> Self {
+            Self {
+                kind,
+                owner,
+                exit_code: 0,
+                memcg_id: 0,
+                sock: 0,
+                peer_sock: 0,
+                sys_ret: 0,
+                family: 0,
+                syscall: 0,
+            }
+        }
+    }
+
+    /// Reserves a Sample, fills it, copies `len` bytes from `raw` (a tracepoint record or
+    /// a sockaddr_un) and submits it; counts the loss when the ring buffer is full.
+    #[inline(always)]
+    fn submit(cfg: &Config, extra: &Extra, raw: *const c_void, len: u32) {
+        let len = if len > RAW_RECORD_MAX as u32 {
+            RAW_RECORD_MAX as u32
+        } else {
+            len
+        };
+        let task_flags: u32 = unsafe { read_field(current_task(), cfg.task_flags) }.unwrap_or(0);
         let Some(mut entry) = EVENTS.reserve::<Sample>(0) else {
             count_lost();
             return;
@@ -181,28 +197,57 @@ mod programs {
         // SAFETY: `sample` points at a reserved, exclusively owned ring buffer slot of
         // size_of::<Sample>() bytes; every field is written before submit.
         unsafe {
-            (*sample).kind = kind;
-            (*sample).ktime_ns = now;
+            (*sample).kind = extra.kind;
+            (*sample).ktime_ns = bpf_ktime_get_ns();
             (*sample).pid_tgid = bpf_get_current_pid_tgid();
             (*sample).comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
             (*sample).task_flags = task_flags;
-            (*sample).exit_code = exit_code;
-            (*sample).owner = owner;
-            (*sample).memcg_id = memcg_id;
-            (*sample).sock = 0;
-            (*sample).peer_sock = 0;
-            (*sample).sys_ret = 0;
-            (*sample).family = 0;
+            (*sample).exit_code = extra.exit_code;
+            (*sample).owner = extra.owner;
+            (*sample).memcg_id = extra.memcg_id;
+            (*sample).sock = extra.sock;
+            (*sample).peer_sock = extra.peer_sock;
+            (*sample).sys_ret = extra.sys_ret;
+            (*sample).family = extra.family;
             (*sample)._pad = 0;
-            (*sample).syscall = 0;
-            let copied = generated::bpf_probe_read_kernel(
-                (*sample).raw.as_mut_ptr() as *mut c_void,
-                len,
-                ctx.as_ptr() as *const c_void,
-            );
-            (*sample).raw_len = if copied == 0 { len } else { 0 };
+            (*sample).syscall = extra.syscall;
+            (*sample).raw_len = 0;
+            if len > 0 && !raw.is_null() {
+                let copied = generated::bpf_probe_read_kernel(
+                    (*sample).raw.as_mut_ptr() as *mut c_void,
+                    len,
+                    raw,
+                );
+                if copied == 0 {
+                    (*sample).raw_len = len;
+                }
+            }
         }
-        entry.submit(0);
+        let waiting = EVENTS.query(BPF_RB_AVAIL_DATA);
+        let flags = if waiting >= cfg.ring_wakeup_bytes as u64 {
+            BPF_RB_FORCE_WAKEUP
+        } else {
+            BPF_RB_NO_WAKEUP
+        };
+        entry.submit(flags);
+    }
+
+    /// A sample carrying the tracepoint record; `sk_offset` names the record's socket
+    /// (its owner is looked up), `memcg` asks for current's memory cgroup.
+    #[inline(always)]
+    fn emit(ctx: &TracePointContext, cfg: &Config, kind: u32, sk_offset: u32, memcg: bool) {
+        let now = unsafe { bpf_ktime_get_ns() };
+        let sk = record_field::<u64>(ctx, sk_offset).unwrap_or(0);
+        let mut extra = Extra::new(kind, lookup_owner(sk, now));
+        if kind == tracer_ebpf::kind::EXIT {
+            extra.exit_code =
+                unsafe { read_field(current_task(), cfg.task_exit_code) }.unwrap_or(0);
+        }
+        if memcg {
+            extra.memcg_id = current_memcg_id(cfg);
+        }
+        let len = cfg.record_len.get(kind as usize).copied().unwrap_or(0);
+        submit(cfg, &extra, ctx.as_ptr() as *const c_void, len);
     }
 
     #[tracepoint]
@@ -325,6 +370,24 @@ mod programs {
     #[map]
     static SYSCALL_FD: LruHashMap<u32, PendingSyscall> = LruHashMap::with_max_entries(16384, 0);
 
+    const BPF_RB_NO_WAKEUP: u64 = 1;
+    const BPF_RB_FORCE_WAKEUP: u64 = 2;
+    const BPF_RB_AVAIL_DATA: u64 = 0;
+
+    /// Argument `n` of the syscall in flight, from the registers saved at entry.
+    #[inline(always)]
+    fn syscall_arg(cfg: &Config, n: usize) -> Option<i64> {
+        let offset = *cfg.regs_arg.get(n)?;
+        if offset == NO_OFFSET {
+            return None;
+        }
+        unsafe {
+            let task = generated::bpf_get_current_task_btf();
+            let regs = generated::bpf_task_pt_regs(task) as u64;
+            read_field::<i64>(regs, offset)
+        }
+    }
+
     const SOL_SOCKET: i64 = 1;
     const SO_ERROR: i64 = 4;
 
@@ -353,27 +416,56 @@ mod programs {
     #[inline(always)]
     fn socket_syscall_exit(ctx: &TracePointContext, which: u32) {
         let cfg = config();
-        let tid = bpf_get_current_pid_tgid() as u32;
-        // SAFETY: copied out at once; the entry belongs to this thread.
-        let pending = match unsafe { SYSCALL_FD.get(&tid) } {
-            Some(p) => *p,
-            None => return,
-        };
-        let _ = SYSCALL_FD.remove(&tid);
-        let fd = pending.fd;
         let Some(mut ret) = record_field::<i64>(ctx, cfg.syscall_ret) else {
             return;
         };
-        if which == syscall::GETSOCKOPT {
-            if ret != 0 || pending.optval == 0 {
+        let fd;
+        if cfg.regs_arg[0] != NO_OFFSET {
+            // Fast path: nothing was recorded at entry; only failures look further.
+            if which == syscall::GETSOCKOPT {
+                if ret != 0
+                    || syscall_arg(&cfg, 1) != Some(SOL_SOCKET)
+                    || syscall_arg(&cfg, 2) != Some(SO_ERROR)
+                {
+                    return;
+                }
+            } else if ret != -ECONNRESET && ret != -ECONNREFUSED {
                 return;
             }
-            // SO_ERROR's value, as the process will read it.
-            let err: i32 = match unsafe { bpf_probe_read_user(pending.optval as *const i32) } {
-                Ok(e) => e,
-                Err(_) => return,
+            let Some(arg0) = syscall_arg(&cfg, 0) else {
+                return;
             };
-            ret = -(err as i64);
+            fd = arg0 as i32 as i64;
+            if which == syscall::GETSOCKOPT {
+                let Some(optval) = syscall_arg(&cfg, 3) else {
+                    return;
+                };
+                let err: i32 = match unsafe { bpf_probe_read_user(optval as *const i32) } {
+                    Ok(e) => e,
+                    Err(_) => return,
+                };
+                ret = -(err as i64);
+            }
+        } else {
+            let tid = bpf_get_current_pid_tgid() as u32;
+            // SAFETY: copied out at once; the entry belongs to this thread.
+            let pending = match unsafe { SYSCALL_FD.get(&tid) } {
+                Some(p) => *p,
+                None => return,
+            };
+            let _ = SYSCALL_FD.remove(&tid);
+            fd = pending.fd;
+            if which == syscall::GETSOCKOPT {
+                if ret != 0 || pending.optval == 0 {
+                    return;
+                }
+                // SO_ERROR's value, as the process will read it.
+                let err: i32 = match unsafe { bpf_probe_read_user(pending.optval as *const i32) } {
+                    Ok(e) => e,
+                    Err(_) => return,
+                };
+                ret = -(err as i64);
+            }
         }
         if ret != -ECONNRESET
             && !((which == syscall::CONNECT || which == syscall::GETSOCKOPT)
@@ -453,46 +545,19 @@ mod programs {
             Some(o) => o,
             None => lookup_owner(peer, now),
         };
-        let task_flags: u32 = unsafe { read_field(current_task(), cfg.task_flags) }.unwrap_or(0);
-        let mut len: u32 =
-            unsafe { read_field::<i32>(unix_address, cfg.unix_address_len) }.unwrap_or(0) as u32;
-        if len > RAW_RECORD_MAX as u32 {
-            len = RAW_RECORD_MAX as u32;
-        }
-        let Some(mut entry) = EVENTS.reserve::<Sample>(0) else {
-            count_lost();
-            return;
+        let mut extra = Extra::new(kind, owner);
+        extra.sock = sk;
+        extra.peer_sock = peer;
+        extra.sys_ret = ret;
+        extra.family = family;
+        extra.syscall = which;
+        let len = unsafe { read_field::<i32>(unix_address, cfg.unix_address_len) }.unwrap_or(0);
+        let name = if unix_address == 0 || cfg.unix_address_name == NO_OFFSET {
+            core::ptr::null()
+        } else {
+            (unix_address + cfg.unix_address_name as u64) as *const c_void
         };
-        let sample = entry.as_mut_ptr();
-        // SAFETY: as in emit().
-        unsafe {
-            (*sample).kind = kind;
-            (*sample).ktime_ns = now;
-            (*sample).pid_tgid = bpf_get_current_pid_tgid();
-            (*sample).comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
-            (*sample).task_flags = task_flags;
-            (*sample).exit_code = 0;
-            (*sample).owner = owner;
-            (*sample).memcg_id = 0;
-            (*sample).sock = sk;
-            (*sample).peer_sock = peer;
-            (*sample).sys_ret = ret;
-            (*sample).family = family;
-            (*sample)._pad = 0;
-            (*sample).syscall = which;
-            (*sample).raw_len = 0;
-            if len > 0 && cfg.unix_address_name != NO_OFFSET {
-                let copied = generated::bpf_probe_read_kernel(
-                    (*sample).raw.as_mut_ptr() as *mut c_void,
-                    len,
-                    (unix_address + cfg.unix_address_name as u64) as *const c_void,
-                );
-                if copied == 0 {
-                    (*sample).raw_len = len;
-                }
-            }
-        }
-        entry.submit(0);
+        submit(cfg, &extra, name, len.max(0) as u32);
     }
 
     macro_rules! socket_syscall {

@@ -336,31 +336,18 @@ impl Attributor {
     /// Gives up waiting for the sends of receives older than RECEIVE_WAIT at `now_ns`
     /// (CLOCK_MONOTONIC, like the events); `u64::MAX` flushes all (at exit).
     pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Attribution>) {
-        let cutoff = now_ns.saturating_sub(RECEIVE_WAIT);
-        let mut due: Vec<ResetReceived> = Vec::new();
-        self.receives.retain(|_, r| {
-            let keep = r.time_ns > cutoff;
-            if !keep {
-                due.push(r.clone());
-            }
-            keep
-        });
-        due.sort_by_key(|r| r.time_ns);
+        let due = drain_older(
+            &mut self.receives,
+            now_ns.saturating_sub(RECEIVE_WAIT),
+            |r| r.time_ns,
+        );
         for r in due {
             let a = self.attribute(r);
             self.settle(a, out);
         }
         let seen_cutoff = now_ns.saturating_sub(SEEN_WAIT);
         self.seen_early.retain(|_, (t, _)| *t > seen_cutoff);
-        let mut unseen: Vec<Attribution> = Vec::new();
-        self.awaiting_seen.retain(|_, a| {
-            let keep = a.time_ns > seen_cutoff;
-            if !keep {
-                unseen.push(a.clone());
-            }
-            keep
-        });
-        unseen.sort_by_key(|a| a.time_ns);
+        let unseen = drain_older(&mut self.awaiting_seen, seen_cutoff, |a| a.time_ns);
         for mut a in unseen {
             // At shutdown (now = MAX) nothing is known yet: leave it unknown.
             a.seen_by_receiver = (now_ns != u64::MAX).then_some(false);
@@ -589,6 +576,24 @@ impl Attributor {
             + self.signals.len()
             + self.oom.len()
     }
+}
+
+/// Removes and returns, oldest first, the entries of `map` whose time is at or before
+/// `cutoff`.
+fn drain_older<K: Eq + std::hash::Hash + Clone, V>(
+    map: &mut HashMap<K, V>,
+    cutoff: u64,
+    time: impl Fn(&V) -> u64,
+) -> Vec<V> {
+    let old: Vec<K> = map
+        .iter()
+        .filter(|(_, v)| time(v) <= cutoff)
+        .map(|(k, _)| k)
+        .cloned()
+        .collect();
+    let mut drained: Vec<V> = old.iter().filter_map(|k| map.remove(k)).collect();
+    drained.sort_by_key(|v| time(v));
+    drained
 }
 
 /// connect() refused (ECONNREFUSED, directly or through SO_ERROR) is a RST answering a

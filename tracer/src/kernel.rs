@@ -260,6 +260,14 @@ pub struct KernelFacts {
     pub degraded: Vec<String>,
 }
 
+/// Whether a hook only records a syscall's arguments for its exit hook, which reads them
+/// from the saved registers instead where it can (Config::regs_arg).
+pub fn is_argument_recorder(hook: &Hook) -> bool {
+    hook.category == "syscalls"
+        && hook.event.starts_with("sys_enter_")
+        && hook.event != "sys_enter_listen"
+}
+
 impl KernelFacts {
     pub fn resolve() -> Result<Self> {
         let tracefs = Tracefs::locate()?;
@@ -395,6 +403,16 @@ impl KernelFacts {
                 NO_OFFSET
             }
         };
+
+        // Syscall arguments from the registers saved at entry (x86_64's syscall ABI: di,
+        // si, dx, r10), so the exit hooks need no enter hook on every recv/send.
+        if cfg!(target_arch = "x86_64") {
+            let regs = ["pt_regs.di", "pt_regs.si", "pt_regs.dx", "pt_regs.r10"]
+                .map(|f| struct_offset(&btf, f).unwrap_or(NO_OFFSET));
+            if !regs.contains(&NO_OFFSET) {
+                config.regs_arg = regs;
+            }
+        }
 
         let reset_reasons = enum_names(&btf, "sk_rst_reason");
         Ok(Self {

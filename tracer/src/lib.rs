@@ -9,6 +9,7 @@ pub mod decode;
 pub mod kernel;
 pub mod loader;
 pub mod model;
+pub mod procfs;
 pub mod report;
 pub mod timefmt;
 pub mod tracefs;

@@ -8,9 +8,9 @@ use aya::{
     programs::TracePoint,
     Ebpf, EbpfLoader,
 };
-use tracer_ebpf::{CONFIG_GLOBAL, EVENTS_MAP, LOST_MAP};
+use tracer_ebpf::{Config, CONFIG_GLOBAL, EVENTS_MAP, LOST_MAP, NO_OFFSET};
 
-use crate::kernel::KernelFacts;
+use crate::kernel::{is_argument_recorder, KernelFacts};
 
 /// The compiled kernel programs (tracer-ebpf, built by build.rs for bpfel).
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rsttrace-ebpf"));
@@ -24,19 +24,49 @@ pub struct Attached {
 }
 
 /// Returns the attached programs and the ring buffer their samples arrive on.
+///
+/// Socket syscall exits first read their arguments from the saved registers
+/// (bpf_task_pt_regs, 5.15+); a kernel that refuses that gets the portable variant, with
+/// enter hooks recording the arguments.
 pub fn attach(facts: &KernelFacts, ring_bytes: u32) -> Result<(Attached, RingBuf<MapData>)> {
+    let mut config = facts.config;
+    config.ring_wakeup_bytes = ring_bytes / 4;
+    if config.regs_arg[0] != NO_OFFSET {
+        match attach_with(facts, config, ring_bytes, false) {
+            Ok(attached) => return Ok(attached),
+            Err(err) => {
+                eprintln!(
+                    "rsttrace: note: reading syscall arguments from registers is not possible \
+                     here ({err:#}); recording them at syscall entry instead"
+                );
+                config.regs_arg = [NO_OFFSET; 4];
+            }
+        }
+    }
+    attach_with(facts, config, ring_bytes, true)
+}
+
+fn attach_with(
+    facts: &KernelFacts,
+    config: Config,
+    ring_bytes: u32,
+    argument_recorders: bool,
+) -> Result<(Attached, RingBuf<MapData>)> {
     let started = Instant::now();
     let mut ebpf = EbpfLoader::new()
         // Offsets come from our own BTF parse (kernel.rs); the programs use no CO-RE
         // relocations, so aya need not parse vmlinux BTF a second time.
         .btf(None)
-        .override_global(CONFIG_GLOBAL, &facts.config, true)
+        .override_global(CONFIG_GLOBAL, &config, true)
         .map_max_entries(EVENTS_MAP, ring_bytes)
         .load(PROGRAMS)
         .map_err(|e| explain_load_error(e.into()))?;
 
     let mut hooks = 0;
     for hook in &facts.available {
+        if !argument_recorders && is_argument_recorder(hook) {
+            continue;
+        }
         let program: &mut TracePoint = ebpf
             .program_mut(hook.program)
             .ok_or_else(|| anyhow!("program {} missing from the eBPF object", hook.program))?

@@ -433,9 +433,13 @@ async fn event_loop(
                 r
             }
             _ = tick.tick() => session.report_lost(lost_total()).map(|()| false),
-            _ = expire_tick.tick() => session
-                .expire(monotonic_ns() as u64)
-                .map(|()| count.is_some_and(|c| session.reported >= c)),
+            // Samples are mostly submitted without waking us (see Config::ring_wakeup_bytes):
+            // drain on this tick, then release verdicts whose wait is over.
+            _ = expire_tick.tick() => drain(&mut session, ring.get_mut(), count).and_then(|done| {
+                session
+                    .expire(monotonic_ns() as u64)
+                    .map(|()| done || count.is_some_and(|c| session.reported >= c))
+            }),
             _ = sigint.recv() => Ok(true),
             _ = sigterm.recv() => Ok(true),
             _ = async {

@@ -25,18 +25,8 @@ pub fn scan_listeners() -> Vec<UnixListen> {
         return Vec::new();
     }
     let mut holders: HashMap<u64, Vec<u32>> = HashMap::new();
-    let Ok(procs) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    for entry in procs.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+    for (pid, dir) in crate::procfs::processes() {
+        let Ok(fds) = fs::read_dir(dir.join("fd")) else {
             continue;
         };
         for fd in fds.flatten() {

@@ -76,18 +76,7 @@ impl Watch {
 /// rewritten titles such as `php-fpm: pool www`) starts with one of `names`.
 pub fn scan_proc(watch: &Watch) -> Vec<u32> {
     let mut found = Vec::new();
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let base = entry.path();
+    for (pid, base) in crate::procfs::processes() {
         let comm = fs::read_to_string(base.join("comm")).unwrap_or_default();
         let cmdline = fs::read(base.join("cmdline")).unwrap_or_default();
         if watch.name_matches(comm.trim_end()) || watch.name_matches(&program_name(&cmdline)) {
