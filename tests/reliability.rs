@@ -278,3 +278,22 @@ fn a_full_ring_buffer_is_counted_never_silent() {
         made - reported
     );
 }
+
+#[test]
+fn syscall_arguments_recorded_at_entry_work_too() {
+    require_root();
+    // Kernels without bpf_task_pt_regs (before 5.15) record socket syscall arguments at
+    // entry; this host can read them at exit, so force the older path and check it.
+    let mut tool = Rsttrace::start(&["--syscall-args-at-entry"]).expect("starting rsttrace");
+    assert!(
+        tool.stderr().contains("attached 26 hooks"),
+        "{}",
+        tool.stderr()
+    );
+    let port = closed_port_reset();
+    let event = tool
+        .wait_for(|e| has_reset_from(std::slice::from_ref(e), port), TIMEOUT)
+        .unwrap_or_else(|| panic!("no reset reported:\n{}", tool.report()));
+    assert_eq!(event["seen_by_receiver"], true, "connect() failed: {event}");
+    tool.stop().expect("rsttrace exits 0");
+}

@@ -82,6 +82,10 @@ struct Args {
     /// Also print every decoded kernel event on stderr (for recording test sequences).
     #[arg(long, hide = true)]
     debug_events: bool,
+    /// Record socket syscall arguments at entry even where the saved registers could be
+    /// read at exit (the path older kernels take; for tests).
+    #[arg(long, hide = true)]
+    syscall_args_at_entry: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -160,7 +164,10 @@ fn run(args: Args) -> Result<u8, Failure> {
             ),
         });
     }
-    let facts = KernelFacts::resolve().exit_with(EXIT_UNSUPPORTED)?;
+    let mut facts = KernelFacts::resolve().exit_with(EXIT_UNSUPPORTED)?;
+    if args.syscall_args_at_entry {
+        facts.config.regs_arg = [tracer_ebpf::NO_OFFSET; 4];
+    }
     if args.check {
         print_check(&facts);
         return Ok(EXIT_OK);
