@@ -213,13 +213,20 @@ mod programs {
             (*sample).syscall = extra.syscall;
             (*sample).raw_len = 0;
             if len > 0 && !raw.is_null() {
+                // Bound the length again right at the call: 6.1's verifier loses the
+                // earlier clamp when the value is spilled to the stack ("R2 unbounded
+                // memory access").
+                let mut n = core::hint::black_box(len);
+                if n > RAW_RECORD_MAX as u32 {
+                    n = RAW_RECORD_MAX as u32;
+                }
                 let copied = generated::bpf_probe_read_kernel(
                     (*sample).raw.as_mut_ptr() as *mut c_void,
-                    len,
+                    n,
                     raw,
                 );
                 if copied == 0 {
-                    (*sample).raw_len = len;
+                    (*sample).raw_len = n;
                 }
             }
         }

@@ -277,8 +277,7 @@ impl KernelFacts {
                  built with CONFIG_DEBUG_INFO_BTF=y (the default on Debian 11+, Ubuntu 20.10+, RHEL 8.2+)"
             );
         }
-        let btf = Btf::from_file_with_backend(VMLINUX_BTF, Backend::Mmap)
-            .with_context(|| format!("parsing {VMLINUX_BTF}"))?;
+        let btf = open_vmlinux_btf()?;
 
         let mut config = Config::EMPTY;
         let mut layouts = Layouts::default();
@@ -426,6 +425,14 @@ impl KernelFacts {
     }
 }
 
+/// mmap()ing /sys/kernel/btf/vmlinux is fastest but only possible on recent kernels
+/// (~6.16; older ones answer ENODEV): read it whole there.
+pub fn open_vmlinux_btf() -> Result<Btf> {
+    Btf::from_file_with_backend(VMLINUX_BTF, Backend::Mmap)
+        .or_else(|_| Btf::from_file_with_backend(VMLINUX_BTF, Backend::Cache))
+        .with_context(|| format!("parsing {VMLINUX_BTF}"))
+}
+
 /// Byte offset of `struct.member[.member...]`, looking through anonymous unions and structs.
 pub fn struct_offset(btf: &Btf, path: &str) -> Option<u32> {
     let mut parts = path.split('.');
@@ -535,7 +542,7 @@ mod tests {
             );
             return;
         }
-        let btf = Btf::from_file_with_backend(VMLINUX_BTF, Backend::Mmap).expect("btf");
+        let btf = open_vmlinux_btf().expect("btf");
         let sk = struct_offset(&btf, "socket.sk").expect("socket.sk");
         assert!(sk > 0 && sk < 256, "socket.sk at {sk}");
         assert!(struct_offset(&btf, "task_struct.exit_code").is_some());

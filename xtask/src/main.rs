@@ -1,8 +1,10 @@
-//! Developer and user entry point: `cargo xtask setup|build|run|test|demo`.
+//! Developer and user entry point: `cargo xtask setup|build|run|test|demo|bench`.
 //!
 //! Everything a fresh machine lacks is installed by `setup`, idempotently; `test` and
 //! `demo` call it first, so a newcomer runs one command.
+mod bench;
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -45,6 +47,12 @@ enum Task {
     /// Start nginx + php-fpm + gunicorn on loopback, break them one way after another and
     /// show rsttrace's explanation next to nginx's error.log line.
     Demo,
+    /// Measure rsttrace's overhead side by side with no tracer and with bpftrace: a reset
+    /// storm, steady load through nginx, start-up time, peak memory, reset-to-line latency.
+    Bench(bench::BenchArgs),
+    /// Boot Debian's 6.1 and 6.12 kernels under qemu (and use the host's) and run real resets
+    /// on loopback against rsttrace in each: a kernel x scenario matrix plus `--check` output.
+    VmTest,
 }
 
 fn main() -> ExitCode {
@@ -70,6 +78,11 @@ fn run(cli: Cli) -> Result<()> {
         }
         Task::Test { filter } => test(filter.as_deref()),
         Task::Demo => demo(),
+        Task::Bench(args) => bench::bench(&args),
+        Task::VmTest => {
+            setup::setup()?;
+            vm::vm_test()
+        }
     }
 }
 
@@ -161,14 +174,21 @@ fn test(filter: Option<&str>) -> Result<()> {
         "test",
         "--package",
         "rsttrace-tests",
+        "--lib",
         "--test",
         "scenarios",
+        "--test",
+        "reliability",
         "--",
     ])
     .args(filter)
     .args(["--test-threads=1", "--nocapture"])
     .env("RSTTRACE_BIN", &bin);
-    run_checked(&mut cmd)
+    run_checked(&mut cmd)?;
+
+    // The same resets on Debian's 6.1 and 6.12 kernels (qemu) and on this one: `vm-test`.
+    vm::vm_test()?;
+    Ok(())
 }
 
 fn demo() -> Result<()> {

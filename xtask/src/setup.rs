@@ -35,6 +35,10 @@ const TEST_PACKAGES: &[&str] = &[
     "procps",
     "iproute2",
     "bpftool",
+    "bpftrace", // cargo xtask bench: the baseline tracer and the load generator
+    "wrk",
+    "qemu-system-x86", // cargo xtask vm-test: Debian's kernels under qemu, busybox as their init
+    "busybox-static",
 ];
 
 pub fn setup() -> Result<()> {

@@ -1,0 +1,373 @@
+//! The tracers under comparison (rsttrace, bpftrace) and the processes the benchmark starts:
+//! every child is owned by a [`Proc`], which stops it on drop (and the kernel kills it if
+//! xtask itself dies: PR_SET_PDEATHSIG).
+
+use std::fs::{self, File};
+use std::io::{BufRead as _, BufReader, Read};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+
+use super::stats::realtime_ns;
+
+/// How long a tracer may take to attach before the benchmark gives up on it.
+pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a tracer may take to drain and exit after SIGINT.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(5);
+
+/// The baseline: Debian's bpftrace printing the raw facts of both reset tracepoints (pid,
+/// comm, ports, reason), one line each. tcp_send_reset has no port fields since ~6.10: its
+/// ports are read from the sockaddr bytes (big-endian sin_port at offset 2).
+pub const BPFTRACE_SCRIPT: &str = r#"BEGIN { printf("ready\n"); }
+tracepoint:tcp:tcp_receive_reset {
+  printf("receive pid=%d comm=%s sport=%d dport=%d\n", pid, comm, args->sport, args->dport);
+}
+tracepoint:tcp:tcp_send_reset {
+  printf("send pid=%d comm=%s sport=%d dport=%d reason=%d\n", pid, comm,
+    (args->saddr[2] << 8) | args->saddr[3], (args->daddr[2] << 8) | args->daddr[3], args->reason);
+}
+"#;
+
+/// A child process that is stopped (SIGKILL) and reaped on drop if still running.
+pub struct Proc {
+    name: String,
+    child: Child,
+    exit: Option<ExitStatus>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Result<Self> {
+        // SAFETY: the closure only makes the async-signal-safe prctl syscall.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {name}: {}", crate::display(cmd)))?;
+        Ok(Self {
+            name: name.to_string(),
+            child,
+            exit: None,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
+    pub fn take_stderr(&mut self) -> Option<std::process::ChildStderr> {
+        self.child.stderr.take()
+    }
+
+    /// The exit status if it has exited.
+    pub fn try_exit(&mut self) -> Result<Option<ExitStatus>> {
+        if self.exit.is_none() {
+            self.exit = self
+                .child
+                .try_wait()
+                .with_context(|| format!("waiting for {}", self.name))?;
+        }
+        Ok(self.exit)
+    }
+
+    /// Waits up to `timeout` for it to exit on its own.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_exit()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// SIGINT (both tracers drain and detach on it), then SIGKILL after `timeout`.
+    pub fn stop(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        if let Some(status) = self.try_exit()? {
+            return Ok(status);
+        }
+        signal(self.pid(), libc::SIGINT)?;
+        if let Some(status) = self.wait_timeout(timeout)? {
+            return Ok(status);
+        }
+        self.kill();
+        bail!(
+            "{} (pid {}) did not exit within {timeout:?} of SIGINT; killed it",
+            self.name,
+            self.pid()
+        )
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        self.exit = self.child.wait().ok();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.try_exit(), Ok(None)) {
+            self.kill();
+        }
+    }
+}
+
+fn signal(pid: u32, sig: i32) -> Result<()> {
+    let raw = libc::pid_t::try_from(pid).context("pid out of range")?;
+    // SAFETY: plain syscall on our own child's pid (not yet reaped, so not reused).
+    if unsafe { libc::kill(raw, sig) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("kill({pid}, {sig})"));
+    }
+    Ok(())
+}
+
+/// One line read from a child's pipe, stamped when `read` returned it.
+pub struct Line {
+    pub text: String,
+    pub at: Instant,
+    pub realtime_ns: i128,
+}
+
+/// Reads `stream` line by line on a thread (it ends at EOF, i.e. when the child exits).
+pub fn read_lines(stream: impl Read + Send + 'static) -> Receiver<Line> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut reader = BufReader::with_capacity(1 << 16, stream);
+        let mut text = String::new();
+        loop {
+            text.clear();
+            match reader.read_line(&mut text) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = Line {
+                        text: text.trim_end().to_string(),
+                        at: Instant::now(),
+                        realtime_ns: realtime_ns(),
+                    };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line containing `needle`; fails if the stream ends or `timeout` passes.
+pub fn wait_line(rx: &Receiver<Line>, needle: &str, timeout: Duration, what: &str) -> Result<Line> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.text.contains(needle) => return Ok(line),
+            Ok(line) => seen.push(line.text),
+            Err(RecvTimeoutError::Timeout) => {
+                bail!(
+                    "{what}: no line containing {needle:?} within {timeout:?}; it printed:\n{}",
+                    seen.join("\n")
+                )
+            }
+            Err(RecvTimeoutError::Disconnected) => bail!(
+                "{what}: exited before printing {needle:?}; it printed:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
+}
+
+/// A tracer writing to files, attached and ready.
+pub struct FileTracer {
+    pub proc: Proc,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl FileTracer {
+    /// `rsttrace --format json` (no filter: every reset on the host, full attribution),
+    /// stdout to `DIR/TAG.out`; ready once stderr says `attached`.
+    pub fn rsttrace(bin: &Path, dir: &Path, tag: &str) -> Result<Self> {
+        let mut cmd = Command::new(bin);
+        cmd.args(["--format", "json"]);
+        Self::start("rsttrace", cmd, dir, tag, Stream::Stderr, "attached")
+    }
+
+    /// `bpftrace SCRIPT`, stdout to `DIR/TAG.out`; ready once stdout has BEGIN's `ready`
+    /// (bpftrace runs BEGIN after attaching every probe, and flushes after each printf).
+    pub fn bpftrace(script: &Path, dir: &Path, tag: &str) -> Result<Self> {
+        let mut cmd = Command::new("bpftrace");
+        cmd.arg(script);
+        Self::start("bpftrace", cmd, dir, tag, Stream::Stdout, "ready")
+    }
+
+    fn start(
+        name: &str,
+        mut cmd: Command,
+        dir: &Path,
+        tag: &str,
+        ready_on: Stream,
+        needle: &str,
+    ) -> Result<Self> {
+        let stdout = dir.join(format!("{tag}.out"));
+        let stderr = dir.join(format!("{tag}.err"));
+        cmd.stdout(
+            File::create(&stdout).with_context(|| format!("creating {}", stdout.display()))?,
+        )
+        .stderr(File::create(&stderr).with_context(|| format!("creating {}", stderr.display()))?);
+        let mut proc = Proc::spawn(name, &mut cmd)?;
+        let watched = match ready_on {
+            Stream::Stdout => &stdout,
+            Stream::Stderr => &stderr,
+        };
+        let deadline = Instant::now() + ATTACH_TIMEOUT;
+        loop {
+            let text = fs::read_to_string(watched).unwrap_or_default();
+            if text.lines().any(|l| l.contains(needle)) {
+                break;
+            }
+            if let Some(status) = proc.try_exit()? {
+                bail!(
+                    "{name} exited ({status}) before attaching; stderr:\n{}",
+                    fs::read_to_string(&stderr).unwrap_or_default()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{name} did not print {needle:?} within {ATTACH_TIMEOUT:?}; stderr:\n{}",
+                    fs::read_to_string(&stderr).unwrap_or_default()
+                );
+            }
+            thread::sleep(POLL);
+        }
+        Ok(Self {
+            proc,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// SIGINT and wait for a clean exit (both tracers exit 0 on SIGINT).
+    pub fn stop(&mut self, what: &str) -> Result<()> {
+        let status = self.proc.stop(STOP_TIMEOUT)?;
+        // bpftrace exits 0 on SIGINT; rsttrace too (README: exit status).
+        if !status.success() {
+            bail!(
+                "{what} exited with {status}; stderr:\n{}",
+                fs::read_to_string(&self.stderr).unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    pub fn remove_files(&self) {
+        let _ = fs::remove_file(&self.stdout);
+        let _ = fs::remove_file(&self.stderr);
+    }
+}
+
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Peak resident set (VmHWM) of a live process, in bytes.
+pub fn peak_rss_bytes(pid: u32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .with_context(|| format!("no VmHWM in /proc/{pid}/status"))?;
+    Ok(kib * 1024)
+}
+
+/// User + system CPU time a live process has used, in seconds.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after "(comm)": state is field 3; utime and stime are fields 14 and 15.
+    let rest = stat
+        .rfind(')')
+        .and_then(|i| stat.get(i + 1..))
+        .context("malformed /proc/PID/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .with_context(|| format!("field {} of /proc/{pid}/stat", i + 3))
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as f64 } else { 100.0 };
+    Ok((ticks(11)? + ticks(12)?) / hz)
+}
+
+/// One start-up measurement of rsttrace: wall time from spawn to its `attached` line on
+/// stderr, and the `ready N ms after start` it reports itself.
+pub struct RsttraceStartup {
+    pub wall: Duration,
+    pub self_reported_ready_ms: Option<f64>,
+}
+
+pub fn startup_rsttrace(bin: &Path) -> Result<RsttraceStartup> {
+    let mut cmd = Command::new(bin);
+    cmd.args(["--format", "json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let t0 = Instant::now();
+    let mut proc = Proc::spawn("rsttrace", &mut cmd)?;
+    let stderr = proc.take_stderr().context("rsttrace's stderr pipe")?;
+    let rx = read_lines(stderr);
+    let line = wait_line(&rx, "attached", ATTACH_TIMEOUT, "rsttrace")?;
+    let wall = line.at.duration_since(t0);
+    proc.stop(STOP_TIMEOUT)?;
+    // "rsttrace: attached 9 hooks in 36 ms (ready 50 ms after start); ..."
+    let self_reported_ready_ms = line
+        .text
+        .split_once("(ready ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok());
+    Ok(RsttraceStartup {
+        wall,
+        self_reported_ready_ms,
+    })
+}
+
+/// Wall time from spawning bpftrace to its BEGIN line (printed after `Attaching N probes...`
+/// once every probe is attached).
+pub fn startup_bpftrace(script: &Path) -> Result<Duration> {
+    let mut cmd = Command::new("bpftrace");
+    cmd.arg(script).stdout(Stdio::piped()).stderr(Stdio::null());
+    let t0 = Instant::now();
+    let mut proc = Proc::spawn("bpftrace", &mut cmd)?;
+    let stdout = proc.take_stdout().context("bpftrace's stdout pipe")?;
+    let rx = read_lines(stdout);
+    wait_line(&rx, "Attaching", ATTACH_TIMEOUT, "bpftrace")?;
+    let line = wait_line(&rx, "ready", ATTACH_TIMEOUT, "bpftrace")?;
+    let wall = line.at.duration_since(t0);
+    proc.stop(STOP_TIMEOUT)?;
+    Ok(wall)
+}

@@ -1,0 +1,760 @@
+//! `cargo xtask vm-test`: rsttrace on the kernels its users run, not only on this host's.
+//!
+//! Fetches Debian's own kernels (12's 6.1 and the 6.12 backport, `*-amd64-unsigned`) with
+//! `apt-get download`, keeps their vmlinuz in ~/.cache/rsttrace/vm/, builds a minimal
+//! initramfs (busybox, rsttrace, the `rsttrace-vm-scenarios` binary and the glibc they
+//! link) and boots each kernel under qemu (TCG: KVM guests hang on these machines). The guest's
+//! /init prints `rsttrace --check`, runs the scenarios (real resets on loopback, rsttrace's JSON
+//! checked) and powers off. The same scenarios also run directly on the host kernel. Prints a
+//! kernel x scenario matrix and each kernel's `--check`; fails if anything failed.
+//!
+//! `RSTTRACE_VM_KERNELS=host,6.1,6.12` picks the columns (default: all);
+//! `RSTTRACE_VM_TIMEOUT=SECS` bounds each boot (default 600);
+//! `RSTTRACE_VM_BIN=PATH` tests that rsttrace binary instead of building target/debug/rsttrace
+//! (a release build, a candidate fix built elsewhere). Console logs: target/vm/.
+mod initramfs;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{BufRead as _, BufReader, Read, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{build, cargo, display, libc_geteuid, run_checked, workspace_root};
+
+const SCENARIOS_BIN: &str = "rsttrace-vm-scenarios";
+const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+/// The host run: the scenarios bound their own waits; this only catches a hang.
+const HOST_TIMEOUT: Duration = Duration::from_secs(600);
+/// Console lines kept to show when a guest fails or hangs.
+const TAIL_LINES: usize = 60;
+
+/// A Debian kernel flavour to test against.
+struct Series {
+    label: &'static str,
+    /// `apt-cache search --names-only` regex.
+    search: &'static str,
+    /// The exact shape of a package name of this series (the regex is only a pre-filter).
+    matches: fn(&str) -> bool,
+}
+
+const SERIES: &[Series] = &[
+    Series {
+        label: "6.1",
+        search: r"^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$",
+        matches: |name| {
+            name.strip_prefix("linux-image-6.1.0-")
+                .and_then(|r| r.strip_suffix("-amd64-unsigned"))
+                .is_some_and(all_digits)
+        },
+    },
+    Series {
+        label: "6.12",
+        search: r"^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$",
+        matches: |name| {
+            name.strip_prefix("linux-image-6.12.")
+                .and_then(|r| r.strip_suffix("+deb12-amd64-unsigned"))
+                .is_some_and(all_digits)
+        },
+    },
+];
+
+fn all_digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A kernel image ready to boot.
+struct Kernel {
+    label: &'static str,
+    package: String,
+    vmlinuz: PathBuf,
+}
+
+/// What one column of the matrix produced.
+struct Run {
+    label: String,
+    /// `uname -r` of the kernel the scenarios ran on.
+    release: String,
+    check: Vec<String>,
+    /// scenario -> Ok(pass note) / Err(why)
+    results: BTreeMap<String, Result<String, String>>,
+    /// `init: success|failure` seen.
+    init: Option<bool>,
+    /// Did not finish properly: timeout, qemu error, guest crashed.
+    problem: Option<String>,
+    console_tail: Vec<String>,
+    log: PathBuf,
+    secs: f64,
+}
+
+impl Run {
+    fn failed(&self, scenarios: &[String]) -> bool {
+        self.problem.is_some()
+            || self.init != Some(true)
+            || scenarios
+                .iter()
+                .any(|s| !matches!(self.results.get(s), Some(Ok(_))))
+    }
+}
+
+pub fn vm_test() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        bail!("vm-test runs the scenarios on the host too (eBPF, memory cgroups) and apt-get: run it as root");
+    }
+    let started = Instant::now();
+    let wanted = wanted_columns();
+    let out_dir = workspace_root().join("target").join("vm");
+    fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let mut timings: Vec<(String, f64)> = Vec::new();
+
+    // Binaries: rsttrace as the integration tests use it (debug) and the guest workload.
+    let t = Instant::now();
+    let built = build(false)?;
+    let rsttrace = match std::env::var_os("RSTTRACE_VM_BIN") {
+        Some(bin) => {
+            let bin = PathBuf::from(bin);
+            if !bin.is_file() {
+                bail!("RSTTRACE_VM_BIN={} is not a file", bin.display());
+            }
+            eprintln!("xtask: vm: testing {} (RSTTRACE_VM_BIN)", bin.display());
+            bin
+        }
+        None => built.clone(),
+    };
+    run_checked(cargo().args([
+        "build",
+        "--package",
+        "rsttrace-tests",
+        "--bin",
+        SCENARIOS_BIN,
+    ]))?;
+    let scenarios_bin = built
+        .parent()
+        .context("rsttrace's binary has no folder")?
+        .join(SCENARIOS_BIN);
+    timings.push(("build rsttrace + scenarios".into(), secs(t)));
+    let mut scenarios = list_scenarios(&scenarios_bin)?;
+    scenarios.push("clean_stop".into());
+
+    let mut runs = Vec::new();
+    if wanted.iter().any(|w| w == "host") {
+        let run = run_host(&rsttrace, &scenarios_bin, &out_dir)?;
+        timings.push(("host: scenarios".into(), run.secs));
+        runs.push(run);
+    }
+
+    let series: Vec<&Series> = SERIES
+        .iter()
+        .filter(|s| wanted.iter().any(|w| w == s.label))
+        .collect();
+    if !series.is_empty() {
+        qemu_present()?;
+        let cache = cache_dir();
+        fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+        let mut kernels = Vec::new();
+        for s in &series {
+            let t = Instant::now();
+            kernels.push(fetch_kernel(s, &cache)?);
+            timings.push((format!("{}: fetch kernel", s.label), secs(t)));
+        }
+        let t = Instant::now();
+        let initrd = initramfs::build(&out_dir, &rsttrace, &scenarios_bin)?;
+        timings.push(("build initramfs".into(), secs(t)));
+        let timeout = boot_timeout();
+        for kernel in &kernels {
+            let run = boot(kernel, &initrd, &out_dir, timeout)?;
+            timings.push((format!("{}: boot + scenarios", kernel.label), run.secs));
+            runs.push(run);
+        }
+    }
+
+    report(&runs, &scenarios, &timings, secs(started));
+    let failed: Vec<&str> = runs
+        .iter()
+        .filter(|r| r.failed(&scenarios))
+        .map(|r| r.label.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "vm-test failed on: {} (details above; full console logs in {})",
+            failed.join(", "),
+            out_dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn secs(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64()
+}
+
+fn wanted_columns() -> Vec<String> {
+    match std::env::var("RSTTRACE_VM_KERNELS") {
+        Ok(list) if !list.trim().is_empty() => list
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        _ => std::iter::once("host")
+            .chain(SERIES.iter().map(|s| s.label))
+            .map(String::from)
+            .collect(),
+    }
+}
+
+fn boot_timeout() -> Duration {
+    std::env::var("RSTTRACE_VM_TIMEOUT")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .map_or(DEFAULT_BOOT_TIMEOUT, Duration::from_secs)
+}
+
+fn cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cache"));
+    base.join("rsttrace").join("vm")
+}
+
+fn list_scenarios(bin: &Path) -> Result<Vec<String>> {
+    let out = Command::new(bin)
+        .arg("--list")
+        .output()
+        .with_context(|| format!("running {} --list", bin.display()))?;
+    if !out.status.success() {
+        bail!("{} --list failed ({})", bin.display(), out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect())
+}
+
+fn qemu_present() -> Result<()> {
+    match Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+    {
+        Ok(s) if s.success() => Ok(()),
+        _ => bail!(
+            "qemu-system-x86_64 is missing: run `cargo xtask setup` (or apt-get install qemu-system-x86)"
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Kernels from Debian's archive
+
+/// The newest package of `series` in apt's lists, its vmlinuz cached under `cache`.
+fn fetch_kernel(series: &Series, cache: &Path) -> Result<Kernel> {
+    let mut packages = apt_search(series)?;
+    if packages.is_empty() {
+        eprintln!(
+            "xtask: vm: no {} kernel in apt's lists; apt-get update",
+            series.label
+        );
+        run_checked(Command::new("apt-get").args(["update", "-q"]))?;
+        packages = apt_search(series)?;
+    }
+    let Some(package) = packages.into_iter().max_by_key(|p| version_key(p)) else {
+        // Offline with a warm cache still works.
+        if let Some(kernel) = cached_kernel(series, cache) {
+            eprintln!(
+                "xtask: vm: warning: apt knows no {} kernel; using the cached {}",
+                series.label, kernel.package
+            );
+            return Ok(kernel);
+        }
+        bail!(
+            "Debian's archive offers no package matching {} (apt-cache search --names-only '{}'): \
+             is bookworm / bookworm-security in /etc/apt/sources.list?",
+            series.label,
+            series.search
+        );
+    };
+    let dir = cache.join(&package);
+    let vmlinuz = dir.join("vmlinuz");
+    if !vmlinuz.is_file() {
+        let deb = download(&package, cache)?;
+        extract_vmlinuz(&deb, &dir)?;
+        let _ = fs::remove_file(&deb);
+        eprintln!("xtask: vm: cached {} in {}", package, vmlinuz.display());
+    }
+    // Older kernels of this series are never used again.
+    if let Ok(entries) = fs::read_dir(cache) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name != package && (series.matches)(&name) {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    Ok(Kernel {
+        label: series.label,
+        package,
+        vmlinuz,
+    })
+}
+
+fn cached_kernel(series: &Series, cache: &Path) -> Option<Kernel> {
+    fs::read_dir(cache)
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| (series.matches)(name) && cache.join(name).join("vmlinuz").is_file())
+        .max_by_key(|name| version_key(name))
+        .map(|package| Kernel {
+            label: series.label,
+            vmlinuz: cache.join(&package).join("vmlinuz"),
+            package,
+        })
+}
+
+/// Numbers in a package name, in order: "linux-image-6.12.117+deb12-..." -> [6, 12, 117, 12, ...].
+fn version_key(name: &str) -> Vec<u64> {
+    name.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+fn apt_search(series: &Series) -> Result<Vec<String>> {
+    let mut cmd = Command::new("apt-cache");
+    cmd.args(["search", "--names-only", series.search]);
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {}", display(&cmd)))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            display(&cmd),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| (series.matches)(name))
+        .map(String::from)
+        .collect())
+}
+
+/// `apt-get download`s `package` into `cache` (unless a .deb of it is already there).
+fn download(package: &str, cache: &Path) -> Result<PathBuf> {
+    let find = || -> Option<PathBuf> {
+        fs::read_dir(cache)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+            })
+    };
+    if let Some(deb) = find() {
+        return Ok(deb);
+    }
+    let attempt = || -> Result<()> {
+        // The sandbox user _apt cannot write to root's cache folder: download as root.
+        run_checked(
+            Command::new("apt-get")
+                .args(["download", "-q", "-o", "APT::Sandbox::User=root", package])
+                .current_dir(cache),
+        )
+    };
+    if let Err(first) = attempt() {
+        // Stale lists name a version the archive no longer has.
+        eprintln!("xtask: vm: {first:#}; retrying after apt-get update");
+        run_checked(Command::new("apt-get").args(["update", "-q"]))?;
+        attempt().with_context(|| {
+            format!("downloading {package} from Debian's archive (is it reachable?)")
+        })?;
+    }
+    find().with_context(|| {
+        format!(
+            "apt-get download {package} succeeded but left no {package}_*.deb in {}",
+            cache.display()
+        )
+    })
+}
+
+/// Unpacks the .deb and keeps only boot/vmlinuz-* (as `dir`/vmlinuz) and its config.
+fn extract_vmlinuz(deb: &Path, dir: &Path) -> Result<()> {
+    let tmp = dir.with_extension("extract");
+    let _ = fs::remove_dir_all(&tmp);
+    run_checked(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp))?;
+    let boot = tmp.join("boot");
+    let mut vmlinuz = None;
+    let mut config = None;
+    for entry in fs::read_dir(&boot)
+        .with_context(|| format!("{} holds no boot/ folder", deb.display()))?
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("vmlinuz-") {
+            vmlinuz = Some(entry.path());
+        } else if name.starts_with("config-") {
+            config = Some(entry.path());
+        }
+    }
+    let vmlinuz = vmlinuz.with_context(|| format!("{} holds no boot/vmlinuz-*", deb.display()))?;
+    fs::create_dir_all(dir)?;
+    if let Some(config) = config {
+        fs::copy(&config, dir.join("config"))?;
+    }
+    // Written last, under its final name only when complete: its presence means "cached".
+    fs::copy(&vmlinuz, dir.join("vmlinuz.part"))?;
+    fs::rename(dir.join("vmlinuz.part"), dir.join("vmlinuz"))?;
+    fs::remove_dir_all(&tmp)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Running the scenarios: in a guest, or on the host
+
+fn boot(kernel: &Kernel, initrd: &Path, out_dir: &Path, timeout: Duration) -> Result<Run> {
+    let log = out_dir.join(format!("console-{}.log", kernel.label));
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "1024"])
+        .args(["-nographic", "-no-reboot", "-nic", "none"])
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 panic=-1 rdinit=/init"]);
+    eprintln!(
+        "xtask: vm: booting {} ({}), console in {}",
+        kernel.label,
+        kernel.package,
+        log.display()
+    );
+    eprintln!("xtask: $ {}", display(&cmd));
+    let console = run_console(cmd, kernel.label, &log, timeout)?;
+    Ok(parse_run(kernel.label, console, log))
+}
+
+fn run_host(rsttrace: &Path, scenarios_bin: &Path, out_dir: &Path) -> Result<Run> {
+    let log = out_dir.join("console-host.log");
+    let check = Command::new(rsttrace)
+        .arg("--check")
+        .output()
+        .with_context(|| format!("running {} --check", rsttrace.display()))?;
+    let mut lines = vec!["vm: check begin".to_string()];
+    lines.extend(
+        String::from_utf8_lossy(&check.stdout)
+            .lines()
+            .chain(String::from_utf8_lossy(&check.stderr).lines())
+            .map(String::from),
+    );
+    lines.push(format!(
+        "vm: check end (exit {})",
+        check.status.code().unwrap_or(-1)
+    ));
+    let mut cmd = Command::new(scenarios_bin);
+    cmd.arg("--rsttrace").arg(rsttrace);
+    eprintln!("xtask: vm: scenarios on the host kernel");
+    eprintln!("xtask: $ {}", display(&cmd));
+    let mut console = run_console(cmd, "host", &log, HOST_TIMEOUT)?;
+    lines.append(&mut console.lines);
+    console.lines = lines;
+    let mut run = parse_run("host", console, log);
+    run.release = kernel_release();
+    Ok(run)
+}
+
+fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+struct Console {
+    lines: Vec<String>,
+    timed_out: bool,
+    status: Option<std::process::ExitStatus>,
+    stderr: String,
+    secs: f64,
+}
+
+/// Runs `cmd`, reading its stdout line by line (also into `log`) until it exits or `timeout`
+/// passes (then it is killed). Result lines are echoed as they come, prefixed with `label`.
+fn run_console(mut cmd: Command, label: &str, log: &Path, timeout: Duration) -> Result<Console> {
+    let started = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", display(&cmd)))?;
+    let mut log_file =
+        fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let stdout = child.stdout.take().context("no stdout pipe")?;
+    let stderr = child.stderr.take().context("no stderr pipe")?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        while matches!(reader.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+            let _ = log_file.write_all(&buf);
+            let line = String::from_utf8_lossy(&buf)
+                .trim_end_matches(['\n', '\r'])
+                .replace('\r', "");
+            buf.clear();
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let err_reader = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = BufReader::new(stderr).read_to_string(&mut s);
+        s
+    });
+    let deadline = started + timeout;
+    let mut lines = Vec::new();
+    let mut timed_out = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left.min(Duration::from_secs(1))) {
+            Ok(line) => {
+                if is_result_line(&line) && !line.starts_with("vm: dmesg: ") {
+                    eprintln!("[{label}] {line}");
+                }
+                lines.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if Instant::now() >= deadline {
+                    timed_out = true;
+                    break;
+                }
+            }
+        }
+    }
+    if timed_out {
+        let _ = child.kill();
+    }
+    let status = wait_bounded(&mut child, Duration::from_secs(30));
+    let _ = reader.join();
+    let stderr = err_reader.join().unwrap_or_default();
+    Ok(Console {
+        lines,
+        timed_out,
+        status,
+        stderr,
+        secs: secs(started),
+    })
+}
+
+fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(100)),
+            _ => {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+        }
+    }
+}
+
+fn is_result_line(line: &str) -> bool {
+    line.starts_with("scenario ")
+        || line.starts_with("init: ")
+        || line.starts_with("vm: ")
+        || line.starts_with("vm-scenarios: ")
+}
+
+fn parse_run(label: &str, console: Console, log: PathBuf) -> Run {
+    let mut run = Run {
+        label: label.to_string(),
+        release: String::new(),
+        check: Vec::new(),
+        results: BTreeMap::new(),
+        init: None,
+        problem: None,
+        console_tail: Vec::new(),
+        log,
+        secs: console.secs,
+    };
+    let mut in_check = false;
+    for line in &console.lines {
+        if line == "vm: check begin" {
+            in_check = true;
+        } else if let Some(end) = line.strip_prefix("vm: check end") {
+            in_check = false;
+            run.check.push(format!("(--check{end})"));
+        } else if in_check {
+            run.check.push(line.clone());
+        } else if let Some(rest) = line.strip_prefix("vm: kernel ") {
+            run.release = rest.split(',').next().unwrap_or_default().to_string();
+        } else if let Some(rest) = line.strip_prefix("scenario ") {
+            if let Some((name, outcome)) = rest.split_once(": ") {
+                let result = match outcome.strip_prefix("fail: ") {
+                    Some(why) => Err(why.to_string()),
+                    None if outcome.starts_with("pass") => Ok(outcome.to_string()),
+                    None => Err(outcome.to_string()),
+                };
+                run.results.insert(name.to_string(), result);
+            }
+        } else if let Some(rest) = line.strip_prefix("init: ") {
+            run.init = Some(rest.trim() == "success");
+        }
+    }
+    run.console_tail = console.lines[console.lines.len().saturating_sub(TAIL_LINES)..].to_vec();
+    if console.timed_out {
+        run.problem = Some(format!(
+            "no result within {:.0} s: killed (guest hung or too slow; RSTTRACE_VM_TIMEOUT raises the limit)",
+            console.secs
+        ));
+    } else if run.init.is_none() {
+        let status = console
+            .status
+            .map_or_else(|| "unknown".to_string(), |s| s.to_string());
+        let stderr = console.stderr.trim();
+        run.problem = Some(format!(
+            "finished ({status}) without an `init:` result line{}",
+            if stderr.is_empty() {
+                String::new()
+            } else {
+                format!("; stderr: {stderr}")
+            }
+        ));
+    }
+    run
+}
+
+// ---------------------------------------------------------------------------------------
+// Report
+
+fn report(runs: &[Run], scenarios: &[String], timings: &[(String, f64)], total: f64) {
+    if runs.is_empty() {
+        eprintln!("xtask: vm: nothing selected (RSTTRACE_VM_KERNELS)");
+        return;
+    }
+    let width = scenarios.iter().map(String::len).max().unwrap_or(8).max(8) + 2;
+    let headers: Vec<String> = runs
+        .iter()
+        .map(|r| {
+            if r.release.is_empty() {
+                r.label.clone()
+            } else {
+                format!("{} ({})", r.label, r.release)
+            }
+        })
+        .collect();
+    let col = headers.iter().map(String::len).max().unwrap_or(8) + 2;
+    let mut out = String::new();
+    out.push_str("\n=== rsttrace vm-test: kernel x scenario\n");
+    out.push_str(&format!("{:width$}", "scenario"));
+    for h in &headers {
+        out.push_str(&format!("{h:col$}"));
+    }
+    out.push('\n');
+    for scenario in scenarios {
+        out.push_str(&format!("{scenario:width$}"));
+        for run in runs {
+            let cell = match run.results.get(scenario) {
+                Some(Ok(_)) => "pass",
+                Some(Err(_)) => "FAIL",
+                None => "not run",
+            };
+            out.push_str(&format!("{cell:col$}"));
+        }
+        out.push('\n');
+    }
+    out.push_str(&format!("{:width$}", "overall"));
+    for run in runs {
+        let cell = if run.failed(scenarios) { "FAIL" } else { "ok" };
+        out.push_str(&format!("{cell:col$}"));
+    }
+    out.push('\n');
+
+    for run in runs {
+        out.push_str(&format!("\n=== {}: rsttrace --check\n", headers_of(run)));
+        if run.check.is_empty() {
+            out.push_str("(no --check output)\n");
+        }
+        for line in &run.check {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
+
+    for run in runs.iter().filter(|r| r.failed(scenarios)) {
+        out.push_str(&format!("\n=== {}: failures\n", headers_of(run)));
+        if let Some(problem) = &run.problem {
+            out.push_str(&format!("  {problem}\n"));
+        }
+        // The same reason for several scenarios (rsttrace did not start) is shown once.
+        let mut reasons: Vec<(Vec<&str>, &str)> = Vec::new();
+        for (name, result) in &run.results {
+            if let Err(why) = result {
+                match reasons.iter_mut().find(|(_, w)| *w == why.as_str()) {
+                    Some((names, _)) => names.push(name),
+                    None => reasons.push((vec![name], why)),
+                }
+            }
+        }
+        for (names, why) in reasons {
+            out.push_str(&format!("  {}: {}\n", names.join(", "), abbreviate(why)));
+        }
+        for name in scenarios.iter().filter(|s| !run.results.contains_key(*s)) {
+            out.push_str(&format!("  {name}: no result line\n"));
+        }
+        out.push_str(&format!(
+            "  console tail ({} lines; all in {}):\n",
+            run.console_tail.len(),
+            run.log.display()
+        ));
+        for line in &run.console_tail {
+            out.push_str(&format!("  | {line}\n"));
+        }
+    }
+
+    out.push_str("\n=== timings\n");
+    for (what, s) in timings {
+        out.push_str(&format!("  {what:32}{s:8.1} s\n"));
+    }
+    out.push_str(&format!("  {:32}{total:8.1} s\n", "total"));
+    print!("{out}");
+    let _ = std::io::stdout().flush();
+}
+
+/// Long reasons (a verifier log) keep their start (which program) and their end (the
+/// verifier's complaint); the console log has them whole.
+fn abbreviate(why: &str) -> String {
+    const HEAD: usize = 400;
+    const TAIL: usize = 1200;
+    let chars: Vec<char> = why.chars().collect();
+    if chars.len() <= HEAD + TAIL + 100 {
+        return why.to_string();
+    }
+    let head: String = chars[..HEAD].iter().collect();
+    let tail: String = chars[chars.len() - TAIL..].iter().collect();
+    format!(
+        "{head} [... {} characters cut ...] {tail}",
+        chars.len() - HEAD - TAIL
+    )
+}
+
+fn headers_of(run: &Run) -> String {
+    if run.release.is_empty() {
+        run.label.clone()
+    } else {
+        format!("{} ({})", run.label, run.release)
+    }
+}
