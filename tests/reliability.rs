@@ -306,3 +306,19 @@ fn syscall_arguments_recorded_at_entry_work_too() {
     assert_eq!(event["seen_by_receiver"], true, "connect() failed: {event}");
     tool.stop().expect("rsttrace exits 0");
 }
+
+#[test]
+fn without_syscall_hooks_tcp_resets_are_still_explained() {
+    require_root();
+    let mut tool = Rsttrace::start(&["--no-syscall-hooks"]).expect("starting rsttrace");
+    let port = closed_port_reset();
+    let event = tool
+        .wait_for(|e| has_reset_from(std::slice::from_ref(e), port), TIMEOUT)
+        .unwrap_or_else(|| panic!("no reset reported:\n{}", tool.report()));
+    assert_eq!(event["cause"], "no_socket", "{event}");
+    assert!(
+        event.get("seen_by_receiver").is_none(),
+        "unknown without syscall hooks: {event}"
+    );
+    tool.stop().expect("rsttrace exits 0");
+}

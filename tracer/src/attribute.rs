@@ -107,6 +107,7 @@ pub struct Attributor {
     seen_early: HashMap<u64, (u64, i64)>,
     /// unix listening path -> processes that listened on it (latest last).
     listeners: HashMap<String, Vec<Task>>,
+    receiver_syscalls_traced: bool,
     events_seen: u64,
 }
 
@@ -128,6 +129,7 @@ impl Attributor {
             awaiting_seen: HashMap::new(),
             seen_early: HashMap::new(),
             listeners: HashMap::new(),
+            receiver_syscalls_traced: true,
             events_seen: 0,
         }
     }
@@ -202,7 +204,17 @@ impl Attributor {
 
     /// A completed TCP verdict: out at once if its receiver already failed a syscall on
     /// the socket, else it waits (SEEN_WAIT) for that.
+    /// Whether the receiver's socket syscalls are traced; without them `seen_by_receiver`
+    /// is unknown and verdicts go out at once.
+    pub fn set_receiver_syscalls_traced(&mut self, traced: bool) {
+        self.receiver_syscalls_traced = traced;
+    }
+
     fn settle(&mut self, mut a: Attribution, out: &mut Vec<Attribution>) {
+        if !self.receiver_syscalls_traced {
+            out.push(a);
+            return;
+        }
         if let Some((_, ret)) = self.seen_early.remove(&a.receiver_sock) {
             a.seen_by_receiver = Some(true);
             refused_means_no_socket(&mut a, ret);

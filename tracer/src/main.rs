@@ -76,6 +76,12 @@ struct Args {
     /// Kernel ring buffer size in KiB (power of two, >= 4).
     #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib)]
     buffer_size: u32,
+    /// Attach no syscall tracepoint. Attaching any makes every syscall of every process
+    /// take the kernel's slower traced path (~50 ns each here); without them rsttrace
+    /// loses unix-socket resets, `seen_by_receiver` and the accept-side socket owners
+    /// (peers are then the task that sent the reset).
+    #[arg(long)]
+    no_syscall_hooks: bool,
     /// Print what this kernel supports and which hook serves each capability, then exit.
     #[arg(long)]
     check: bool,
@@ -168,9 +174,16 @@ fn run(args: Args) -> Result<u8, Failure> {
     if args.syscall_args_at_entry {
         facts.config.regs_arg = [tracer_ebpf::NO_OFFSET; 4];
     }
+    if args.no_syscall_hooks {
+        facts.available.retain(|h| h.category != "syscalls");
+    }
     if args.check {
         print_check(&facts);
-        return Ok(EXIT_OK);
+        return Ok(if print_features() {
+            EXIT_OK
+        } else {
+            EXIT_UNSUPPORTED
+        });
     }
     for pid in &args.pid {
         if !watch::pid_exists(*pid) {
@@ -241,6 +254,12 @@ fn run(args: Args) -> Result<u8, Failure> {
         decode_errors: 0,
         decode_errors_reported: 0,
     };
+    session.attributor.set_receiver_syscalls_traced(
+        facts
+            .available
+            .iter()
+            .any(|h| h.event == "sys_exit_recvfrom"),
+    );
     // Listeners that predate us, so a listener-closed reset can name their owner.
     for listen in rsttrace::unix::scan_listeners() {
         if session.debug_events {
@@ -550,6 +569,48 @@ fn print_check(facts: &KernelFacts) {
             facts.degraded.join(", ")
         );
     }
+}
+
+/// Kernel BPF features (probed by loading tiny programs and maps); false when one rsttrace
+/// needs is missing.
+fn print_features() -> bool {
+    use aya::{
+        maps::MapType,
+        programs::ProgramType,
+        sys::{is_helper_supported, is_map_supported, is_program_supported, BpfHelper},
+    };
+    let yes = |r: bool| if r { "yes" } else { "no" };
+    let tracepoints = is_program_supported(ProgramType::TracePoint).unwrap_or(false);
+    let ring = is_map_supported(MapType::RingBuf).unwrap_or(false);
+    let regs = is_helper_supported(ProgramType::TracePoint, BpfHelper::BPF_FUNC_task_pt_regs)
+        .unwrap_or(false);
+    let kprobes = std::path::Path::new("/sys/kernel/tracing/kprobe_events").exists()
+        || std::path::Path::new("/sys/kernel/debug/tracing/kprobe_events").exists();
+    let raw_tp = is_program_supported(ProgramType::RawTracePoint).unwrap_or(false);
+    println!("kernel BPF features:");
+    println!("  tracepoint programs (required): {}", yes(tracepoints));
+    println!("  BPF ring buffer, 5.8+ (required): {}", yes(ring));
+    println!(
+        "  bpf_task_pt_regs in tracepoints: {} ({})",
+        yes(regs),
+        if regs {
+            "socket syscall exits read their arguments from registers"
+        } else {
+            "syscall arguments recorded at entry instead (more overhead)"
+        }
+    );
+    println!("  raw tracepoints: {} (not needed)", yes(raw_tp));
+    println!(
+        "  kprobes: {} (not needed: every capability is served by tracepoints)",
+        yes(kprobes)
+    );
+    if !tracepoints || !ring {
+        println!(
+            "rsttrace cannot run here: it needs BPF tracepoint programs and BPF ring buffers \
+             (Linux 5.8+ with CONFIG_BPF_SYSCALL and CONFIG_BPF_EVENTS)"
+        );
+    }
+    tracepoints && ring
 }
 
 /// What rsttrace does, and the tracepoints serving each (for --check).

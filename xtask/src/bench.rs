@@ -76,9 +76,14 @@ pub struct BenchArgs {
     /// Where to write the figures as JSON [default: target/bench/bench.json].
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// An extra argument for every rsttrace run (repeatable), e.g.
+    /// `--rsttrace-arg=--no-syscall-hooks` to measure that mode.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pub rsttrace_arg: Vec<String>,
 }
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
+    let _ = tracers::RSTTRACE_EXTRA_ARGS.set(args.rsttrace_arg.clone());
     for (name, v) in [
         ("--storm-rounds", u64::from(args.storm_rounds)),
         ("--storm-secs", args.storm_secs),

@@ -207,7 +207,7 @@ impl FileTracer {
     /// `rsttrace --format json` (no filter: every reset on the host, full attribution),
     /// stdout to `DIR/TAG.out`; ready once stderr says `attached`.
     pub fn rsttrace(bin: &Path, dir: &Path, tag: &str) -> Result<Self> {
-        let mut cmd = Command::new(bin);
+        let mut cmd = rsttrace_command(bin);
         cmd.args(["--format", "json"]);
         Self::start("rsttrace", cmd, dir, tag, Stream::Stderr, "attached")
     }
@@ -333,7 +333,7 @@ pub struct RsttraceStartup {
 }
 
 pub fn startup_rsttrace(bin: &Path) -> Result<RsttraceStartup> {
-    let mut cmd = Command::new(bin);
+    let mut cmd = rsttrace_command(bin);
     cmd.args(["--format", "json"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -370,4 +370,16 @@ pub fn startup_bpftrace(script: &Path) -> Result<Duration> {
     let wall = line.at.duration_since(t0);
     proc.stop(STOP_TIMEOUT)?;
     Ok(wall)
+}
+
+/// Extra arguments every rsttrace the bench starts gets (`--rsttrace-arg`), set once.
+pub static RSTTRACE_EXTRA_ARGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// `bin` with the bench-wide extra arguments.
+pub fn rsttrace_command(bin: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    if let Some(extra) = RSTTRACE_EXTRA_ARGS.get() {
+        cmd.args(extra);
+    }
+    cmd
 }
