@@ -256,23 +256,16 @@ impl Attributor {
     /// A unix stream socket's syscall failed with ECONNRESET: its peer was released with
     /// unread data, or was an embryo of a listener that closed (unix_release_sock()).
     fn attribute_unix(&self, e: &SocketError, peer: &UnixPeer) -> Attribution {
-        let mut out = Attribution {
-            time_ns: e.time_ns,
-            cause: Cause::Unknown,
-            transport: Transport::Unix,
-            local: String::new(),
-            remote: peer.path.clone().unwrap_or_default(),
-            receiver_sock: e.sock,
-            seen_by_receiver: Some(true),
-            listener_closed: false,
-            receiver: Some(e.receiver.clone()),
-            peer: None,
-            signal: None,
-            exit_code: None,
-            oom: None,
-            kernel_reason: None,
-            peer_exiting: false,
-        };
+        let mut out = Attribution::pending(
+            e.time_ns,
+            Transport::Unix,
+            String::new(),
+            peer.path.clone().unwrap_or_default(),
+            e.sock,
+            Some(e.receiver.clone()),
+        );
+        // For unix sockets the receiver's failed syscall is the reset itself.
+        out.seen_by_receiver = Some(true);
         if let Some(owner) = &peer.owner {
             out.peer = Some(owner.clone());
             match self.recent_death(owner.pid, e.time_ns) {
@@ -373,23 +366,14 @@ impl Attributor {
     }
 
     fn attribute(&mut self, r: ResetReceived) -> Attribution {
-        let mut out = Attribution {
-            time_ns: r.time_ns,
-            cause: Cause::Unknown,
-            transport: Transport::Tcp,
-            local: r.local.to_string(),
-            remote: r.remote.to_string(),
-            receiver_sock: r.sk,
-            seen_by_receiver: None,
-            listener_closed: false,
-            receiver: r.owner.clone(),
-            peer: None,
-            signal: None,
-            exit_code: None,
-            oom: None,
-            kernel_reason: None,
-            peer_exiting: false,
-        };
+        let mut out = Attribution::pending(
+            r.time_ns,
+            Transport::Tcp,
+            r.local.to_string(),
+            r.remote.to_string(),
+            r.sk,
+            r.owner.clone(),
+        );
         let Some(send) = self.sends.remove(&(canon(r.remote), canon(r.local))) else {
             out.cause = if self.is_local(r.remote.ip()) {
                 // A local sender whose send we did not see (hook missing, or the send was

@@ -266,3 +266,33 @@ pub struct Attribution {
     /// The peer was in do_exit() when its socket sent the reset.
     pub peer_exiting: bool,
 }
+
+impl Attribution {
+    /// A verdict before any evidence is weighed: cause unknown, nothing else known.
+    pub fn pending(
+        time_ns: u64,
+        transport: Transport,
+        local: String,
+        remote: String,
+        receiver_sock: u64,
+        receiver: Option<Task>,
+    ) -> Self {
+        Self {
+            time_ns,
+            cause: Cause::Unknown,
+            transport,
+            local,
+            remote,
+            receiver_sock,
+            seen_by_receiver: None,
+            listener_closed: false,
+            receiver,
+            peer: None,
+            signal: None,
+            exit_code: None,
+            oom: None,
+            kernel_reason: None,
+            peer_exiting: false,
+        }
+    }
+}
