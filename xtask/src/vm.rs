@@ -177,6 +177,15 @@ pub fn vm_test() -> Result<()> {
     }
 
     report(&runs, &scenarios, &timings, secs(started));
+    // The closing line CI reads: every kernel x scenario cell, counted.
+    let cells = runs
+        .iter()
+        .flat_map(|r| scenarios.iter().map(move |s| r.results.get(s)));
+    let (passed, failed_cells) = cells.fold((0, 0), |(p, f), cell| match cell {
+        Some(Ok(_)) => (p + 1, f),
+        _ => (p, f + 1),
+    });
+    println!("vm-test: {passed} passed, {failed_cells} failed");
     let failed: Vec<&str> = runs
         .iter()
         .filter(|r| r.failed(&scenarios))
