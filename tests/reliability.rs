@@ -293,10 +293,12 @@ fn syscall_arguments_recorded_at_entry_work_too() {
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no hook count in: {stderr}"))
     };
-    let mut default = Rsttrace::start(&[]).expect("starting rsttrace");
+    // --syscall-hooks: the syscall tracepoints, as on kernels without sock_recv_length.
+    let mut default = Rsttrace::start(&["--syscall-hooks"]).expect("starting rsttrace");
     let at_exit = hooks(&default);
     default.stop().expect("rsttrace exits 0");
-    let mut tool = Rsttrace::start(&["--syscall-args-at-entry"]).expect("starting rsttrace");
+    let mut tool = Rsttrace::start(&["--syscall-hooks", "--syscall-args-at-entry"])
+        .expect("starting rsttrace");
     // the 8 socket syscalls' enter hooks come back
     assert_eq!(hooks(&tool), at_exit + 8, "{}", tool.stderr());
     let port = closed_port_reset();
@@ -310,7 +312,9 @@ fn syscall_arguments_recorded_at_entry_work_too() {
 #[test]
 fn without_syscall_hooks_tcp_resets_are_still_explained() {
     require_root();
-    let mut tool = Rsttrace::start(&["--no-syscall-hooks"]).expect("starting rsttrace");
+    // As on a kernel without the socket tracepoints, told to attach no syscall tracepoint.
+    let mut tool =
+        Rsttrace::start(&["--syscall-hooks", "--no-syscall-hooks"]).expect("starting rsttrace");
     let port = closed_port_reset();
     let event = tool
         .wait_for(|e| has_reset_from(std::slice::from_ref(e), port), TIMEOUT)
@@ -319,6 +323,57 @@ fn without_syscall_hooks_tcp_resets_are_still_explained() {
     assert!(
         event.get("seen_by_receiver").is_none(),
         "unknown without syscall hooks: {event}"
+    );
+    tool.stop().expect("rsttrace exits 0");
+}
+
+#[test]
+fn the_syscall_hook_path_explains_unix_and_seen_resets_too() {
+    require_root();
+    // Kernels without sock:sock_recv_length take this path; this host can take both.
+    let (fpm, nginx, path) = {
+        let fpm = PhpFpm::start(PhpFpmOptions {
+            unix_socket: true,
+            ..PhpFpmOptions::default()
+        })
+        .expect("starting php-fpm");
+        let nginx = Nginx::start(&[Location::php_unix(&fpm)]).expect("starting nginx");
+        let path = fpm
+            .unix_socket()
+            .expect("unix socket")
+            .display()
+            .to_string();
+        (fpm, nginx, path)
+    };
+    let mut tool = Rsttrace::start(&["--syscall-hooks"]).expect("starting rsttrace");
+    let marker = fpm.state_dir().join("started");
+    fpm.write_script("sleep.php", &php_script(&marker, "sleep(30);"))
+        .expect("writing sleep.php");
+    let request = spawn_http_request(
+        nginx.port(),
+        "GET",
+        "/php-unix/sleep.php",
+        Vec::new(),
+        Duration::from_secs(60),
+    );
+    let worker = wait_for_php_worker(&marker);
+    let kill = run_kill("-9", worker);
+    let _ = request.join();
+    let event = tool
+        .wait_for(
+            |e| e["event"] == "reset" && e["transport"] == "unix" && e["remote"] == path.as_str(),
+            TIMEOUT,
+        )
+        .unwrap_or_else(|| panic!("no unix reset:\n{}", tool.report()));
+    assert_eq!(event["cause"], "signal", "{event}");
+    assert_eq!(
+        event["peer"]["pid"].as_u64(),
+        Some(u64::from(worker)),
+        "{event}"
+    );
+    assert_eq!(
+        event["signal"]["sender"]["pid"].as_u64(),
+        Some(u64::from(kill))
     );
     tool.stop().expect("rsttrace exits 0");
 }

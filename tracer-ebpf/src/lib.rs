@@ -38,6 +38,10 @@ pub mod syscall {
     /// getsockopt(SOL_SOCKET, SO_ERROR): how event loops (nginx) learn that a non-blocking
     /// connect() failed.
     pub const GETSOCKOPT: u32 = 8;
+    /// sock:sock_recv_length / sock:sock_send_length (6.x): any receive or send on a
+    /// socket (recv*, read, readv / send*, write, writev), with no syscall tracepoint.
+    pub const SOCK_RECV: u32 = 9;
+    pub const SOCK_SEND: u32 = 10;
 }
 
 /// A socket syscall in flight (the exit record carries only the result).
@@ -135,6 +139,10 @@ pub struct Config {
     /// samples are submitted without waking rsttrace, which drains on a short timer
     /// (a wake-up per sample costs more than the sample itself in a reset storm).
     pub ring_wakeup_bytes: u32,
+    /// `sk`, `family`, `ret` in sock:sock_recv_length and sock:sock_send_length (same layout).
+    pub sock_io_sk: u32,
+    pub sock_io_family: u32,
+    pub sock_io_ret: u32,
     /// `level`, `optname`, `optval` in syscalls:sys_enter_getsockopt.
     pub getsockopt_level: u32,
     pub getsockopt_optname: u32,
@@ -174,6 +182,9 @@ impl Config {
         syscall_ret: NO_OFFSET,
         sys_enter_fd: NO_OFFSET,
         regs_arg: [NO_OFFSET; 4],
+        sock_io_sk: NO_OFFSET,
+        sock_io_family: NO_OFFSET,
+        sock_io_ret: NO_OFFSET,
         ring_wakeup_bytes: 0,
         getsockopt_level: NO_OFFSET,
         getsockopt_optname: NO_OFFSET,

@@ -567,6 +567,66 @@ mod programs {
         submit(cfg, &extra, name, len.max(0) as u32);
     }
 
+    /// sock:sock_recv_length / sock_send_length: every receive or send on a socket, in the
+    /// task doing it, with the socket and the result. Where they exist they replace the
+    /// syscall tracepoints, whose mere presence slows every syscall of every process.
+    /// A failure with ECONNRESET is the receiver seeing the reset; any other call teaches
+    /// who uses the socket (accepted sockets are first read by their process).
+    #[inline(always)]
+    fn socket_io(ctx: &TracePointContext, which: u32) {
+        let cfg = config();
+        let (Some(sk), Some(ret)) = (
+            record_field::<u64>(ctx, cfg.sock_io_sk),
+            record_field::<i32>(ctx, cfg.sock_io_ret),
+        ) else {
+            return;
+        };
+        if sk == 0 {
+            return;
+        }
+        if ret as i64 != -ECONNRESET {
+            // A socket doing I/O is open: an entry marked closed belonged to an earlier
+            // socket at this address, so replace it.
+            // SAFETY: the value is only tested.
+            let known = matches!(unsafe { SOCK_OWNERS.get(&sk) }, Some(o) if o.closed_ns == 0);
+            if !known {
+                let _ = SOCK_OWNERS.insert(&sk, &current_owner(), 0);
+            }
+            return;
+        }
+        let family = record_field::<u16>(ctx, cfg.sock_io_family)
+            .unwrap_or_else(|| unsafe { read_field(sk, cfg.sock_family) }.unwrap_or(0));
+        let mut peer: u64 = 0;
+        let mut addr: u64 = 0;
+        if family == AF_UNIX {
+            peer = unsafe { read_field(sk, cfg.unix_peer) }.unwrap_or(0);
+            addr = unsafe { read_field(peer, cfg.unix_addr) }.unwrap_or(0);
+        }
+        emit_socket(
+            &cfg,
+            kind::SOCKET_ERROR,
+            sk,
+            peer,
+            ret as i64,
+            family,
+            which,
+            addr,
+            None,
+        );
+    }
+
+    #[tracepoint]
+    pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
+        socket_io(&ctx, syscall::SOCK_RECV);
+        0
+    }
+
+    #[tracepoint]
+    pub fn sock_send_length(ctx: TracePointContext) -> u32 {
+        socket_io(&ctx, syscall::SOCK_SEND);
+        0
+    }
+
     macro_rules! socket_syscall {
         ($enter:ident, $exit:ident, $which:expr) => {
             #[tracepoint]

@@ -226,6 +226,13 @@ impl Attributor {
             out.push(a);
             return;
         }
+        if a.cause == Cause::NoSocket {
+            // A refused connect always reaches the connecting process (connect()'s result,
+            // SO_ERROR, or its next read or write), whether or not that syscall is traced.
+            a.seen_by_receiver = Some(true);
+            out.push(a);
+            return;
+        }
         if let Some(mut previous) = self.awaiting_seen.insert(a.receiver_sock, a) {
             previous.seen_by_receiver = Some(false);
             out.push(previous);
@@ -397,12 +404,9 @@ impl Attributor {
 
         // Who sent it: a dying task closes its own sockets in do_exit(); otherwise the
         // socket's owner, else the task in whose close() the reset was sent.
-        let peer = if send.current_exiting
-            && send
-                .owner
-                .as_ref()
-                .is_none_or(|o| o.pid == send.current.pid)
-        {
+        let peer = if send.current_exiting {
+            // Closing its files in do_exit(): the socket is the dying task's, whatever a
+            // (possibly stale) owner record says.
             Some(send.current.clone())
         } else if send.owner.is_some() {
             send.owner.clone()
@@ -411,8 +415,7 @@ impl Attributor {
         } else {
             None
         };
-        out.peer_exiting =
-            send.current_exiting && peer.as_ref().is_some_and(|p| p.pid == send.current.pid);
+        out.peer_exiting = send.current_exiting;
         out.peer = peer.clone();
 
         if let Some(peer) = &peer {

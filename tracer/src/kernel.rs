@@ -81,6 +81,22 @@ pub const HOOKS: &[Hook] = &[
         purpose: "which process connected a socket (the receiver)",
     },
     Hook {
+        category: "sock",
+        event: "sock_recv_length",
+        program: "sock_recv_length",
+        kind: None,
+        required: false,
+        purpose: "receives failing with ECONNRESET (seen_by_receiver, unix-socket resets), socket users",
+    },
+    Hook {
+        category: "sock",
+        event: "sock_send_length",
+        program: "sock_send_length",
+        kind: None,
+        required: false,
+        purpose: "sends failing with ECONNRESET (seen_by_receiver, unix-socket resets), socket users",
+    },
+    Hook {
         category: "syscalls",
         event: "sys_exit_accept4",
         program: "sys_exit_accept4",
@@ -258,6 +274,9 @@ pub struct KernelFacts {
     pub missing: Vec<Hook>,
     /// Struct offsets BTF did not give (the capability degrades, the run goes on).
     pub degraded: Vec<String>,
+    /// Syscall hooks this kernel has but rsttrace does not attach, because socket-level
+    /// tracepoints serve instead.
+    pub syscall_hooks: Vec<Hook>,
 }
 
 /// Whether a hook only records a syscall's arguments for its exit hook, which reads them
@@ -314,6 +333,11 @@ impl KernelFacts {
                     config.set_state_protocol = off("protocol");
                 }
                 "sys_exit_accept4" | "sys_exit_accept" => config.syscall_ret = off("ret"),
+                "sock_recv_length" | "sock_send_length" => {
+                    config.sock_io_sk = off("sk");
+                    config.sock_io_family = off("family");
+                    config.sock_io_ret = off("ret");
+                }
                 p if p.starts_with("sys_exit_") => {
                     if config.syscall_ret == NO_OFFSET {
                         config.syscall_ret = off("ret");
@@ -414,15 +438,64 @@ impl KernelFacts {
         }
 
         let reset_reasons = enum_names(&btf, "sk_rst_reason");
-        Ok(Self {
+        let mut facts = Self {
             config,
             layouts,
             reset_reasons,
             available,
             missing,
             degraded,
-        })
+            syscall_hooks: Vec::new(),
+        };
+        let sock_io = ["sock_recv_length", "sock_send_length"]
+            .iter()
+            .all(|e| facts.available.iter().any(|h| h.event == *e));
+        if sock_io {
+            // Socket-level tracepoints serve what the syscall ones would; and any syscall
+            // tracepoint slows every syscall of every process (~50 ns each).
+            let (syscalls, rest) = facts
+                .available
+                .into_iter()
+                .partition(|h| h.category == "syscalls");
+            facts.syscall_hooks = syscalls;
+            facts.available = rest;
+        } else {
+            facts.available.retain(|h| !is_socket_io(h));
+        }
+        Ok(facts)
     }
+
+    /// Use the syscall tracepoints even where the socket-level ones exist (tests of the
+    /// path older kernels take).
+    pub fn force_syscall_hooks(&mut self) {
+        if !self.syscall_hooks.is_empty() {
+            self.available.retain(|h| !is_socket_io(h));
+            self.available.append(&mut self.syscall_hooks);
+        }
+    }
+
+    /// Attach no syscall tracepoint (`--no-syscall-hooks`).
+    pub fn drop_syscall_hooks(&mut self) {
+        self.available.retain(|h| h.category != "syscalls");
+        self.syscall_hooks.clear();
+    }
+
+    /// Whether receivers' failing socket calls are traced (seen_by_receiver, unix resets).
+    pub fn traces_receiver_errors(&self) -> bool {
+        self.available
+            .iter()
+            .any(|h| is_socket_io(h) || h.event == "sys_exit_recvfrom")
+    }
+
+    /// Whether listen() is traced (else unix listeners are found by rescanning /proc).
+    pub fn traces_listen(&self) -> bool {
+        self.available.iter().any(|h| h.event == "sys_enter_listen")
+    }
+}
+
+fn is_socket_io(hook: &Hook) -> bool {
+    hook.category == "sock"
+        && (hook.event == "sock_recv_length" || hook.event == "sock_send_length")
 }
 
 /// mmap()ing /sys/kernel/btf/vmlinux is fastest but only possible on recent kernels

@@ -7,6 +7,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::fmt::Write as _;
+
 use anyhow::{Context as _, Result};
 use clap::{Parser, ValueEnum};
 use rsttrace::{
@@ -18,6 +20,7 @@ use rsttrace::{
     model::{Attribution, KernelEvent},
     report::{self, LostJson, MemcgInfo, Resolve, SCHEMA_VERSION},
     timefmt::{realtime_offset_ns, rfc3339_utc},
+    unix::ListenerScanner,
     watch::{self, Watch},
 };
 use tokio::{
@@ -77,9 +80,9 @@ struct Args {
     #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib)]
     buffer_size: u32,
     /// Attach no syscall tracepoint. Attaching any makes every syscall of every process
-    /// take the kernel's slower traced path (~50 ns each here); without them rsttrace
-    /// loses unix-socket resets, `seen_by_receiver` and the accept-side socket owners
-    /// (peers are then the task that sent the reset).
+    /// take the kernel's slower traced path (~50 ns each here). Kernels with the socket
+    /// tracepoints sock_recv_length/sock_send_length (6.x) need none anyway; on older ones
+    /// rsttrace then loses unix-socket resets, `seen_by_receiver` and accept-side owners.
     #[arg(long)]
     no_syscall_hooks: bool,
     /// Print what this kernel supports and which hook serves each capability, then exit.
@@ -88,6 +91,10 @@ struct Args {
     /// Also print every decoded kernel event on stderr (for recording test sequences).
     #[arg(long, hide = true)]
     debug_events: bool,
+    /// Use syscall tracepoints even where socket-level ones exist (the path older kernels
+    /// take; for tests).
+    #[arg(long, hide = true)]
+    syscall_hooks: bool,
     /// Record socket syscall arguments at entry even where the saved registers could be
     /// read at exit (the path older kernels take; for tests).
     #[arg(long, hide = true)]
@@ -174,16 +181,19 @@ fn run(args: Args) -> Result<u8, Failure> {
     if args.syscall_args_at_entry {
         facts.config.regs_arg = [tracer_ebpf::NO_OFFSET; 4];
     }
+    if args.syscall_hooks {
+        facts.force_syscall_hooks();
+    }
     if args.no_syscall_hooks {
-        facts.available.retain(|h| h.category != "syscalls");
+        facts.drop_syscall_hooks();
     }
     if args.check {
-        print_check(&facts);
-        return Ok(if print_features() {
-            EXIT_OK
-        } else {
-            EXIT_UNSUPPORTED
-        });
+        let mut out = String::new();
+        print_check(&facts, &mut out);
+        let usable = print_features(&mut out);
+        // A closed pipe (`rsttrace --check | head`) is no error.
+        let _ = io::stdout().write_all(out.as_bytes());
+        return Ok(if usable { EXIT_OK } else { EXIT_UNSUPPORTED });
     }
     for pid in &args.pid {
         if !watch::pid_exists(*pid) {
@@ -248,20 +258,26 @@ fn run(args: Args) -> Result<u8, Failure> {
         format: args.format,
         out: io::BufWriter::with_capacity(64 * 1024, io::stdout()),
         verdicts: Vec::new(),
+        listener_scanner: None,
         debug_events: args.debug_events,
         reported: 0,
         lost_reported: 0,
         decode_errors: 0,
         decode_errors_reported: 0,
     };
-    session.attributor.set_receiver_syscalls_traced(
-        facts
-            .available
-            .iter()
-            .any(|h| h.event == "sys_exit_recvfrom"),
-    );
-    // Listeners that predate us, so a listener-closed reset can name their owner.
-    for listen in rsttrace::unix::scan_listeners() {
+    session
+        .attributor
+        .set_receiver_syscalls_traced(facts.traces_receiver_errors());
+    // Listeners that predate us, so a listener-closed reset can name their owner; later
+    // ones come from listen() or, where that is not traced, from rescans.
+    if !facts.traces_listen() {
+        session.listener_scanner = Some(ListenerScanner::default());
+    }
+    let initial = match session.listener_scanner.as_mut() {
+        Some(scanner) => scanner.scan_new(),
+        None => rsttrace::unix::scan_listeners(),
+    };
+    for listen in initial {
         if session.debug_events {
             eprintln!("{listen:?}");
         }
@@ -314,6 +330,7 @@ struct Session<'a> {
     format: Format,
     out: io::BufWriter<io::Stdout>,
     verdicts: Vec<Attribution>,
+    listener_scanner: Option<ListenerScanner>,
     debug_events: bool,
     reported: u64,
     lost_reported: u64,
@@ -389,6 +406,16 @@ impl Session<'_> {
         Ok(())
     }
 
+    fn rescan_listeners(&mut self) {
+        let Some(scanner) = self.listener_scanner.as_mut() else {
+            return;
+        };
+        for listen in scanner.scan_new() {
+            self.attributor
+                .observe(KernelEvent::UnixListen(listen), &mut self.verdicts);
+        }
+    }
+
     fn report_lost(&mut self, lost_total: u64) -> io::Result<()> {
         let lost = lost_total.saturating_sub(self.lost_reported);
         let decode = self.decode_errors - self.decode_errors_reported;
@@ -458,7 +485,10 @@ async fn event_loop(
                 guard.clear_ready();
                 r
             }
-            _ = tick.tick() => session.report_lost(lost_total()).map(|()| false),
+            _ = tick.tick() => {
+                session.rescan_listeners();
+                session.report_lost(lost_total()).map(|()| false)
+            }
             // Samples are mostly submitted without waking us (see Config::ring_wakeup_bytes):
             // drain on this tick, then release verdicts whose wait is over.
             _ = expire_tick.tick() => drain(&mut session, ring.get_mut(), count).and_then(|done| {
@@ -518,38 +548,43 @@ fn drain(
     Ok(false)
 }
 
-fn print_check(facts: &KernelFacts) {
+fn print_check(facts: &KernelFacts, out: &mut String) {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    println!("kernel {}", release.trim());
-    println!(
+    let _ = writeln!(out, "kernel {}", release.trim());
+    let _ = writeln!(
+        out,
         "BTF: {} (struct offsets, sk_rst_reason names)",
         rsttrace::kernel::VMLINUX_BTF
     );
-    println!("capabilities:");
+    let _ = writeln!(out, "capabilities:");
     for (capability, events) in CAPABILITIES {
         let served: Vec<&str> = events
             .iter()
             .copied()
             .filter(|e| facts.available.iter().any(|h| h.event == *e))
             .collect();
-        if served.is_empty() {
-            println!("  MISSING  {capability}");
-        } else if served.len() < events.len() {
-            println!("  partial  {capability}: {}", served.join(", "));
+        if served.is_empty() && events == &["sys_enter_listen"] {
+            let _ = writeln!(
+                out,
+                "  ok       {capability}: /proc/net/unix, rescanned every second"
+            );
+        } else if served.is_empty() {
+            let _ = writeln!(out, "  MISSING  {capability}");
         } else {
-            println!("  ok       {capability}: {}", served.join(", "));
+            let _ = writeln!(out, "  ok       {capability}: {}", served.join(", "));
         }
     }
-    println!("hooks (tracepoints):");
+    let _ = writeln!(out, "hooks (tracepoints):");
     for hook in &facts.available {
         let name = format!("{}:{}", hook.category, hook.event);
-        println!("  ok       {name:<32} {}", hook.purpose);
+        let _ = writeln!(out, "  ok       {name:<32} {}", hook.purpose);
     }
     for hook in &facts.missing {
         let name = format!("{}:{}", hook.category, hook.event);
-        println!("  missing  {name:<32} no {}", hook.purpose);
+        let _ = writeln!(out, "  missing  {name:<32} no {}", hook.purpose);
     }
-    println!(
+    let _ = writeln!(
+        out,
         "reset reasons: {}",
         if facts.reset_reasons.is_empty() {
             "not reported by this kernel (before ~6.10): causes are inferred from the sending task"
@@ -562,9 +597,10 @@ fn print_check(facts: &KernelFacts) {
         }
     );
     if facts.degraded.is_empty() {
-        println!("struct offsets: all resolved from BTF");
+        let _ = writeln!(out, "struct offsets: all resolved from BTF");
     } else {
-        println!(
+        let _ = writeln!(
+            out,
             "struct offsets missing from BTF (degraded): {}",
             facts.degraded.join(", ")
         );
@@ -573,7 +609,7 @@ fn print_check(facts: &KernelFacts) {
 
 /// Kernel BPF features (probed by loading tiny programs and maps); false when one rsttrace
 /// needs is missing.
-fn print_features() -> bool {
+fn print_features(out: &mut String) -> bool {
     use aya::{
         maps::MapType,
         programs::ProgramType,
@@ -587,10 +623,15 @@ fn print_features() -> bool {
     let kprobes = std::path::Path::new("/sys/kernel/tracing/kprobe_events").exists()
         || std::path::Path::new("/sys/kernel/debug/tracing/kprobe_events").exists();
     let raw_tp = is_program_supported(ProgramType::RawTracePoint).unwrap_or(false);
-    println!("kernel BPF features:");
-    println!("  tracepoint programs (required): {}", yes(tracepoints));
-    println!("  BPF ring buffer, 5.8+ (required): {}", yes(ring));
-    println!(
+    let _ = writeln!(out, "kernel BPF features:");
+    let _ = writeln!(
+        out,
+        "  tracepoint programs (required): {}",
+        yes(tracepoints)
+    );
+    let _ = writeln!(out, "  BPF ring buffer, 5.8+ (required): {}", yes(ring));
+    let _ = writeln!(
+        out,
         "  bpf_task_pt_regs in tracepoints: {} ({})",
         yes(regs),
         if regs {
@@ -599,13 +640,15 @@ fn print_features() -> bool {
             "syscall arguments recorded at entry instead (more overhead)"
         }
     );
-    println!("  raw tracepoints: {} (not needed)", yes(raw_tp));
-    println!(
+    let _ = writeln!(out, "  raw tracepoints: {} (not needed)", yes(raw_tp));
+    let _ = writeln!(
+        out,
         "  kprobes: {} (not needed: every capability is served by tracepoints)",
         yes(kprobes)
     );
     if !tracepoints || !ring {
-        println!(
+        let _ = writeln!(
+            out,
             "rsttrace cannot run here: it needs BPF tracepoint programs and BPF ring buffers \
              (Linux 5.8+ with CONFIG_BPF_SYSCALL and CONFIG_BPF_EVENTS)"
         );
@@ -629,11 +672,19 @@ const CAPABILITIES: &[(&str, &[&str])] = &[
     ("following --pid children", &["sched_process_fork"]),
     (
         "socket owners (receiver, peer)",
-        &["inet_sock_set_state", "sys_exit_accept4", "sys_exit_accept"],
+        &[
+            "inet_sock_set_state",
+            "sock_recv_length",
+            "sock_send_length",
+            "sys_exit_accept4",
+            "sys_exit_accept",
+        ],
     ),
     (
         "unix-socket resets, seen_by_receiver",
         &[
+            "sock_recv_length",
+            "sock_send_length",
             "sys_exit_recvfrom",
             "sys_exit_recvmsg",
             "sys_exit_readv",

@@ -17,10 +17,31 @@ const SOCK_STREAM: u32 = 1;
 /// One UnixListen per listening path, owned by the process at the root of its holders
 /// (a master whose workers inherited the socket).
 pub fn scan_listeners() -> Vec<UnixListen> {
-    let Ok(table) = fs::read_to_string("/proc/net/unix") else {
-        return Vec::new();
-    };
-    let by_inode = parse_listeners(&table);
+    ListenerScanner::default().scan_new()
+}
+
+/// Finds listeners created since its previous scan. Where listen() is not traced (the
+/// socket-level tracepoints need no syscall tracepoint), rsttrace rescans every second:
+/// reading /proc/net/unix is cheap, and the /proc/*/fd walk only happens for new ones.
+#[derive(Debug, Default)]
+pub struct ListenerScanner {
+    known: HashSet<u64>,
+}
+
+impl ListenerScanner {
+    pub fn scan_new(&mut self) -> Vec<UnixListen> {
+        let Ok(table) = fs::read_to_string("/proc/net/unix") else {
+            return Vec::new();
+        };
+        let mut by_inode = parse_listeners(&table);
+        let current: HashSet<u64> = by_inode.keys().copied().collect();
+        by_inode.retain(|inode, _| !self.known.contains(inode));
+        self.known = current;
+        owners(by_inode)
+    }
+}
+
+fn owners(by_inode: HashMap<u64, String>) -> Vec<UnixListen> {
     if by_inode.is_empty() {
         return Vec::new();
     }
@@ -133,6 +154,22 @@ mod tests {
             .collect();
         assert_eq!(ours.len(), 1, "{found:?}");
         assert_eq!(ours[0].owner.pid, std::process::id());
+    }
+
+    #[test]
+    fn a_rescan_reports_only_new_listeners() {
+        let mut scanner = ListenerScanner::default();
+        let _ = scanner.scan_new();
+        let path =
+            std::env::temp_dir().join(format!("rsttrace-rescan-{}.sock", std::process::id()));
+        let _ = fs::remove_file(&path);
+        let _listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let new = scanner.scan_new();
+        let again = scanner.scan_new();
+        let _ = fs::remove_file(&path);
+        let name = path.display().to_string();
+        assert!(new.iter().any(|l| l.path == name), "{new:?}");
+        assert!(!again.iter().any(|l| l.path == name), "{again:?}");
     }
 
     #[test]

@@ -156,6 +156,24 @@ fn kill_9_of_a_worker_names_the_killer() {
 }
 
 #[test]
+fn a_dying_sender_wins_over_a_stale_owner_record() {
+    // Socket memory is reused: an owner recorded for an earlier socket at the same address
+    // (here a client that connected from it) must not be taken for the dying worker.
+    let mut stale = sent(301, worker(), true, Some(ABORT_ON_CLOSE));
+    if let KernelEvent::ResetSent(s) = &mut stale {
+        s.owner = Some(task(4242, "http-client"));
+    }
+    let a = only(vec![
+        signal(100, task(KILLER, "kill"), 9, 0, WORKER),
+        exit(200, 9),
+        received(300),
+        stale,
+    ]);
+    assert_eq!(a.peer, Some(worker()));
+    assert_eq!(a.cause, Cause::Signal);
+}
+
+#[test]
 fn request_terminate_timeout_blames_the_master_not_the_reraise() {
     // php-fpm: the master sends SIGTERM, the worker's handler re-raises SIGTERM itself.
     let a = only(vec![
