@@ -558,7 +558,10 @@ fn unix_sigkill(tracer: &Tracer) -> Res<Value> {
     let listener = UnixListener::bind(&path).map_err(err("bind unix"))?;
     let (ready_r, ready_w) = pipe()?;
     let mut child = fork(|| {
-        if let Ok((conn, _)) = listener.accept() {
+        if let Ok((mut conn, _)) = listener.accept() {
+            // Like a real upstream, it starts reading the request (rsttrace learns who uses
+            // an accepted socket from its I/O), then dies with the rest unread.
+            let _ = conn.read(&mut [0u8; 1]);
             child_hold(conn.as_raw_fd(), &ready_w);
         }
     })?;
