@@ -55,11 +55,13 @@ impl Stage<'_> {
         let log = self.nginx.error_log_contents();
         for line in log.lines().skip(self.seen_log) {
             if line.contains("[error]") {
+                // "... [error] 12#12: *2 recv() failed (104: ...) while reading ..." -> "recv() failed (104: ...)"
                 let short = line.split(" while ").next().unwrap_or(line);
-                println!(
-                    "nginx error.log: {}",
-                    short.split("*").nth(1).unwrap_or(short)
-                );
+                let message = short
+                    .split_once(": *")
+                    .and_then(|(_, rest)| rest.split_once(' '))
+                    .map_or(short, |(_, m)| m);
+                println!("nginx error.log: {message}");
             }
         }
         self.seen_log = log.lines().count();
@@ -120,14 +122,22 @@ fn evidence(e: &Value) -> String {
     parts.join("  ")
 }
 
-fn php_worker_request(nginx: &Nginx, fpm: &PhpFpm, script: &str, body: &str) -> Result<u32> {
+/// Starts a request to `prefix` + `script` (a PHP script running `body`); returns the worker
+/// serving it.
+fn php_worker_request(
+    nginx: &Nginx,
+    fpm: &PhpFpm,
+    prefix: &str,
+    script: &str,
+    body: &str,
+) -> Result<u32> {
     let marker = fpm.state_dir().join(format!("{script}.started"));
     let _ = std::fs::remove_file(&marker);
     fpm.write_script(script, &php_script(&marker, body))?;
     let _request = spawn_http_request(
         nginx.port(),
         "GET",
-        &format!("/php/{script}"),
+        &format!("{prefix}{script}"),
         Vec::new(),
         WAIT,
     );
@@ -135,7 +145,7 @@ fn php_worker_request(nginx: &Nginx, fpm: &PhpFpm, script: &str, body: &str) -> 
 }
 
 fn run() -> Result<()> {
-    println!("Starting php-fpm (TCP pool, request_terminate_timeout=2s), a second pool in a 64 MiB memory cgroup, gunicorn and nginx on 127.0.0.1...");
+    println!("Starting php-fpm (a TCP pool with request_terminate_timeout=2s, a pool on a unix socket, a pool in a 64 MiB memory cgroup), gunicorn and nginx on 127.0.0.1...");
     let fpm = PhpFpm::start(PhpFpmOptions {
         request_terminate_timeout: Some(2),
         ..PhpFpmOptions::default()
@@ -146,12 +156,17 @@ fn run() -> Result<()> {
         cgroup: Some(cgroup.dir().to_path_buf()),
         ..PhpFpmOptions::default()
     })?;
+    let fpm_unix = PhpFpm::start(PhpFpmOptions {
+        unix_socket: true,
+        ..PhpFpmOptions::default()
+    })?;
     let gunicorn = Gunicorn::start(GUNICORN_APP, GunicornOptions::default())?;
     let closed = free_port();
     let mut oom_location = Location::php(&fpm_oom);
     oom_location.prefix = "/oom/".into();
     let nginx = Nginx::start(&[
         Location::php(&fpm),
+        Location::php_unix(&fpm_unix),
         oom_location,
         Location::py(gunicorn.port()),
         Location::closed(closed),
@@ -165,13 +180,19 @@ fn run() -> Result<()> {
         seen_log: nginx.error_log_contents().lines().count(),
     };
 
-    let worker = php_worker_request(&nginx, &fpm, "slow.php", "sleep(30);")?;
+    let worker = php_worker_request(&nginx, &fpm, "/php/", "slow.php", "sleep(30);")?;
     let killer = run_kill("-9", worker);
     stage.show(&format!(
         "kill -9 of php-fpm worker {worker} mid-request (kill ran as pid {killer})"
     ))?;
 
-    php_worker_request(&nginx, &fpm, "slower.php", "sleep(30);")?;
+    let worker = php_worker_request(&nginx, &fpm_unix, "/php-unix/", "slow.php", "sleep(30);")?;
+    let killer = run_kill("-9", worker);
+    stage.show(&format!(
+        "the same over php-fpm's unix socket (Debian's default): kill -9 of worker {worker} (kill ran as pid {killer})"
+    ))?;
+
+    php_worker_request(&nginx, &fpm, "/php/", "slower.php", "sleep(30);")?;
     stage.show("a request outlives php-fpm's request_terminate_timeout (2 s): the master terminates the worker")?;
 
     let marker = fpm_oom.state_dir().join("hog.started");
