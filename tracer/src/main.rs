@@ -55,8 +55,9 @@ Exit status: 0 stopped normally (Ctrl-C, SIGTERM, --duration, --count, reader cl
 #[command(
     name = "rsttrace",
     version,
-    about = "Explain every TCP reset nginx (or any local process) receives: which upstream died, \
-             who killed it, OOM, crash, exit, abort, kernel or network",
+    about = "Explain every connection reset nginx (or any local process) receives, over TCP or \
+             unix sockets: which upstream died, who killed it, OOM, crash, exit, abort, kernel or \
+             network",
     after_help = AFTER_HELP
 )]
 struct Args {
