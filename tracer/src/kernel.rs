@@ -460,7 +460,9 @@ impl KernelFacts {
             facts.syscall_hooks = syscalls;
             facts.available = rest;
         } else {
+            // The syscall tracepoints serve instead: the socket ones are not "missing".
             facts.available.retain(|h| !is_socket_io(h));
+            facts.missing.retain(|h| !is_socket_io(h));
         }
         Ok(facts)
     }
