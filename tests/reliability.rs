@@ -7,7 +7,9 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rsttrace_tests::fixtures::{php_script, run_kill, wait_for_php_worker};
+use rsttrace_tests::fixtures::{
+    php_fpm_unix_behind_nginx, php_script, run_kill, wait_for_php_worker,
+};
 use rsttrace_tests::{
     require_root, spawn_http_request, Location, Nginx, PhpFpm, PhpFpmOptions, Rsttrace,
     RSTTRACE_BIN_ENV,
@@ -331,20 +333,7 @@ fn without_syscall_hooks_tcp_resets_are_still_explained() {
 fn the_syscall_hook_path_explains_unix_and_seen_resets_too() {
     require_root();
     // Kernels without sock:sock_recv_length take this path; this host can take both.
-    let (fpm, nginx, path) = {
-        let fpm = PhpFpm::start(PhpFpmOptions {
-            unix_socket: true,
-            ..PhpFpmOptions::default()
-        })
-        .expect("starting php-fpm");
-        let nginx = Nginx::start(&[Location::php_unix(&fpm)]).expect("starting nginx");
-        let path = fpm
-            .unix_socket()
-            .expect("unix socket")
-            .display()
-            .to_string();
-        (fpm, nginx, path)
-    };
+    let (fpm, nginx, path) = php_fpm_unix_behind_nginx(PhpFpmOptions::default());
     let mut tool = Rsttrace::start(&["--syscall-hooks"]).expect("starting rsttrace");
     let marker = fpm.state_dir().join("started");
     fpm.write_script("sleep.php", &php_script(&marker, "sleep(30);"))

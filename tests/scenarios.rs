@@ -7,7 +7,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
-use rsttrace_tests::fixtures::{php_script, run_kill, wait_for_php_worker, GUNICORN_APP};
+use rsttrace_tests::fixtures::{
+    php_fpm_unix_behind_nginx, php_script, run_kill, wait_for_php_worker, GUNICORN_APP,
+};
 use rsttrace_tests::{
     free_port, http_request, is_alive, require_root, spawn_http_request, wait_for_exit, wait_until,
     Gunicorn, GunicornOptions, KernelResetTrace, Location, MemCgroup, Nginx, PhpFpm, PhpFpmOptions,
@@ -544,22 +546,6 @@ fn harness_servers_answer_through_nginx() {
 // ECONNRESET is the reset. php-fpm leaves nginx's FastCGI STDIN record unread, so a worker
 // that dies mid-request closes with unread data and its peer (nginx) gets ECONNRESET.
 
-/// A php-fpm unix pool behind nginx (`/php-unix/`).
-fn php_fpm_unix(options: PhpFpmOptions) -> (PhpFpm, Nginx, String) {
-    let fpm = PhpFpm::start(PhpFpmOptions {
-        unix_socket: true,
-        ..options
-    })
-    .expect("starting php-fpm");
-    let nginx = Nginx::start(&[Location::php_unix(&fpm)]).expect("starting nginx");
-    let path = fpm
-        .unix_socket()
-        .expect("unix socket")
-        .display()
-        .to_string();
-    (fpm, nginx, path)
-}
-
 /// rsttrace's unix reset events for `path`, waiting until `pred` holds for one of them.
 fn unix_reset(tool: &Rsttrace, nginx: &Nginx, path: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let event = tool
@@ -602,7 +588,7 @@ fn php_unix_request(
 #[test]
 fn php_fpm_unix_worker_kill9() {
     require_root();
-    let (fpm, nginx, path) = php_fpm_unix(PhpFpmOptions::default());
+    let (fpm, nginx, path) = php_fpm_unix_behind_nginx(PhpFpmOptions::default());
     let mut tool = Rsttrace::start(&[]).expect("starting rsttrace");
     let (request, worker) = php_unix_request(&nginx, &fpm, "sleep.php", "sleep(30);");
     let kill = run_kill("-9", worker);
@@ -623,7 +609,7 @@ fn php_fpm_unix_worker_kill9() {
 #[test]
 fn php_fpm_unix_request_terminate_timeout() {
     require_root();
-    let (fpm, nginx, path) = php_fpm_unix(PhpFpmOptions {
+    let (fpm, nginx, path) = php_fpm_unix_behind_nginx(PhpFpmOptions {
         request_terminate_timeout: Some(2),
         ..PhpFpmOptions::default()
     });
@@ -649,7 +635,7 @@ fn php_fpm_unix_request_terminate_timeout() {
 fn php_fpm_unix_oom_in_memory_cgroup() {
     require_root();
     let cgroup = MemCgroup::create(64 << 20).expect("creating a 64 MiB memory cgroup");
-    let (fpm, nginx, path) = php_fpm_unix(PhpFpmOptions {
+    let (fpm, nginx, path) = php_fpm_unix_behind_nginx(PhpFpmOptions {
         memory_limit: Some("-1".into()),
         cgroup: Some(cgroup.dir().to_path_buf()),
         ..PhpFpmOptions::default()
@@ -677,7 +663,7 @@ fn php_fpm_unix_oom_in_memory_cgroup() {
 fn php_fpm_unix_stopped_with_queued_requests() {
     require_root();
     // One worker, busy; the next requests wait in the listener's backlog, never accepted.
-    let (fpm, nginx, path) = php_fpm_unix(PhpFpmOptions::default());
+    let (fpm, nginx, path) = php_fpm_unix_behind_nginx(PhpFpmOptions::default());
     let master = fpm.master_pid();
     let mut tool = Rsttrace::start(&[]).expect("starting rsttrace");
     let (busy, worker) = php_unix_request(&nginx, &fpm, "sleep.php", "sleep(30);");

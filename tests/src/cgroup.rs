@@ -137,7 +137,7 @@ impl Drop for MemCgroup {
 /// Finds where the memory controller is mounted: a v1 hierarchy with the `memory` option, or
 /// a cgroup2 mount whose cgroup.controllers lists `memory` (/sys/fs/cgroup on v2-only hosts,
 /// /sys/fs/cgroup/unified on hybrid ones when v1 does not hold the controller).
-fn memory_hierarchy() -> Result<(CgroupVersion, PathBuf)> {
+pub fn memory_hierarchy() -> Result<(CgroupVersion, PathBuf)> {
     let mounts = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
     let mut v2 = None;
     for line in mounts.lines() {

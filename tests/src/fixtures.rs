@@ -78,3 +78,22 @@ pub fn run_kill(signal: &str, pid: u32) -> u32 {
     assert!(status.success(), "kill {signal} {pid} failed: {status}");
     kill_pid
 }
+
+/// A php-fpm pool on a unix socket (plus its TCP twin) behind nginx's `/php-unix/`; returns
+/// the servers and the socket path.
+pub fn php_fpm_unix_behind_nginx(
+    options: crate::PhpFpmOptions,
+) -> (crate::PhpFpm, crate::Nginx, String) {
+    let fpm = crate::PhpFpm::start(crate::PhpFpmOptions {
+        unix_socket: true,
+        ..options
+    })
+    .expect("starting php-fpm");
+    let nginx = crate::Nginx::start(&[crate::Location::php_unix(&fpm)]).expect("starting nginx");
+    let path = fpm
+        .unix_socket()
+        .expect("unix socket")
+        .display()
+        .to_string();
+    (fpm, nginx, path)
+}

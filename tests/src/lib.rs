@@ -17,7 +17,7 @@ mod rsttrace;
 mod tempdir;
 mod tracefs;
 
-pub use cgroup::{CgroupVersion, MemCgroup};
+pub use cgroup::{memory_hierarchy, CgroupVersion, MemCgroup};
 pub use gunicorn::{Gunicorn, GunicornOptions};
 pub use http::{http_request, spawn_http_request};
 pub use nginx::{Location, Nginx, Upstream};

@@ -484,6 +484,13 @@ mod programs {
             return;
         };
         let family: u16 = unsafe { read_field(sk, cfg.sock_family) }.unwrap_or(0);
+        emit_socket_error(&cfg, sk, family, ret, which);
+    }
+
+    /// The receiver's socket call failed with ECONNRESET (or ECONNREFUSED); for AF_UNIX the
+    /// sample also names the peer socket, its owner and the listener path it came through.
+    #[inline(always)]
+    fn emit_socket_error(cfg: &Config, sk: u64, family: u16, ret: i64, which: u32) {
         let mut peer: u64 = 0;
         let mut addr: u64 = 0;
         if family == AF_UNIX {
@@ -491,7 +498,7 @@ mod programs {
             addr = unsafe { read_field(peer, cfg.unix_addr) }.unwrap_or(0);
         }
         emit_socket(
-            &cfg,
+            cfg,
             kind::SOCKET_ERROR,
             sk,
             peer,
@@ -596,23 +603,7 @@ mod programs {
         }
         let family = record_field::<u16>(ctx, cfg.sock_io_family)
             .unwrap_or_else(|| unsafe { read_field(sk, cfg.sock_family) }.unwrap_or(0));
-        let mut peer: u64 = 0;
-        let mut addr: u64 = 0;
-        if family == AF_UNIX {
-            peer = unsafe { read_field(sk, cfg.unix_peer) }.unwrap_or(0);
-            addr = unsafe { read_field(peer, cfg.unix_addr) }.unwrap_or(0);
-        }
-        emit_socket(
-            &cfg,
-            kind::SOCKET_ERROR,
-            sk,
-            peer,
-            ret as i64,
-            family,
-            which,
-            addr,
-            None,
-        );
+        emit_socket_error(&cfg, sk, family, ret as i64, which);
     }
 
     #[tracepoint]

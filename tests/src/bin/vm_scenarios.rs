@@ -944,31 +944,9 @@ impl Drop for MemCgroup {
     }
 }
 
-/// A cgroup v1 hierarchy holding the memory controller, else a cgroup2 mount offering it.
+/// The harness's finder (a v1 hierarchy holding the memory controller, else a cgroup2
+/// mount offering it): (root, is cgroup v2).
 fn memory_hierarchy() -> Res<(PathBuf, bool)> {
-    let mounts =
-        fs::read_to_string("/proc/self/mounts").map_err(err("reading /proc/self/mounts"))?;
-    let mut v2 = None;
-    for line in mounts.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let [_, mount_point, fstype, options, ..] = fields[..] else {
-            continue;
-        };
-        let mount_point = PathBuf::from(mount_point.replace("\\040", " "));
-        match fstype {
-            "cgroup" if options.split(',').any(|o| o == "memory") => {
-                return Ok((mount_point, false));
-            }
-            "cgroup2" if v2.is_none() => {
-                let controllers =
-                    fs::read_to_string(mount_point.join("cgroup.controllers")).unwrap_or_default();
-                if controllers.split_whitespace().any(|c| c == "memory") {
-                    v2 = Some(mount_point);
-                }
-            }
-            _ => {}
-        }
-    }
-    v2.map(|root| (root, true))
-        .ok_or_else(|| "no memory cgroup controller is mounted (neither v1 nor v2)".to_string())
+    let (version, root) = rsttrace_tests::memory_hierarchy().map_err(|e| format!("{e:#}"))?;
+    Ok((root, version == rsttrace_tests::CgroupVersion::V2))
 }
