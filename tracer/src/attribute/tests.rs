@@ -5,6 +5,8 @@
 use std::collections::{HashMap, HashSet};
 
 use super::*;
+
+mod golden;
 use crate::model::{
     OomVictim, ProcessExit, ResetReceived, ResetSent, SignalGenerated, SocketError, Task,
     UnixListen, UnixPeer,
@@ -109,6 +111,7 @@ fn run(events: Vec<KernelEvent>) -> Vec<Attribution> {
         engine.observe(e, &mut out);
     }
     engine.expire(u64::MAX, &mut out);
+    golden::check(&out);
     out
 }
 
@@ -307,6 +310,7 @@ fn refused_connect_without_a_traced_send_is_no_socket() {
         }),
         &mut out,
     );
+    golden::check(&out);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].cause, Cause::NoSocket);
     assert_eq!(out[0].seen_by_receiver, Some(true));
@@ -351,6 +355,7 @@ fn local_reset_without_a_send_is_unknown_after_the_wait() {
         "a verdict without its send still waits for the receiver"
     );
     engine.expire(1_000 + RECEIVE_WAIT + SEEN_WAIT + 2, &mut out);
+    golden::check(&out);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].seen_by_receiver, Some(false));
     assert_eq!(out[0].cause, Cause::Unknown);
@@ -368,6 +373,7 @@ fn a_reset_the_receiver_reads_is_seen_at_once() {
     }
     assert!(out.is_empty(), "waits to learn whether nginx saw it");
     engine.observe(nginx_saw_it(5_000), &mut out);
+    golden::check(&out);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].seen_by_receiver, Some(true));
 }
@@ -394,6 +400,7 @@ fn a_reset_after_the_response_is_not_seen() {
         engine.observe(e, &mut out);
     }
     engine.expire(300 + SEEN_WAIT + 1, &mut out);
+    golden::check(&out);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].seen_by_receiver, Some(false));
 }
@@ -540,6 +547,7 @@ fn kernels_without_reasons_infer_from_the_task() {
         engine.observe(e, &mut out);
     }
     engine.expire(u64::MAX, &mut out);
+    golden::check(&out);
     let causes: Vec<Cause> = out.iter().map(|a| a.cause).collect();
     assert_eq!(causes, vec![Cause::Signal, Cause::Abort]);
 }
