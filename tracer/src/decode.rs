@@ -4,16 +4,21 @@
 //! here panics on input from the kernel.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use anyhow::{bail, Result};
-use tracer_ebpf::{kind, Sample, SockOwner, AF_UNIX, PF_EXITING};
+use anyhow::{anyhow, bail, Result};
+use tracer_ebpf::{
+    event::{self, EventKind, Header},
+    SockOwner, AF_UNIX, PF_EXITING,
+};
 
 use crate::{
-    kernel::Layouts,
+    kernel::{
+        tracefs::{Field, RecordFormat},
+        Layouts,
+    },
     model::{
         KernelEvent, OomVictim, ProcessExit, ProcessFork, ResetReceived, ResetSent,
         SignalGenerated, SocketError, Task, UnixListen, UnixPeer,
     },
-    tracefs::{Field, RecordFormat},
 };
 
 const AF_INET: u16 = 2;
@@ -23,118 +28,169 @@ pub struct Decoder<'a> {
     layouts: &'a Layouts,
 }
 
+/// A copy of the plain-old-data event `T` at the start of `bytes`.
+fn read_event<T: Copy>(bytes: &[u8]) -> Result<T> {
+    if bytes.len() < size_of::<T>() {
+        bail!(
+            "truncated sample: {} bytes, expected {}",
+            bytes.len(),
+            size_of::<T>()
+        );
+    }
+    // SAFETY: length checked above; every event type is repr(C) plain old data (any bit
+    // pattern is valid), and read_unaligned has no alignment requirement.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+fn current_task(h: &Header) -> Task {
+    Task {
+        pid: (h.pid_tgid >> 32) as u32,
+        tid: h.pid_tgid as u32,
+        comm: comm_str(&h.comm),
+    }
+}
+
+/// The valid part of a fixed-size buffer the kernel filled `len` bytes of.
+fn valid(buf: &[u8], len: u32) -> &[u8] {
+    &buf[..(len as usize).min(buf.len())]
+}
+
 impl<'a> Decoder<'a> {
     pub fn new(layouts: &'a Layouts) -> Self {
         Self { layouts }
     }
 
     pub fn decode(&self, bytes: &[u8]) -> Result<KernelEvent> {
-        if bytes.len() < size_of::<Sample>() {
-            bail!(
-                "truncated sample: {} bytes, expected {}",
-                bytes.len(),
-                size_of::<Sample>()
-            );
+        let header: Header = read_event(bytes)?;
+        let kind =
+            EventKind::try_from(header.kind).map_err(|k| anyhow!("sample of unknown kind {k}"))?;
+        match kind {
+            EventKind::ResetSent => self.reset_sent(&read_event(bytes)?),
+            EventKind::ResetReceived => self.reset_received(&read_event(bytes)?),
+            EventKind::Signal => self.signal(&read_event(bytes)?),
+            EventKind::Exit => Ok(exit(&read_event(bytes)?)),
+            EventKind::Fork => self.fork(&read_event(bytes)?),
+            EventKind::OomVictim => self.oom_victim(&read_event(bytes)?),
+            EventKind::SocketError => Ok(socket_error(&read_event(bytes)?)),
+            EventKind::UnixReset => Ok(unix_reset(&read_event(bytes)?)),
+            EventKind::UnixListen => unix_listen(&read_event(bytes)?),
         }
-        // SAFETY: length checked above; Sample is plain old data (any bit pattern is valid),
-        // and read_unaligned has no alignment requirement.
-        let sample: Sample = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        self.decode_sample(&sample)
     }
 
-    pub fn decode_sample(&self, s: &Sample) -> Result<KernelEvent> {
-        let raw_len = (s.raw_len as usize).min(s.raw.len());
-        let raw = &s.raw[..raw_len];
-        let current = Task {
-            pid: (s.pid_tgid >> 32) as u32,
-            tid: s.pid_tgid as u32,
-            comm: comm_str(&s.comm),
-        };
-        let time_ns = s.ktime_ns;
-        // Samples the programs build themselves (no tracepoint record to decode).
-        match s.kind {
-            kind::SOCKET_ERROR => {
-                return Ok(KernelEvent::SocketError(SocketError {
-                    time_ns,
-                    receiver: current,
-                    sock: s.sock,
-                    family: s.family,
-                    ret: s.sys_ret,
-                    unix: (s.family == AF_UNIX).then(|| UnixPeer {
-                        sock: s.peer_sock,
-                        owner: owner(&s.owner),
-                        path: unix_path(raw),
-                    }),
-                }))
-            }
-            kind::UNIX_LISTEN => {
-                let Some(path) = unix_path(raw) else {
-                    bail!("unix listen sample without a path");
-                };
-                return Ok(KernelEvent::UnixListen(UnixListen {
-                    time_ns,
-                    owner: current,
-                    path,
-                }));
-            }
-            _ => {}
+    fn record<'r>(&'r self, kind: EventKind, raw: &'r [u8]) -> Result<Record<'r>> {
+        match self.layouts.get(kind) {
+            Some(format) => Ok(Record { raw, format }),
+            None => bail!("no record layout for {kind:?} samples"),
         }
-        let Some(format) = self.layouts.get(s.kind) else {
-            bail!("sample of unknown kind {}", s.kind);
-        };
-        let rec = Record { raw, format };
-        Ok(match s.kind {
-            kind::RESET_SENT => KernelEvent::ResetSent(ResetSent {
-                time_ns,
-                current,
-                current_exiting: s.task_flags & PF_EXITING != 0,
-                owner: owner(&s.owner),
-                sk: rec.u64("skaddr")?,
-                reason: rec.opt_u64("reason").map(|r| r as u32),
-                state: rec.opt_u64("state").map(|v| v as u32),
-                src: rec.endpoint(true)?,
-                dst: rec.endpoint(false)?,
-            }),
-            kind::RESET_RECEIVED => KernelEvent::ResetReceived(ResetReceived {
-                time_ns,
-                current,
-                owner: owner(&s.owner),
-                sk: rec.u64("skaddr")?,
-                local: rec.endpoint(true)?,
-                remote: rec.endpoint(false)?,
-                sock_cookie: rec.opt_u64("sock_cookie"),
-            }),
-            kind::SIGNAL => KernelEvent::Signal(SignalGenerated {
-                time_ns,
-                sender: current,
-                sig: rec.i64("sig")? as i32,
-                code: rec.i64("code")? as i32,
-                target_pid: rec.i64("pid")? as u32,
-                target_comm: rec.string("comm")?,
-                result: rec.opt_i64("result").map(|r| r as i32),
-            }),
-            kind::EXIT => KernelEvent::Exit(ProcessExit {
-                time_ns,
-                task: current,
-                exit_code: s.exit_code,
-                memcg_id: s.memcg_id,
-            }),
-            kind::FORK => KernelEvent::Fork(ProcessFork {
-                time_ns,
-                parent_pid: rec.i64("parent_pid")? as u32,
-                child_pid: rec.i64("child_pid")? as u32,
-                parent_tgid: current.pid,
-            }),
-            kind::OOM_VICTIM => KernelEvent::OomVictim(OomVictim {
-                time_ns,
-                victim_pid: rec.i64("pid")? as u32,
-                victim_comm: rec.string("comm").unwrap_or_default(),
-                killer: current,
-                memcg_id: s.memcg_id,
-            }),
-            other => bail!("sample of unknown kind {other}"),
-        })
     }
+
+    fn reset_sent(&self, e: &event::ResetSent) -> Result<KernelEvent> {
+        let rec = self.record(EventKind::ResetSent, valid(&e.record, e.record_len))?;
+        Ok(KernelEvent::ResetSent(ResetSent {
+            time_ns: e.header.ktime_ns,
+            current: current_task(&e.header),
+            current_exiting: e.task_flags & PF_EXITING != 0,
+            owner: owner(&e.owner),
+            sk: rec.u64("skaddr")?,
+            reason: rec.opt_u64("reason").map(|r| r as u32),
+            state: rec.opt_u64("state").map(|v| v as u32),
+            src: rec.endpoint(true)?,
+            dst: rec.endpoint(false)?,
+        }))
+    }
+
+    fn reset_received(&self, e: &event::ResetReceived) -> Result<KernelEvent> {
+        let rec = self.record(EventKind::ResetReceived, valid(&e.record, e.record_len))?;
+        Ok(KernelEvent::ResetReceived(ResetReceived {
+            time_ns: e.header.ktime_ns,
+            current: current_task(&e.header),
+            owner: owner(&e.owner),
+            sk: rec.u64("skaddr")?,
+            local: rec.endpoint(true)?,
+            remote: rec.endpoint(false)?,
+            sock_cookie: rec.opt_u64("sock_cookie"),
+        }))
+    }
+
+    fn signal(&self, e: &event::SignalGenerated) -> Result<KernelEvent> {
+        let rec = self.record(EventKind::Signal, valid(&e.record, e.record_len))?;
+        Ok(KernelEvent::Signal(SignalGenerated {
+            time_ns: e.header.ktime_ns,
+            sender: current_task(&e.header),
+            sig: rec.i64("sig")? as i32,
+            code: rec.i64("code")? as i32,
+            target_pid: rec.i64("pid")? as u32,
+            target_comm: rec.string("comm")?,
+            result: rec.opt_i64("result").map(|r| r as i32),
+        }))
+    }
+
+    fn fork(&self, e: &event::ProcessFork) -> Result<KernelEvent> {
+        let rec = self.record(EventKind::Fork, valid(&e.record, e.record_len))?;
+        Ok(KernelEvent::Fork(ProcessFork {
+            time_ns: e.header.ktime_ns,
+            parent_pid: rec.i64("parent_pid")? as u32,
+            child_pid: rec.i64("child_pid")? as u32,
+            parent_tgid: current_task(&e.header).pid,
+        }))
+    }
+
+    fn oom_victim(&self, e: &event::OomVictim) -> Result<KernelEvent> {
+        let rec = self.record(EventKind::OomVictim, valid(&e.record, e.record_len))?;
+        Ok(KernelEvent::OomVictim(OomVictim {
+            time_ns: e.header.ktime_ns,
+            victim_pid: rec.i64("pid")? as u32,
+            victim_comm: rec.string("comm").unwrap_or_default(),
+            killer: current_task(&e.header),
+            memcg_id: e.memcg_id,
+        }))
+    }
+}
+
+fn exit(e: &event::ProcessExit) -> KernelEvent {
+    KernelEvent::Exit(ProcessExit {
+        time_ns: e.header.ktime_ns,
+        task: current_task(&e.header),
+        exit_code: e.exit_code,
+        memcg_id: e.memcg_id,
+    })
+}
+
+fn socket_error(e: &event::SocketError) -> KernelEvent {
+    KernelEvent::SocketError(SocketError {
+        time_ns: e.header.ktime_ns,
+        receiver: current_task(&e.header),
+        sock: e.sock,
+        family: e.family,
+        ret: i64::from(e.ret),
+        unix: None,
+    })
+}
+
+fn unix_reset(e: &event::UnixReset) -> KernelEvent {
+    KernelEvent::SocketError(SocketError {
+        time_ns: e.header.ktime_ns,
+        receiver: current_task(&e.header),
+        sock: e.sock,
+        family: AF_UNIX,
+        ret: i64::from(e.ret),
+        unix: Some(UnixPeer {
+            sock: e.peer_sock,
+            owner: owner(&e.peer_owner),
+            path: unix_path(valid(&e.path, e.path_len)),
+        }),
+    })
+}
+
+fn unix_listen(e: &event::UnixListen) -> Result<KernelEvent> {
+    let Some(path) = unix_path(valid(&e.path, e.path_len)) else {
+        bail!("unix listen sample without a path");
+    };
+    Ok(KernelEvent::UnixListen(UnixListen {
+        time_ns: e.header.ktime_ns,
+        owner: current_task(&e.header),
+        path,
+    }))
 }
 
 fn owner(o: &SockOwner) -> Option<Task> {
@@ -301,6 +357,7 @@ fn sockaddr(b: &[u8]) -> Result<SocketAddr> {
 mod tests {
     use super::*;
     use crate::kernel::Layouts;
+    use tracer_ebpf::event::{RESET_RECEIVED_RECORD, RESET_SENT_RECORD, UNIX_ADDR_LEN};
 
     const SEND_RESET_6_18: &str = "format:
 	field:unsigned short common_type;	offset:0;	size:2;	signed:0;
@@ -342,40 +399,54 @@ mod tests {
 	field:__u8 daddr_v6[16];	offset:46;	size:16;	signed:0;
 ";
 
-    fn layouts(kind: u32, text: &str) -> Layouts {
+    fn layouts(kind: EventKind, text: &str) -> Layouts {
         let mut l = Layouts::default();
         l.by_kind
             .insert(kind, RecordFormat::parse(text).expect("format"));
         l
     }
 
-    fn sample(kind: u32, raw: &[u8]) -> Sample {
-        let mut s = Sample {
-            kind,
-            raw_len: raw.len() as u32,
+    fn header(kind: EventKind) -> Header {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"fpm\0");
+        Header {
+            kind: kind as u32,
+            _reserved: 0,
             ktime_ns: 42,
             pid_tgid: (100u64 << 32) | 101,
-            comm: [0; 16],
+            comm,
+        }
+    }
+
+    /// The bytes of a plain-old-data event, as the ring buffer hands them over.
+    fn bytes<T: Copy>(event: &T) -> Vec<u8> {
+        // SAFETY: T is a repr(C) event of integers and byte arrays.
+        unsafe { std::slice::from_raw_parts((event as *const T).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
+    }
+
+    fn sent(raw: &[u8]) -> event::ResetSent {
+        let mut e = event::ResetSent {
+            header: header(EventKind::ResetSent),
             task_flags: PF_EXITING,
-            exit_code: 0,
-            owner: SockOwner {
-                tgid: 0,
-                pid: 0,
-                comm: [0; 16],
-                closed_ns: 0,
-            },
-            memcg_id: 0,
-            sock: 0,
-            peer_sock: 0,
-            sys_ret: 0,
-            family: 0,
-            _pad: 0,
-            syscall: 0,
-            raw: [0; tracer_ebpf::RAW_RECORD_MAX],
+            record_len: raw.len() as u32,
+            owner: SockOwner::UNKNOWN,
+            record: [0; RESET_SENT_RECORD],
         };
-        s.comm[..4].copy_from_slice(b"fpm\0");
-        s.raw[..raw.len()].copy_from_slice(raw);
-        s
+        e.record[..raw.len()].copy_from_slice(raw);
+        e
+    }
+
+    fn received(raw: &[u8]) -> event::ResetReceived {
+        let mut e = event::ResetReceived {
+            header: header(EventKind::ResetReceived),
+            record_len: raw.len() as u32,
+            _pad: 0,
+            owner: SockOwner::UNKNOWN,
+            record: [0; RESET_RECEIVED_RECORD],
+        };
+        e.record[..raw.len()].copy_from_slice(raw);
+        e
     }
 
     fn put(raw: &mut [u8], off: usize, bytes: &[u8]) {
@@ -392,14 +463,14 @@ mod tests {
 
     #[test]
     fn send_reset_with_reason_and_sockaddrs() {
-        let l = layouts(kind::RESET_SENT, SEND_RESET_6_18);
+        let l = layouts(EventKind::ResetSent, SEND_RESET_6_18);
         let mut raw = [0u8; 88];
         put(&mut raw, 16, &0xffff_8880_1234_5678u64.to_ne_bytes());
         put(&mut raw, 28, &11u32.to_ne_bytes());
         put(&mut raw, 32, &sockaddr_in([127, 0, 0, 1], 9000));
         put(&mut raw, 60, &sockaddr_in([127, 0, 0, 1], 43210));
         let ev = Decoder::new(&l)
-            .decode_sample(&sample(kind::RESET_SENT, &raw))
+            .decode(&bytes(&sent(&raw)))
             .expect("decode");
         let KernelEvent::ResetSent(s) = ev else {
             panic!("wrong event {ev:?}")
@@ -416,7 +487,7 @@ mod tests {
 
     #[test]
     fn send_reset_before_6_10_has_no_reason() {
-        let l = layouts(kind::RESET_SENT, SEND_RESET_6_1);
+        let l = layouts(EventKind::ResetSent, SEND_RESET_6_1);
         let mut raw = [0u8; 74];
         put(&mut raw, 28, &9000u16.to_ne_bytes());
         put(&mut raw, 30, &43210u16.to_ne_bytes());
@@ -425,7 +496,7 @@ mod tests {
         put(&mut raw, 42, &v6.octets());
         put(&mut raw, 58, &Ipv6Addr::LOCALHOST.octets());
         let ev = Decoder::new(&l)
-            .decode_sample(&sample(kind::RESET_SENT, &raw))
+            .decode(&bytes(&sent(&raw)))
             .expect("decode");
         let KernelEvent::ResetSent(s) = ev else {
             panic!("wrong event {ev:?}")
@@ -437,7 +508,7 @@ mod tests {
 
     #[test]
     fn receive_reset_without_optional_cookie() {
-        let l = layouts(kind::RESET_RECEIVED, RECEIVE_RESET_NO_COOKIE);
+        let l = layouts(EventKind::ResetReceived, RECEIVE_RESET_NO_COOKIE);
         let mut raw = [0u8; 62];
         put(&mut raw, 16, &43210u16.to_ne_bytes());
         put(&mut raw, 18, &9000u16.to_ne_bytes());
@@ -445,7 +516,7 @@ mod tests {
         put(&mut raw, 22, &[127, 0, 0, 1]);
         put(&mut raw, 26, &[127, 0, 0, 2]);
         let ev = Decoder::new(&l)
-            .decode_sample(&sample(kind::RESET_RECEIVED, &raw))
+            .decode(&bytes(&received(&raw)))
             .expect("decode");
         let KernelEvent::ResetReceived(r) = ev else {
             panic!("wrong event {ev:?}")
@@ -460,14 +531,22 @@ mod tests {
         let l = Layouts::default();
         let mut addr = Vec::from(1u16.to_ne_bytes());
         addr.extend_from_slice(b"/run/php/php8.2-fpm.sock\0");
-        let mut s = sample(kind::SOCKET_ERROR, &addr);
-        s.family = AF_UNIX;
-        s.sock = 0x10;
-        s.peer_sock = 0x20;
-        s.sys_ret = -104;
-        s.owner.tgid = 77;
-        s.owner.comm[..3].copy_from_slice(b"fpm");
-        let ev = Decoder::new(&l).decode_sample(&s).expect("decode");
+        let mut e = event::UnixReset {
+            header: header(EventKind::UnixReset),
+            sock: 0x10,
+            peer_sock: 0x20,
+            peer_owner: SockOwner::UNKNOWN,
+            ret: -104,
+            source: 0,
+            _pad: 0,
+            path_len: addr.len() as u32,
+            _pad2: 0,
+            path: [0; UNIX_ADDR_LEN],
+        };
+        e.path[..addr.len()].copy_from_slice(&addr);
+        e.peer_owner.tgid = 77;
+        e.peer_owner.comm[..3].copy_from_slice(b"fpm");
+        let ev = Decoder::new(&l).decode(&bytes(&e)).expect("decode");
         let KernelEvent::SocketError(e) = ev else {
             panic!("wrong event {ev:?}")
         };
@@ -487,22 +566,24 @@ mod tests {
 
     #[test]
     fn truncated_and_malformed_samples_are_errors_not_panics() {
-        let l = layouts(kind::RESET_SENT, SEND_RESET_6_18);
+        let l = layouts(EventKind::ResetSent, SEND_RESET_6_18);
         let d = Decoder::new(&l);
         assert!(d.decode(&[0u8; 10]).is_err());
+        // a header announcing a kind longer than the sample
+        assert!(d.decode(&bytes(&sent(&[0u8; 88]))[..60]).is_err());
         // record shorter than its layout
-        assert!(d
-            .decode_sample(&sample(kind::RESET_SENT, &[0u8; 20]))
-            .is_err());
+        assert!(d.decode(&bytes(&sent(&[0u8; 20]))).is_err());
         // unknown kind
-        assert!(d.decode_sample(&sample(99, &[0u8; 20])).is_err());
+        let mut unknown = sent(&[0u8; 20]);
+        unknown.header.kind = 99;
+        assert!(d.decode(&bytes(&unknown)).is_err());
         // garbage family
         let mut raw = [0u8; 88];
         put(&mut raw, 32, &[77, 0]);
-        assert!(d.decode_sample(&sample(kind::RESET_SENT, &raw)).is_err());
-        // raw_len larger than the buffer is clamped, not trusted
-        let mut s = sample(kind::RESET_SENT, &[0u8; 88]);
-        s.raw_len = u32::MAX;
-        assert!(d.decode_sample(&s).is_ok());
+        assert!(d.decode(&bytes(&sent(&raw))).is_err());
+        // record_len larger than the buffer is clamped, not trusted
+        let mut e = sent(&[0u8; 88]);
+        e.record_len = u32::MAX;
+        assert!(d.decode(&bytes(&e)).is_ok());
     }
 }

@@ -1,17 +1,22 @@
 //! rsttrace: explains every TCP reset a local process (nginx) receives.
 //!
-//! Data flows one way: kernel hooks (`tracer-ebpf`) -> ring buffer (`loader`) ->
-//! [`decode`] -> [`attribute`] (pure) -> [`report`] (JSON lines / text).
-//! Everything that depends on the running kernel is resolved once, in [`kernel`].
+//! Data flows one way: kernel hooks (`tracer-ebpf`, catalogued in [`hooks`]) -> ring
+//! buffer ([`loader`]) -> [`decode`] -> [`attribute`] (pure) -> [`report`] (JSON lines /
+//! text) -> [`output`]. Everything that depends on the running kernel is resolved once, in
+//! [`kernel`]; [`session`] runs the loop and [`check`] renders `--check`.
 pub mod attribute;
 pub mod cgroup;
+pub mod check;
 pub mod decode;
+pub mod hooks;
+pub mod host;
 pub mod kernel;
 pub mod loader;
 pub mod model;
+pub mod output;
 pub mod procfs;
 pub mod report;
+pub mod session;
 pub mod timefmt;
-pub mod tracefs;
 pub mod unix;
 pub mod watch;

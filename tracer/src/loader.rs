@@ -10,7 +10,10 @@ use aya::{
 };
 use tracer_ebpf::{Config, CONFIG_GLOBAL, EVENTS_MAP, LOST_MAP, NO_OFFSET};
 
-use crate::kernel::{is_argument_recorder, KernelFacts};
+use crate::{
+    hooks::{Attach, Hook, Tier},
+    kernel::KernelFacts,
+};
 
 /// The compiled kernel programs (tracer-ebpf, built by build.rs for bpfel).
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rsttrace-ebpf"));
@@ -63,22 +66,11 @@ fn attach_with(
         .map_err(|e| explain_load_error(e.into()))?;
 
     let mut hooks = 0;
-    for hook in &facts.available {
-        if !argument_recorders && is_argument_recorder(hook) {
+    for hook in facts.attached() {
+        if !argument_recorders && hook.tier == Tier::ArgumentRecorder {
             continue;
         }
-        let program: &mut TracePoint = ebpf
-            .program_mut(hook.program)
-            .ok_or_else(|| anyhow!("program {} missing from the eBPF object", hook.program))?
-            .try_into()
-            .with_context(|| format!("program {} is not a tracepoint", hook.program))?;
-        program
-            .load()
-            .map_err(|e| explain_load_error(e.into()))
-            .with_context(|| format!("loading the program for {}:{}", hook.category, hook.event))?;
-        program
-            .attach(hook.category, hook.event)
-            .with_context(|| format!("attaching to tracepoint {}:{}", hook.category, hook.event))?;
+        attach_hook(&mut ebpf, hook)?;
         hooks += 1;
     }
 
@@ -99,6 +91,28 @@ fn attach_with(
         },
         events,
     ))
+}
+
+/// Loads `hook`'s program and attaches it where the catalogue says.
+fn attach_hook(ebpf: &mut Ebpf, hook: &Hook) -> Result<()> {
+    let program = ebpf
+        .program_mut(hook.program)
+        .ok_or_else(|| anyhow!("program {} missing from the eBPF object", hook.program))?;
+    match hook.attach {
+        Attach::Tracepoint { category, event } => {
+            let program: &mut TracePoint = program
+                .try_into()
+                .with_context(|| format!("program {} is not a tracepoint", hook.program))?;
+            program
+                .load()
+                .map_err(|e| explain_load_error(e.into()))
+                .with_context(|| format!("loading the program for {category}:{event}"))?;
+            program
+                .attach(category, event)
+                .with_context(|| format!("attaching to tracepoint {category}:{event}"))?;
+        }
+    }
+    Ok(())
 }
 
 impl Attached {

@@ -166,9 +166,40 @@ impl KernelEvent {
     }
 }
 
-/// Why a reset happened. One place names the causes; `report` gives each its hint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Why a reset happened, with the evidence that says so: a cause cannot be built without
+/// its evidence, nor evidence attached to a cause it does not belong to. `report` gives
+/// each its hint.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Cause {
+    /// The peer was OOM-killed: the OOM kill and the SIGKILL it sent.
+    OomKill {
+        oom: OomEvidence,
+        signal: SignalEvidence,
+    },
+    /// The peer died from a signal another process sent, or exited on its own right after
+    /// another process asked it to terminate (`exit_code` then says how it exited).
+    Signal {
+        signal: SignalEvidence,
+        exit_code: Option<i32>,
+    },
+    /// The peer died from a fault the kernel raised in it, or abort().
+    Crash {
+        signal: SignalEvidence,
+    },
+    /// The peer exited on its own (`exit_code` None: its exit record was not seen).
+    Exit {
+        exit_code: Option<i32>,
+    },
+    Abort,
+    NoSocket,
+    Kernel,
+    Network,
+    Unknown,
+}
+
+/// The name of a [`Cause`], without its evidence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CauseKind {
     OomKill,
     Signal,
     Crash,
@@ -180,30 +211,75 @@ pub enum Cause {
     Unknown,
 }
 
-impl Cause {
-    pub const ALL: [Cause; 9] = [
-        Cause::OomKill,
-        Cause::Signal,
-        Cause::Crash,
-        Cause::Exit,
-        Cause::Abort,
-        Cause::NoSocket,
-        Cause::Kernel,
-        Cause::Network,
-        Cause::Unknown,
+impl CauseKind {
+    pub const ALL: [CauseKind; 9] = [
+        CauseKind::OomKill,
+        CauseKind::Signal,
+        CauseKind::Crash,
+        CauseKind::Exit,
+        CauseKind::Abort,
+        CauseKind::NoSocket,
+        CauseKind::Kernel,
+        CauseKind::Network,
+        CauseKind::Unknown,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Cause::OomKill => "oom_kill",
-            Cause::Signal => "signal",
-            Cause::Crash => "crash",
-            Cause::Exit => "exit",
-            Cause::Abort => "abort",
-            Cause::NoSocket => "no_socket",
-            Cause::Kernel => "kernel",
-            Cause::Network => "network",
-            Cause::Unknown => "unknown",
+            CauseKind::OomKill => "oom_kill",
+            CauseKind::Signal => "signal",
+            CauseKind::Crash => "crash",
+            CauseKind::Exit => "exit",
+            CauseKind::Abort => "abort",
+            CauseKind::NoSocket => "no_socket",
+            CauseKind::Kernel => "kernel",
+            CauseKind::Network => "network",
+            CauseKind::Unknown => "unknown",
+        }
+    }
+}
+
+impl Cause {
+    pub fn kind(&self) -> CauseKind {
+        match self {
+            Cause::OomKill { .. } => CauseKind::OomKill,
+            Cause::Signal { .. } => CauseKind::Signal,
+            Cause::Crash { .. } => CauseKind::Crash,
+            Cause::Exit { .. } => CauseKind::Exit,
+            Cause::Abort => CauseKind::Abort,
+            Cause::NoSocket => CauseKind::NoSocket,
+            Cause::Kernel => CauseKind::Kernel,
+            Cause::Network => CauseKind::Network,
+            Cause::Unknown => CauseKind::Unknown,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        self.kind().as_str()
+    }
+
+    /// The signal that killed (or stopped) the peer.
+    pub fn signal(&self) -> Option<&SignalEvidence> {
+        match self {
+            Cause::OomKill { signal, .. }
+            | Cause::Signal { signal, .. }
+            | Cause::Crash { signal } => Some(signal),
+            _ => None,
+        }
+    }
+
+    /// How the peer exited, when it exited on its own.
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            Cause::Signal { exit_code, .. } | Cause::Exit { exit_code } => *exit_code,
+            _ => None,
+        }
+    }
+
+    pub fn oom(&self) -> Option<&OomEvidence> {
+        match self {
+            Cause::OomKill { oom, .. } => Some(oom),
+            _ => None,
         }
     }
 }
@@ -258,9 +334,6 @@ pub struct Attribution {
     pub listener_closed: bool,
     pub receiver: Option<Task>,
     pub peer: Option<Task>,
-    pub signal: Option<SignalEvidence>,
-    pub exit_code: Option<i32>,
-    pub oom: Option<OomEvidence>,
     /// sk_rst_reason value of the matching send, when the kernel has reasons.
     pub kernel_reason: Option<u32>,
     /// The peer was in do_exit() when its socket sent the reset.
@@ -288,9 +361,6 @@ impl Attribution {
             listener_closed: false,
             receiver,
             peer: None,
-            signal: None,
-            exit_code: None,
-            oom: None,
             kernel_reason: None,
             peer_exiting: false,
         }

@@ -1,12 +1,15 @@
-//! Rendering: the JSON lines contract (schema_version 1, documented in README.md) and the
-//! human text form. One place names causes' hints and signal names.
-use std::fmt::Write as _;
+//! Rendering: the JSON lines contract (schema_version 1, documented in README.md), the
+//! hints ([`hints`]) and the human text form ([`text`]).
+mod hints;
+mod text;
 
 use serde::Serialize;
 
+pub use text::render_text;
+
 use crate::{
     attribute::SI_KERNEL,
-    model::{Attribution, Cause, Task, Transport},
+    model::{Attribution, Task, Transport},
     timefmt::rfc3339_utc,
 };
 
@@ -107,7 +110,7 @@ pub struct LostJson {
 }
 
 pub fn reset_json(a: &Attribution, r: &dyn Resolve) -> ResetJson {
-    let oom = a.oom.as_ref().map(|o| {
+    let oom = a.cause.oom().map(|o| {
         let info = r.memcg(o.memcg_id);
         let (scope, cgroup, limit) = match &info {
             Some(MemcgInfo {
@@ -127,7 +130,7 @@ pub fn reset_json(a: &Attribution, r: &dyn Resolve) -> ResetJson {
         }
     });
     let kernel_reason = a.kernel_reason.and_then(|v| r.reason_name(v));
-    let hint = hint(a, oom.as_ref(), kernel_reason.as_deref());
+    let hint = hints::hint(a, oom.as_ref(), kernel_reason.as_deref());
     ResetJson {
         schema_version: SCHEMA_VERSION,
         event: "reset",
@@ -138,14 +141,14 @@ pub fn reset_json(a: &Attribution, r: &dyn Resolve) -> ResetJson {
         remote: a.remote.clone(),
         receiver: a.receiver.as_ref().map(Into::into),
         peer: a.peer.as_ref().map(Into::into),
-        signal: a.signal.as_ref().map(|s| SignalJson {
+        signal: a.cause.signal().map(|s| SignalJson {
             number: s.number,
             name: signal_name(s.number),
             code: s.code,
             code_name: signal_code_name(s.number, s.code),
             sender: s.sender.as_ref().map(Into::into),
         }),
-        exit_code: a.exit_code,
+        exit_code: a.cause.exit_code(),
         oom,
         kernel_reason,
         peer_exiting: a.peer_exiting,
@@ -153,93 +156,6 @@ pub fn reset_json(a: &Attribution, r: &dyn Resolve) -> ResetJson {
         listener_closed: (a.transport == Transport::Unix).then_some(a.listener_closed),
         hint,
     }
-}
-
-fn hint(a: &Attribution, oom: Option<&OomJson>, reason: Option<&str>) -> String {
-    if a.listener_closed {
-        let who = a.peer.as_ref().map_or_else(
-            || "its owner".to_string(),
-            |p| format!("{} (pid {})", p.comm, p.pid),
-        );
-        return format!(
-            "The upstream's listening socket was closed with this connection still queued in its backlog: {who} stopped or restarted ({}); reload gracefully (php-fpm: SIGUSR2) or drain before stopping.",
-            a.cause.as_str()
-        );
-    }
-    match a.cause {
-        Cause::OomKill => match oom {
-            Some(OomJson {
-                scope: "cgroup",
-                cgroup: Some(cg),
-                ..
-            }) => format!(
-                "The upstream worker was OOM-killed by the limit of memory cgroup {cg}: raise that limit or cut the worker's memory use (PHP memory_limit, fewer/lighter workers)."
-            ),
-            _ => "The upstream worker was OOM-killed by the global OOM killer: the host ran out of memory; see dmesg and reduce memory use or add memory.".into(),
-        },
-        Cause::Signal => {
-            let who = a
-                .signal
-                .as_ref()
-                .and_then(|s| s.sender.as_ref())
-                .map(|s| format!("{} (pid {})", s.comm, s.pid));
-            match who {
-                Some(who) => format!(
-                    "The upstream worker was killed mid-request by {who}: if that is the process manager, a timeout fired (php-fpm request_terminate_timeout, gunicorn --timeout); otherwise check what runs it (deploys, admins, watchdogs)."
-                ),
-                None => "The upstream worker was killed by a signal rsttrace did not see being sent (it was sent before rsttrace started).".into(),
-            }
-        }
-        Cause::Crash => "The upstream worker crashed (a fault signal raised by the kernel, or abort()): look for a core dump and the upstream's error log at this time.".into(),
-        Cause::Exit => "The upstream worker exited with the request unread: worker recycling (pm.max_requests, gunicorn --max-requests) racing nginx keepalive, or an exit in the application.".into(),
-        Cause::Abort => "A live upstream closed the connection with unread data or SO_LINGER 0: check its own limits (request body size, timeouts) and its error log.".into(),
-        Cause::NoSocket => "Nothing was listening at the remote address: the upstream is down or restarting, or nginx points at the wrong port.".into(),
-        Cause::Kernel => format!(
-            "The kernel reset the connection itself ({}): look at socket memory (tcp_mem), keepalive and timestamp settings.",
-            reason.unwrap_or("no reason given by this kernel")
-        ),
-        Cause::Network => "The reset came from another host or a device in the path (firewall, load balancer, conntrack): capture on the wire to see which.".into(),
-        Cause::Unknown => "A local reset whose sender rsttrace did not see; check for `lost` events and run `rsttrace --check`.".into(),
-    }
-}
-
-pub fn render_text(j: &ResetJson) -> String {
-    let mut line = format!(
-        "{} {:<9} {} {} <- {}",
-        j.time, j.cause, j.transport, j.local, j.remote
-    );
-    if let Some(r) = &j.receiver {
-        let _ = write!(line, " receiver={}[{}]", r.comm, r.pid);
-    }
-    if let Some(p) = &j.peer {
-        let _ = write!(line, " peer={}[{}]", p.comm, p.pid);
-    }
-    if let Some(s) = &j.signal {
-        let _ = write!(line, " {}", s.name);
-        if let Some(from) = &s.sender {
-            let _ = write!(line, " from {}[{}]", from.comm, from.pid);
-        }
-    }
-    if let Some(c) = j.exit_code {
-        let _ = write!(line, " exit_code={c}");
-    }
-    if let Some(o) = &j.oom {
-        let _ = write!(line, " oom={}", o.scope);
-        if let Some(cg) = &o.cgroup {
-            let _ = write!(line, ":{cg}");
-        }
-    }
-    if let Some(r) = &j.kernel_reason {
-        let _ = write!(line, " reason={r}");
-    }
-    if j.listener_closed == Some(true) {
-        line.push_str(" listener_closed");
-    }
-    if j.seen_by_receiver == Some(false) {
-        line.push_str(" (not seen by the receiver)");
-    }
-    let _ = write!(line, "\n    {}", j.hint);
-    line
 }
 
 pub fn signal_name(sig: i32) -> &'static str {
@@ -308,7 +224,7 @@ pub fn signal_code_name(sig: i32, code: i32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{OomEvidence, SignalEvidence};
+    use crate::model::{Cause, CauseKind, OomEvidence, SignalEvidence};
 
     struct Fixed;
     impl Resolve for Fixed {
@@ -347,9 +263,6 @@ mod tests {
             listener_closed: false,
             receiver: Some(task(10, "nginx")),
             peer: Some(task(20, "php-fpm8.2")),
-            signal: None,
-            exit_code: None,
-            oom: None,
             kernel_reason: Some(11),
             peer_exiting: true,
         }
@@ -357,11 +270,13 @@ mod tests {
 
     #[test]
     fn json_has_the_documented_field_names() {
-        let mut a = attribution(Cause::Signal);
-        a.signal = Some(SignalEvidence {
-            number: 9,
-            code: 0,
-            sender: Some(task(30, "kill")),
+        let a = attribution(Cause::Signal {
+            signal: SignalEvidence {
+                number: 9,
+                code: 0,
+                sender: Some(task(30, "kill")),
+            },
+            exit_code: None,
         });
         let v = serde_json::to_value(reset_json(&a, &Fixed)).expect("json");
         assert_eq!(v["schema_version"], 1);
@@ -388,31 +303,68 @@ mod tests {
 
     #[test]
     fn oom_scope_comes_from_the_memcg() {
-        let mut a = attribution(Cause::OomKill);
-        a.oom = Some(OomEvidence {
-            victim: task(20, "php-fpm8.2"),
-            killer: task(20, "php-fpm8.2"),
-            memcg_id: 7,
-        });
+        let oom_in = |memcg_id| Cause::OomKill {
+            oom: OomEvidence {
+                victim: task(20, "php-fpm8.2"),
+                killer: task(20, "php-fpm8.2"),
+                memcg_id,
+            },
+            signal: SignalEvidence {
+                number: 9,
+                code: SI_KERNEL,
+                sender: Some(task(20, "php-fpm8.2")),
+            },
+        };
+        let a = attribution(oom_in(7));
         let v = serde_json::to_value(reset_json(&a, &Fixed)).expect("json");
         assert_eq!(v["oom"]["scope"], "cgroup");
         assert_eq!(v["oom"]["cgroup"], "/pool");
         assert_eq!(v["oom"]["limit_bytes"], 64 << 20);
-        a.oom = a.oom.map(|o| OomEvidence { memcg_id: 1, ..o });
+        let a = attribution(oom_in(1));
         let v = serde_json::to_value(reset_json(&a, &Fixed)).expect("json");
         assert_eq!(v["oom"]["scope"], "global");
     }
 
     #[test]
     fn every_cause_has_a_one_sentence_hint() {
-        for cause in Cause::ALL {
+        let signal = SignalEvidence {
+            number: 9,
+            code: 0,
+            sender: None,
+        };
+        let oom = OomEvidence {
+            victim: task(20, "php-fpm8.2"),
+            killer: task(20, "php-fpm8.2"),
+            memcg_id: 7,
+        };
+        let causes = [
+            Cause::OomKill {
+                oom,
+                signal: signal.clone(),
+            },
+            Cause::Signal {
+                signal: signal.clone(),
+                exit_code: None,
+            },
+            Cause::Crash { signal },
+            Cause::Exit { exit_code: Some(3) },
+            Cause::Abort,
+            Cause::NoSocket,
+            Cause::Kernel,
+            Cause::Network,
+            Cause::Unknown,
+        ];
+        let kinds: Vec<CauseKind> = causes.iter().map(Cause::kind).collect();
+        assert_eq!(kinds, CauseKind::ALL, "every cause is covered");
+        for cause in causes {
+            let cause_name = cause.as_str();
             let j = reset_json(&attribution(cause), &Fixed);
             assert!(
                 !j.hint.is_empty() && j.hint.ends_with('.'),
-                "{cause:?}: {}",
+                "{cause_name}: {}",
                 j.hint
             );
-            assert!(render_text(&j).contains(cause.as_str()));
+            assert!(render_text(&j).contains(cause_name));
         }
     }
 

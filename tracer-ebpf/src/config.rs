@@ -1,0 +1,102 @@
+//! Kernel facts resolved by user space at start (tracefs formats, BTF) and frozen into the
+//! programs' read-only data, so the verifier sees them as constants.
+use crate::event::EventKind;
+
+/// Offset value meaning "this kernel has no such field".
+pub const NO_OFFSET: u32 = u32::MAX;
+
+/// Kernel facts resolved by user space at start (tracefs formats, BTF) and frozen into the
+/// programs' read-only data. `NO_OFFSET` marks what this kernel lacks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Bytes of each tracepoint record to copy, by [`EventKind`] value (0: do not copy).
+    pub record_len: [u32; EventKind::COUNT],
+    pub send_reset_skaddr: u32,
+    pub recv_reset_skaddr: u32,
+    pub set_state_skaddr: u32,
+    pub set_state_oldstate: u32,
+    pub set_state_newstate: u32,
+    pub set_state_protocol: u32,
+    pub signal_sig: u32,
+    pub syscall_ret: u32,
+    /// `fd` in syscalls:sys_enter_{recvfrom,readv,...,listen} records.
+    pub sys_enter_fd: u32,
+    /// Offsets in struct pt_regs of the first four syscall arguments (x86_64: di, si, dx,
+    /// r10). Known: socket syscall exits read their arguments from the task's saved
+    /// registers (bpf_task_pt_regs, 5.15+) and no enter hook runs on every syscall.
+    pub regs_arg: [u32; 4],
+    /// Force a reader wake-up once this many bytes wait in the ring buffer; below it,
+    /// samples are submitted without waking rsttrace, which drains on a short timer
+    /// (a wake-up per sample costs more than the sample itself in a reset storm).
+    pub ring_wakeup_bytes: u32,
+    /// `sk`, `family`, `ret` in sock:sock_recv_length and sock:sock_send_length (same layout).
+    pub sock_io_sk: u32,
+    pub sock_io_family: u32,
+    pub sock_io_ret: u32,
+    /// `level`, `optname`, `optval` in syscalls:sys_enter_getsockopt.
+    pub getsockopt_level: u32,
+    pub getsockopt_optname: u32,
+    pub getsockopt_optval: u32,
+    // struct offsets from BTF
+    pub task_flags: u32,
+    pub task_exit_code: u32,
+    pub task_cgroups: u32,
+    /// offsetof(css_set, subsys) + memory_cgrp_id * sizeof(void *)
+    pub css_set_memcg: u32,
+    pub css_cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kn_id: u32,
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    pub sock_family: u32,
+    pub unix_peer: u32,
+    pub unix_addr: u32,
+    pub unix_address_len: u32,
+    pub unix_address_name: u32,
+}
+
+impl Config {
+    pub const EMPTY: Config = Config {
+        record_len: [0; EventKind::COUNT],
+        send_reset_skaddr: NO_OFFSET,
+        recv_reset_skaddr: NO_OFFSET,
+        set_state_skaddr: NO_OFFSET,
+        set_state_oldstate: NO_OFFSET,
+        set_state_newstate: NO_OFFSET,
+        set_state_protocol: NO_OFFSET,
+        signal_sig: NO_OFFSET,
+        syscall_ret: NO_OFFSET,
+        sys_enter_fd: NO_OFFSET,
+        regs_arg: [NO_OFFSET; 4],
+        sock_io_sk: NO_OFFSET,
+        sock_io_family: NO_OFFSET,
+        sock_io_ret: NO_OFFSET,
+        ring_wakeup_bytes: 0,
+        getsockopt_level: NO_OFFSET,
+        getsockopt_optname: NO_OFFSET,
+        getsockopt_optval: NO_OFFSET,
+        task_flags: NO_OFFSET,
+        task_exit_code: NO_OFFSET,
+        task_cgroups: NO_OFFSET,
+        css_set_memcg: NO_OFFSET,
+        css_cgroup: NO_OFFSET,
+        cgroup_kn: NO_OFFSET,
+        kn_id: NO_OFFSET,
+        task_files: NO_OFFSET,
+        files_fdt: NO_OFFSET,
+        fdt_max_fds: NO_OFFSET,
+        fdt_fd: NO_OFFSET,
+        file_private_data: NO_OFFSET,
+        socket_sk: NO_OFFSET,
+        sock_family: NO_OFFSET,
+        unix_peer: NO_OFFSET,
+        unix_addr: NO_OFFSET,
+        unix_address_len: NO_OFFSET,
+        unix_address_name: NO_OFFSET,
+    };
+}

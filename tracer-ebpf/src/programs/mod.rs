@@ -1,0 +1,178 @@
+//! What every program shares: the frozen kernel facts, the maps, and the helpers that read
+//! kernel memory and send events.
+mod process;
+mod socket;
+mod syscalls;
+mod tcp;
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, generated,
+    },
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use tracer_ebpf::{
+    event::{EventKind, Header},
+    Config, SockOwner, NO_OFFSET, TASK_COMM_LEN,
+};
+
+/// Frozen into .rodata by the loader (EbpfLoader::override_global), so the verifier sees
+/// the offsets as constants and prunes the branches for fields this kernel lacks.
+#[unsafe(no_mangle)]
+static CONFIG: Config = Config::EMPTY;
+
+/// Size is set by the loader (--buffer-size).
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// Ring buffer reservation failures, per CPU; user space reports them as `lost` events.
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// struct sock * -> the task that connected or accepted it.
+#[map]
+static SOCK_OWNERS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(65536, 0);
+
+/// How long an owner stays valid after its socket reached TCP_CLOSE (see SockOwner).
+const OWNER_GRACE_NS: u64 = 1_000_000_000;
+
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+#[inline(always)]
+fn config() -> Config {
+    // SAFETY: CONFIG is a plain static; the volatile read stops the compiler from
+    // folding the EMPTY initializer into the code.
+    unsafe { core::ptr::read_volatile(&CONFIG) }
+}
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// A field of a kernel struct at `base + offset` (offset from BTF), None when this kernel
+/// lacks it or the read faults.
+#[inline(always)]
+unsafe fn read_field<T>(base: u64, offset: u32) -> Option<T> {
+    if base == 0 || offset == NO_OFFSET {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
+}
+
+/// A field of the tracepoint record at `offset` (from its tracefs format).
+#[inline(always)]
+fn record_field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
+    if offset == NO_OFFSET {
+        return None;
+    }
+    unsafe { ctx.read_at::<T>(offset as usize).ok() }
+}
+
+#[inline(always)]
+fn current_task() -> u64 {
+    unsafe { bpf_get_current_task() }
+}
+
+#[inline(always)]
+fn current_owner() -> SockOwner {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    SockOwner {
+        tgid: (pid_tgid >> 32) as u32,
+        pid: pid_tgid as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
+        closed_ns: 0,
+    }
+}
+
+/// The recorded owner of `sk`, unless its socket closed more than OWNER_GRACE_NS ago.
+#[inline(always)]
+fn lookup_owner(sk: u64, now: u64) -> SockOwner {
+    if sk == 0 {
+        return SockOwner::UNKNOWN;
+    }
+    // SAFETY: the value is copied out at once; a concurrent update can at worst give a
+    // torn owner, which user space treats as evidence, not as a key.
+    match unsafe { SOCK_OWNERS.get(&sk) } {
+        Some(owner)
+            if owner.closed_ns == 0 || now.saturating_sub(owner.closed_ns) < OWNER_GRACE_NS =>
+        {
+            *owner
+        }
+        _ => SockOwner::UNKNOWN,
+    }
+}
+
+fn count_lost() {
+    if let Some(counter) = LOST.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Reserves an event of type `T` (whose first field is a [`Header`]), fills the header,
+/// lets `fill` write the rest, and submits it; counts the loss when the ring is full.
+///
+/// Samples are submitted without waking rsttrace, which drains on a short timer, until
+/// `ring_wakeup_bytes` wait: a wake-up per sample costs more than the sample in a storm.
+#[inline(always)]
+fn emit<T: 'static>(cfg: &Config, kind: EventKind, fill: impl FnOnce(*mut T)) {
+    let Some(mut entry) = EVENTS.reserve::<T>(0) else {
+        count_lost();
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    let header = event as *mut Header;
+    // SAFETY: `event` points at a reserved, exclusively owned ring buffer slot of
+    // size_of::<T>() bytes, and every event type starts with its Header (repr(C)).
+    unsafe {
+        (*header).kind = kind as u32;
+        (*header)._reserved = 0;
+        (*header).ktime_ns = bpf_ktime_get_ns();
+        (*header).pid_tgid = bpf_get_current_pid_tgid();
+        (*header).comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
+    }
+    fill(event);
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA);
+    let flags = if waiting >= cfg.ring_wakeup_bytes as u64 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags);
+}
+
+/// Copies up to `len` bytes (at most `CAP`) from kernel memory `src` into `dst`; returns
+/// the bytes copied (0 on a fault).
+#[inline(always)]
+unsafe fn copy_bytes<const CAP: usize>(dst: *mut [u8; CAP], src: *const c_void, len: u32) -> u32 {
+    if len == 0 || src.is_null() {
+        return 0;
+    }
+    // Bound the length again right at the call: 6.1's verifier loses an earlier clamp when
+    // the value is spilled to the stack ("R2 unbounded memory access").
+    let mut n = core::hint::black_box(len);
+    if n > CAP as u32 {
+        n = CAP as u32;
+    }
+    let copied = unsafe { generated::bpf_probe_read_kernel(dst as *mut c_void, n, src) };
+    if copied == 0 {
+        n
+    } else {
+        0
+    }
+}
+
+/// Bytes of this kind's tracepoint record to copy (from its tracefs format).
+#[inline(always)]
+fn record_len(cfg: &Config, kind: EventKind) -> u32 {
+    cfg.record_len.get(kind as usize).copied().unwrap_or(0)
+}

@@ -1,0 +1,102 @@
+//! Socket calls failing with ECONNRESET: the receiver seeing a TCP reset, or for AF_UNIX
+//! the reset itself. Where the kernel has sock:sock_recv_length/sock_send_length they catch
+//! every receive and send without any syscall tracepoint; `syscalls` serves older kernels.
+use core::ffi::c_void;
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use tracer_ebpf::{
+    event::{self, source, EventKind},
+    Config, AF_UNIX, ECONNRESET,
+};
+
+use super::{
+    config, copy_bytes, current_owner, emit, lookup_owner, now_ns, read_field, record_field,
+    SOCK_OWNERS,
+};
+
+/// The receiver's socket call failed with ECONNRESET (or ECONNREFUSED); for AF_UNIX the
+/// event also names the peer socket, its owner and the listener path it came through.
+#[inline(always)]
+pub(super) fn emit_socket_error(cfg: &Config, sk: u64, family: u16, ret: i64, source: u16) {
+    if family != AF_UNIX {
+        emit::<event::SocketError>(cfg, EventKind::SocketError, |e| unsafe {
+            (*e).sock = sk;
+            (*e).ret = ret as i32;
+            (*e).family = family;
+            (*e).source = source;
+        });
+        return;
+    }
+    // SAFETY: sk is the live socket of the failing call; the reads fault safely.
+    let peer: u64 = unsafe { read_field(sk, cfg.unix_peer) }.unwrap_or(0);
+    let address: u64 = unsafe { read_field(peer, cfg.unix_addr) }.unwrap_or(0);
+    let peer_owner = lookup_owner(peer, now_ns());
+    emit::<event::UnixReset>(cfg, EventKind::UnixReset, |e| unsafe {
+        (*e).sock = sk;
+        (*e).peer_sock = peer;
+        (*e).peer_owner = peer_owner;
+        (*e).ret = ret as i32;
+        (*e).source = source;
+        (*e)._pad = 0;
+        (*e)._pad2 = 0;
+        (*e).path_len = copy_unix_address(cfg, &raw mut (*e).path, address);
+    });
+}
+
+/// Copies the struct sockaddr_un held by a struct unix_address (len, name[]); returns its
+/// length (0: unnamed or unknown).
+#[inline(always)]
+pub(super) unsafe fn copy_unix_address(
+    cfg: &Config,
+    dst: *mut [u8; event::UNIX_ADDR_LEN],
+    address: u64,
+) -> u32 {
+    if address == 0 || cfg.unix_address_name == tracer_ebpf::NO_OFFSET {
+        return 0;
+    }
+    let len = unsafe { read_field::<i32>(address, cfg.unix_address_len) }.unwrap_or(0);
+    let name = (address + cfg.unix_address_name as u64) as *const c_void;
+    unsafe { copy_bytes(dst, name, len.max(0) as u32) }
+}
+
+/// Every receive or send on a socket, in the task doing it, with the socket and the
+/// result. A failure with ECONNRESET is the receiver seeing the reset; any other call
+/// teaches who uses the socket (accepted sockets are first read by their process).
+#[inline(always)]
+fn socket_io(ctx: &TracePointContext, source: u16) {
+    let cfg = config();
+    let (Some(sk), Some(ret)) = (
+        record_field::<u64>(ctx, cfg.sock_io_sk),
+        record_field::<i32>(ctx, cfg.sock_io_ret),
+    ) else {
+        return;
+    };
+    if sk == 0 {
+        return;
+    }
+    if ret as i64 != -ECONNRESET {
+        // A socket doing I/O is open: an entry marked closed belonged to an earlier
+        // socket at this address, so replace it.
+        // SAFETY: the value is only tested.
+        let known = matches!(unsafe { SOCK_OWNERS.get(&sk) }, Some(o) if o.closed_ns == 0);
+        if !known {
+            let _ = SOCK_OWNERS.insert(&sk, &current_owner(), 0);
+        }
+        return;
+    }
+    let family = record_field::<u16>(ctx, cfg.sock_io_family)
+        .unwrap_or_else(|| unsafe { read_field(sk, cfg.sock_family) }.unwrap_or(0));
+    emit_socket_error(&cfg, sk, family, ret as i64, source);
+}
+
+#[tracepoint]
+pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
+    socket_io(&ctx, source::SOCK_RECV);
+    0
+}
+
+#[tracepoint]
+pub fn sock_send_length(ctx: TracePointContext) -> u32 {
+    socket_io(&ctx, source::SOCK_SEND);
+    0
+}

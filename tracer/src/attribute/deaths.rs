@@ -1,0 +1,225 @@
+//! Evidence about the peer's process: fatal signals (and who sent them), exits, OOM kills.
+//! From these a death becomes a [`Cause`]: the deepest explanation wins — an OOM kill over
+//! the SIGKILL it sends, the first fatal signal from another process over the worker's own
+//! re-raise, a termination request over the clean exit it led to.
+use std::collections::HashMap;
+
+use crate::model::{
+    Cause, Death, OomEvidence, OomVictim, ProcessExit, SignalEvidence, SignalGenerated, Task,
+};
+
+use super::SECOND;
+
+/// How long deaths, signals and OOM kills stay usable as evidence.
+const EVIDENCE_TTL: u64 = 300 * SECOND;
+/// A death explains a reset sent by its (then orphaned) socket this long afterwards.
+pub const DEATH_EXPLAINS_FOR: u64 = 10 * SECOND;
+/// A process that exits on its own this soon after another sent it SIGTERM, SIGINT or
+/// SIGQUIT exited *because* of it (php-fpm's master, gunicorn workers handle them).
+const HANDLED_SIGNAL_EXPLAINS_EXIT: u64 = 30 * SECOND;
+const MAX_PROCESS_RECORDS: usize = 65_536;
+const MAX_SIGNALS_PER_TARGET: usize = 8;
+
+pub const SI_KERNEL: i32 = 0x80;
+pub const SI_TKILL: i32 = -6;
+const SIGINT: i32 = 2;
+const SIGQUIT: i32 = 3;
+const SIGKILL: i32 = 9;
+const SIGTERM: i32 = 15;
+const SIGILL: i32 = 4;
+const SIGTRAP: i32 = 5;
+const SIGABRT: i32 = 6;
+const SIGBUS: i32 = 7;
+const SIGFPE: i32 = 8;
+const SIGSEGV: i32 = 11;
+const SIGSYS: i32 = 31;
+
+#[derive(Default)]
+pub struct Deaths {
+    /// Latest exit by process id.
+    exits: HashMap<u32, ProcessExit>,
+    /// Fatal signals by target (thread or process id).
+    signals: HashMap<u32, Vec<SignalGenerated>>,
+    /// OOM victims by pid.
+    oom: HashMap<u32, OomVictim>,
+}
+
+impl Deaths {
+    pub fn on_signal(&mut self, sig: SignalGenerated) {
+        let list = self.signals.entry(sig.target_pid).or_default();
+        if list.len() >= MAX_SIGNALS_PER_TARGET {
+            list.remove(0);
+        }
+        list.push(sig);
+    }
+
+    pub fn on_exit(&mut self, exit: ProcessExit) {
+        self.exits.insert(exit.task.pid, exit);
+    }
+
+    pub fn on_oom_victim(&mut self, victim: OomVictim) {
+        self.oom.insert(victim.victim_pid, victim);
+    }
+
+    /// `pid`'s exit, if it happened at most DEATH_EXPLAINS_FOR before `now`.
+    pub fn recent_death(&self, pid: u32, now: u64) -> Option<&ProcessExit> {
+        self.exits
+            .get(&pid)
+            .filter(|d| d.time_ns <= now && now - d.time_ns <= DEATH_EXPLAINS_FOR)
+    }
+
+    /// `pid`'s exit that explains a reset its socket sent at `sent_at`: any earlier one
+    /// when the sender was dying then, else one at most DEATH_EXPLAINS_FOR before.
+    pub fn death_behind_send(&self, pid: u32, sent_at: u64, dying: bool) -> Option<&ProcessExit> {
+        self.exits.get(&pid).filter(|e| {
+            e.time_ns <= sent_at && (dying || sent_at - e.time_ns <= DEATH_EXPLAINS_FOR)
+        })
+    }
+
+    /// The first SIGTERM, SIGINT or SIGQUIT another process sent `task` in the
+    /// HANDLED_SIGNAL_EXPLAINS_EXIT before `now`: processes that handle those shut down
+    /// cleanly (close listeners, exit 0).
+    pub fn termination_request(&self, task: &Task, now: u64) -> Option<&SignalGenerated> {
+        [task.pid, task.tid]
+            .iter()
+            .filter_map(|id| self.signals.get(id))
+            .flatten()
+            .filter(|s| {
+                matches!(s.sig, SIGINT | SIGQUIT | SIGTERM)
+                    && s.sender.pid != task.pid
+                    && s.time_ns <= now
+                    && now - s.time_ns <= HANDLED_SIGNAL_EXPLAINS_EXIT
+            })
+            .min_by_key(|s| s.time_ns)
+    }
+
+    /// Why `exit`'s process died.
+    pub fn explain(&self, exit: &ProcessExit) -> Cause {
+        match exit.death() {
+            Death::Exited(code) => match self.termination_request(&exit.task, exit.time_ns) {
+                // A clean exit right after another process asked it to terminate: that
+                // request is the cause (the first one, as for signal deaths).
+                Some(s) => Cause::Signal {
+                    signal: evidence(s),
+                    exit_code: Some(code),
+                },
+                None => Cause::Exit {
+                    exit_code: Some(code),
+                },
+            },
+            Death::Signal(sig) => self.explain_signal_death(exit, sig),
+        }
+    }
+
+    fn explain_signal_death(&self, exit: &ProcessExit, sig: i32) -> Cause {
+        let ids = [exit.task.pid, exit.task.tid];
+        let candidates: Vec<&SignalGenerated> = ids
+            .iter()
+            .filter_map(|id| self.signals.get(id))
+            .flatten()
+            .filter(|s| s.sig == sig && s.time_ns <= exit.time_ns)
+            .collect();
+        let oom = ids.iter().find_map(|id| self.oom.get(id));
+        if let Some(victim) = oom.filter(|_| sig == SIGKILL) {
+            let kernel_kill = candidates.iter().find(|s| s.code == SI_KERNEL);
+            return Cause::OomKill {
+                oom: OomEvidence {
+                    victim: exit.task.clone(),
+                    killer: victim.killer.clone(),
+                    memcg_id: if exit.memcg_id != 0 {
+                        exit.memcg_id
+                    } else {
+                        victim.memcg_id
+                    },
+                },
+                signal: SignalEvidence {
+                    number: sig,
+                    code: SI_KERNEL,
+                    sender: kernel_kill.map(|s| s.sender.clone()),
+                },
+            };
+        }
+        let external = candidates
+            .iter()
+            .filter(|s| s.sender.pid != exit.task.pid)
+            .min_by_key(|s| s.time_ns);
+        let own = candidates
+            .iter()
+            .filter(|s| s.sender.pid == exit.task.pid)
+            .min_by_key(|s| s.time_ns);
+        match (external, own) {
+            // The first fatal signal from another process wins over the worker's own
+            // re-raise (php-fpm workers re-raise SIGTERM from their handler).
+            (Some(ext), _) => Cause::Signal {
+                signal: evidence(ext),
+                exit_code: None,
+            },
+            (None, Some(own)) if is_crash(own.sig, own.code) => Cause::Crash {
+                signal: evidence(own),
+            },
+            (None, Some(own)) => Cause::Signal {
+                signal: evidence(own),
+                exit_code: None,
+            },
+            (None, None) => {
+                let signal = SignalEvidence {
+                    number: sig,
+                    code: 0,
+                    sender: None,
+                };
+                if is_fault_signal(sig) {
+                    Cause::Crash { signal }
+                } else {
+                    Cause::Signal {
+                        signal,
+                        exit_code: None,
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn prune(&mut self, now: u64) {
+        let keep = now.saturating_sub(EVIDENCE_TTL);
+        self.exits.retain(|_, e| e.time_ns >= keep);
+        self.oom.retain(|_, o| o.time_ns >= keep);
+        self.signals.retain(|_, l| {
+            l.retain(|s| s.time_ns >= keep);
+            !l.is_empty()
+        });
+        for map_len in [self.exits.len(), self.oom.len(), self.signals.len()] {
+            if map_len > MAX_PROCESS_RECORDS {
+                // A fork/kill storm beyond any sane rate: forget the oldest half.
+                let cutoff = now.saturating_sub(EVIDENCE_TTL / 2);
+                self.exits.retain(|_, e| e.time_ns >= cutoff);
+                self.oom.retain(|_, o| o.time_ns >= cutoff);
+                self.signals
+                    .retain(|_, l| l.iter().any(|s| s.time_ns >= cutoff));
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.exits.len() + self.signals.len() + self.oom.len()
+    }
+}
+
+fn evidence(s: &SignalGenerated) -> SignalEvidence {
+    SignalEvidence {
+        number: s.sig,
+        code: s.code,
+        sender: Some(s.sender.clone()),
+    }
+}
+
+/// A signal the kernel raised in the task itself for a fault, or abort().
+fn is_crash(sig: i32, code: i32) -> bool {
+    (is_fault_signal(sig) && code > 0) || (sig == SIGABRT && (code == SI_TKILL || code <= 0))
+}
+
+fn is_fault_signal(sig: i32) -> bool {
+    matches!(
+        sig,
+        SIGSEGV | SIGBUS | SIGILL | SIGFPE | SIGABRT | SIGTRAP | SIGSYS
+    )
+}

@@ -1,0 +1,155 @@
+//! The attribution engine: typed kernel events in, one verdict per received reset out.
+//!
+//! Pure: no I/O and one clock, the events' ktime (CLOCK_MONOTONIC; `expire` takes a time
+//! on that same clock), so it is tested on recorded event sequences. One room per kind of
+//! evidence:
+//! - [`pairing`]: a TCP receive and the send that made it on this host;
+//! - [`deaths`]: signals, exits and OOM kills that explain a peer's end;
+//! - [`unix`]: unix-socket resets and who owned each listener;
+//! - [`seen`]: whether the receiver saw its reset.
+//!
+//! It relies on orderings the kernel guarantees:
+//! - signal_generate precedes the death it causes; oom:mark_victim follows the SIGKILL
+//!   (SI_KERNEL) the OOM killer sends and precedes the victim's exit;
+//! - do_exit() fires sched_process_exit *before* exit_files() closes the dying task's
+//!   sockets (kernel/exit.c), so a dying peer's exit record precedes its resets;
+//! - a send and its receive come in either order (see [`pairing`]).
+mod deaths;
+mod pairing;
+mod seen;
+mod unix;
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
+
+pub use deaths::{SI_KERNEL, SI_TKILL};
+pub use pairing::RECEIVE_WAIT;
+pub use seen::SEEN_WAIT;
+
+use crate::model::{Attribution, KernelEvent, ResetReceived};
+use deaths::Deaths;
+use pairing::Pairing;
+use seen::SeenGate;
+use unix::UnixResets;
+
+const SECOND: u64 = 1_000_000_000;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+/// Bound on each kind of pending state (reset storms): beyond it the oldest go.
+const MAX_PENDING: usize = 65_536;
+const PRUNE_EVERY: u64 = 4096;
+
+pub struct Attributor {
+    pairing: Pairing,
+    deaths: Deaths,
+    unix: UnixResets,
+    seen: SeenGate,
+    events_seen: u64,
+}
+
+impl Attributor {
+    /// `reasons`: enum sk_rst_reason value -> name, from BTF (empty before 6.10).
+    /// `local_addrs`: this host's addresses (loopback is always local).
+    pub fn new(reasons: &HashMap<u32, String>, local_addrs: HashSet<IpAddr>) -> Self {
+        Self {
+            pairing: Pairing::new(reasons, local_addrs),
+            deaths: Deaths::default(),
+            unix: UnixResets::default(),
+            seen: SeenGate::default(),
+            events_seen: 0,
+        }
+    }
+
+    /// Whether the receiver's socket calls are traced; without them `seen_by_receiver`
+    /// is unknown and verdicts go out at once.
+    pub fn set_receiver_syscalls_traced(&mut self, traced: bool) {
+        self.seen.set_traced(traced);
+    }
+
+    /// Takes one event; pushes the verdicts it completes (and those of receives whose
+    /// wait for a send has run out) onto `out`.
+    pub fn observe(&mut self, event: KernelEvent, out: &mut Vec<Attribution>) {
+        self.events_seen += 1;
+        let now = event.time_ns();
+        if self.events_seen.is_multiple_of(PRUNE_EVERY) {
+            self.pairing.prune(now);
+            self.deaths.prune(now);
+        }
+        if self.pairing.has_waiting() {
+            self.expire(now, out);
+        }
+        match event {
+            KernelEvent::ResetSent(s) => {
+                if let Some(r) = self.pairing.on_send(s) {
+                    self.verdict(r, out);
+                }
+            }
+            KernelEvent::ResetReceived(r) if self.pairing.ready(&r) => self.verdict(r, out),
+            KernelEvent::ResetReceived(r) => {
+                if self.pairing.full() {
+                    self.expire(u64::MAX, out);
+                }
+                if let Some(previous) = self.pairing.wait(r) {
+                    self.verdict(previous, out);
+                }
+            }
+            KernelEvent::Signal(s) => self.deaths.on_signal(s),
+            KernelEvent::Exit(e) => self.deaths.on_exit(e),
+            KernelEvent::OomVictim(o) => self.deaths.on_oom_victim(o),
+            KernelEvent::Fork(_) => {}
+            KernelEvent::SocketError(e) => match (e.family, &e.unix) {
+                (AF_INET | AF_INET6, _) => self.seen.on_error(&e, out),
+                (_, Some(peer)) => out.push(self.unix.attribute(&e, peer, &self.deaths)),
+                _ => {}
+            },
+            KernelEvent::UnixListen(l) => self.unix.on_listen(l),
+        }
+    }
+
+    fn verdict(&mut self, r: ResetReceived, out: &mut Vec<Attribution>) {
+        let a = self.pairing.verdict(r, &self.deaths);
+        self.seen.settle(a, out);
+    }
+
+    /// Gives up waiting for the sends of receives older than RECEIVE_WAIT at `now_ns`, and
+    /// for the receivers of verdicts older than SEEN_WAIT; `u64::MAX` flushes all (at exit).
+    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Attribution>) {
+        for r in self.pairing.due(now_ns) {
+            self.verdict(r, out);
+        }
+        self.seen.expire(now_ns, out);
+    }
+
+    /// Verdicts still waiting for their send or for their receiver's call.
+    pub fn waiting(&self) -> usize {
+        self.pairing.waiting() + self.seen.waiting()
+    }
+
+    /// Remembered state, for the bounded-memory checks.
+    pub fn state_len(&self) -> usize {
+        self.pairing.len() + self.deaths.len()
+    }
+}
+
+/// Removes and returns, oldest first, the entries of `map` whose time is at or before
+/// `cutoff`.
+fn drain_older<K: Eq + std::hash::Hash + Clone, V>(
+    map: &mut HashMap<K, V>,
+    cutoff: u64,
+    time: impl Fn(&V) -> u64,
+) -> Vec<V> {
+    let old: Vec<K> = map
+        .iter()
+        .filter(|(_, v)| time(v) <= cutoff)
+        .map(|(k, _)| k)
+        .cloned()
+        .collect();
+    let mut drained: Vec<V> = old.iter().filter_map(|k| map.remove(k)).collect();
+    drained.sort_by_key(|v| time(v));
+    drained
+}
+
+#[cfg(test)]
+mod tests;

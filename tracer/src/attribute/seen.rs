@@ -1,0 +1,108 @@
+//! Whether the receiver saw its reset: a TCP verdict waits (SEEN_WAIT) for a call of its
+//! receiver on that socket to fail with ECONNRESET, and goes out at once when one does.
+//! The receiver's failing call can also come first: its sample may beat the send's to the
+//! ring buffer from another CPU.
+use std::collections::HashMap;
+
+use crate::model::{Attribution, CauseKind, SocketError};
+
+use super::{drain_older, MAX_PENDING};
+
+/// How long a TCP verdict waits for a syscall of its receiver to fail with ECONNRESET
+/// (`seen_by_receiver`). A process waiting on the socket (nginx waiting for a response)
+/// is woken by the reset at once; one that does not look within this time did not see it.
+pub const SEEN_WAIT: u64 = 250_000_000;
+const ECONNREFUSED: i64 = 111;
+
+pub struct SeenGate {
+    /// Whether receivers' socket calls are traced; without them `seen_by_receiver` is
+    /// unknown and verdicts go out at once.
+    traced: bool,
+    /// TCP verdicts waiting to learn whether their receiver saw the reset, by receiving sock.
+    awaiting: HashMap<u64, Attribution>,
+    /// Receiving socks whose call already failed (time, -errno), before their verdict
+    /// was complete.
+    early: HashMap<u64, (u64, i64)>,
+}
+
+impl Default for SeenGate {
+    fn default() -> Self {
+        Self {
+            traced: true,
+            awaiting: HashMap::new(),
+            early: HashMap::new(),
+        }
+    }
+}
+
+impl SeenGate {
+    pub fn set_traced(&mut self, traced: bool) {
+        self.traced = traced;
+    }
+
+    /// A completed TCP verdict: out at once if its receiver already failed a call on
+    /// the socket, else it waits for that.
+    pub fn settle(&mut self, mut a: Attribution, out: &mut Vec<Attribution>) {
+        if !self.traced {
+            out.push(a);
+            return;
+        }
+        if let Some((_, ret)) = self.early.remove(&a.receiver_sock) {
+            a.seen_by_receiver = Some(true);
+            refused_means_no_socket(&mut a, ret);
+            out.push(a);
+            return;
+        }
+        if a.receiver_sock == 0 {
+            a.seen_by_receiver = Some(false);
+            out.push(a);
+            return;
+        }
+        if a.cause.kind() == CauseKind::NoSocket {
+            // A refused connect always reaches the connecting process (connect()'s result,
+            // SO_ERROR, or its next read or write), whether or not that syscall is traced.
+            a.seen_by_receiver = Some(true);
+            out.push(a);
+            return;
+        }
+        if let Some(mut previous) = self.awaiting.insert(a.receiver_sock, a) {
+            previous.seen_by_receiver = Some(false);
+            out.push(previous);
+        }
+    }
+
+    /// A TCP call of a receiver failed with ECONNRESET or ECONNREFUSED.
+    pub fn on_error(&mut self, e: &SocketError, out: &mut Vec<Attribution>) {
+        if let Some(mut a) = self.awaiting.remove(&e.sock) {
+            a.seen_by_receiver = Some(true);
+            refused_means_no_socket(&mut a, e.ret);
+            out.push(a);
+        } else if self.early.len() < MAX_PENDING {
+            self.early.insert(e.sock, (e.time_ns, e.ret));
+        }
+    }
+
+    /// Releases the verdicts whose receiver did not look within SEEN_WAIT of `now`;
+    /// `u64::MAX` releases all as not known (at exit).
+    pub fn expire(&mut self, now: u64, out: &mut Vec<Attribution>) {
+        let cutoff = now.saturating_sub(SEEN_WAIT);
+        self.early.retain(|_, (t, _)| *t > cutoff);
+        for mut a in drain_older(&mut self.awaiting, cutoff, |a| a.time_ns) {
+            a.seen_by_receiver = (now != u64::MAX).then_some(false);
+            out.push(a);
+        }
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.awaiting.len()
+    }
+}
+
+/// connect() refused (ECONNREFUSED, directly or through SO_ERROR) is a RST answering a
+/// SYN: nothing listened. Kernels before ~6.10 do not trace that send (tcp_v4_send_reset()
+/// with no socket), so the receiver's errno is the only witness there.
+fn refused_means_no_socket(a: &mut Attribution, ret: i64) {
+    if a.cause.kind() == CauseKind::Unknown && ret == -ECONNREFUSED {
+        a.cause = crate::model::Cause::NoSocket;
+    }
+}

@@ -1,0 +1,75 @@
+//! Where verdicts and loss reports go: JSON lines or text on stdout, through one buffer.
+use std::io::{self, BufWriter, Stdout, Write};
+
+use crate::{
+    model::Attribution,
+    report::{self, LostJson, Resolve, SCHEMA_VERSION},
+    timefmt::rfc3339_utc,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per line.
+    Json,
+    /// One human-readable line per reset, with its hint.
+    Text,
+}
+
+pub struct Output {
+    format: Format,
+    out: BufWriter<Stdout>,
+}
+
+impl Output {
+    pub fn stdout(format: Format) -> Self {
+        Self {
+            format,
+            out: BufWriter::with_capacity(64 * 1024, io::stdout()),
+        }
+    }
+
+    pub fn verdict(&mut self, verdict: &Attribution, resolve: &dyn Resolve) -> io::Result<()> {
+        let json = report::reset_json(verdict, resolve);
+        match self.format {
+            Format::Json => {
+                serde_json::to_writer(&mut self.out, &json)?;
+                self.out.write_all(b"\n")
+            }
+            Format::Text => writeln!(self.out, "{}", report::render_text(&json)),
+        }
+    }
+
+    /// Samples lost since the previous report (`lost`), since start (`total`), and
+    /// malformed ones skipped (`decode_errors`), at wall time `now_ns`.
+    pub fn lost(
+        &mut self,
+        now_ns: i128,
+        lost: u64,
+        total: u64,
+        decode_errors: u64,
+    ) -> io::Result<()> {
+        let json = LostJson {
+            schema_version: SCHEMA_VERSION,
+            event: "lost",
+            time: rfc3339_utc(now_ns),
+            count: lost,
+            total,
+            decode_errors: (decode_errors > 0).then_some(decode_errors),
+        };
+        match self.format {
+            Format::Json => {
+                serde_json::to_writer(&mut self.out, &json)?;
+                self.out.write_all(b"\n")
+            }
+            Format::Text => writeln!(
+                self.out,
+                "{} LOST {lost} kernel samples (ring buffer full; {total} since start); raise --buffer-size",
+                json.time
+            ),
+        }
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}

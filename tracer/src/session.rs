@@ -1,0 +1,435 @@
+//! One run of rsttrace: resolve the kernel's facts, attach, then the event loop — drain
+//! the ring buffer, decode, attribute, filter, render — until stopped, and detach.
+use std::{
+    collections::HashMap,
+    io,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+};
+
+use crate::{
+    attribute::Attributor,
+    cgroup::MemoryHierarchy,
+    decode::Decoder,
+    host::{is_root, local_addresses, monotonic_ns},
+    kernel::{short_reason_name, KernelFacts},
+    loader,
+    model::{Attribution, KernelEvent},
+    output::{Format, Output},
+    report::{MemcgInfo, Resolve},
+    timefmt::realtime_offset_ns,
+    unix::ListenerScanner,
+    watch::{self, Watch},
+};
+
+/// Why rsttrace could not run, by the exit status it deserves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Something failed while running.
+    Runtime,
+    /// The command line asks for something impossible (`--pid` of no process).
+    Usage,
+    /// This host cannot run rsttrace (not root, no tracefs, no BTF...).
+    Unsupported,
+}
+
+#[derive(Debug)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub error: anyhow::Error,
+}
+
+trait FailWith<T> {
+    fn fail_with(self, kind: FailureKind) -> Result<T, Failure>;
+}
+
+impl<T, E: Into<anyhow::Error>> FailWith<T> for Result<T, E> {
+    fn fail_with(self, kind: FailureKind) -> Result<T, Failure> {
+        self.map_err(|e| Failure {
+            kind,
+            error: e.into(),
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub pid_of: Vec<String>,
+    pub pid: Vec<u32>,
+    pub format: Format,
+    pub duration: Option<Duration>,
+    pub count: Option<u64>,
+    /// Ring buffer size in bytes.
+    pub buffer_bytes: u32,
+    pub no_syscall_hooks: bool,
+    pub debug_events: bool,
+    pub syscall_hooks: bool,
+    pub syscall_args_at_entry: bool,
+}
+
+/// Checks that rsttrace can run here and resolves this kernel's facts, with the options
+/// that change which hooks are used applied.
+pub fn prepare(opts: &Options) -> Result<KernelFacts, Failure> {
+    if !is_root() {
+        return Err(Failure {
+            kind: FailureKind::Unsupported,
+            error: anyhow::anyhow!(
+                "rsttrace reads tracefs and attaches eBPF programs to kernel tracepoints: \
+                 run it as root (sudo rsttrace ...)"
+            ),
+        });
+    }
+    let mut facts = KernelFacts::resolve().fail_with(FailureKind::Unsupported)?;
+    if opts.syscall_args_at_entry {
+        facts.config.regs_arg = [tracer_ebpf::NO_OFFSET; 4];
+    }
+    if opts.syscall_hooks {
+        facts.force_syscall_hooks();
+    }
+    if opts.no_syscall_hooks {
+        facts.drop_syscall_hooks();
+    }
+    Ok(facts)
+}
+
+/// Attaches, reports every reset until stopped, detaches.
+pub fn run(facts: &KernelFacts, opts: &Options, started: Instant) -> Result<(), Failure> {
+    let watch = watch_from(opts)?;
+    let (attached, events) =
+        loader::attach(facts, opts.buffer_bytes).fail_with(FailureKind::Runtime)?;
+    announce(facts, opts, &watch, &attached, started);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")
+        .fail_with(FailureKind::Runtime)?;
+    let mut session = Session::new(facts, opts, watch);
+    session.seed_listeners();
+    runtime
+        .block_on(event_loop(session, attached, events, opts))
+        .fail_with(FailureKind::Runtime)
+}
+
+fn watch_from(opts: &Options) -> Result<Watch, Failure> {
+    for pid in &opts.pid {
+        if !watch::pid_exists(*pid) {
+            return Err(Failure {
+                kind: FailureKind::Usage,
+                error: anyhow::anyhow!("--pid {pid}: no such process"),
+            });
+        }
+    }
+    let mut watch = Watch::new(opts.pid_of.clone(), opts.pid.iter().copied());
+    if !watch.is_everything() && !watch.names().is_empty() {
+        let found = watch::scan_proc(&watch);
+        if found.is_empty() {
+            eprintln!(
+                "rsttrace: warning: no process named {} yet; watching for it to start",
+                watch.names().join(", ")
+            );
+        }
+        for pid in found {
+            watch.add_pid(pid);
+        }
+    }
+    Ok(watch)
+}
+
+fn announce(
+    facts: &KernelFacts,
+    opts: &Options,
+    watch: &Watch,
+    attached: &loader::Attached,
+    started: Instant,
+) {
+    for state in facts
+        .hooks
+        .iter()
+        .filter(|s| s.status == crate::kernel::Status::Missing)
+    {
+        eprintln!(
+            "rsttrace: warning: {} is missing on this kernel: no {}",
+            state.hook.attach.name(),
+            state.hook.purpose
+        );
+    }
+    let scope = if watch.is_everything() {
+        "reporting every reset received on this host".to_string()
+    } else {
+        let mut parts: Vec<String> = opts.pid_of.iter().map(|n| format!("name {n}*")).collect();
+        parts.extend(opts.pid.iter().map(|p| format!("pid {p}")));
+        format!(
+            "watching {} process(es) matching {}",
+            watch.watched_pids(),
+            parts.join(", ")
+        )
+    };
+    eprintln!(
+        "rsttrace: attached {} hooks in {} ms (ready {} ms after start); {scope}",
+        attached.hooks,
+        attached.elapsed_ms,
+        started.elapsed().as_millis(),
+    );
+}
+
+/// Names and paths the renderer needs that the pure engine does not have.
+struct Resolver {
+    reasons: HashMap<u32, String>,
+    memory: Option<MemoryHierarchy>,
+    offset_ns: i128,
+}
+
+impl Resolve for Resolver {
+    fn reason_name(&self, reason: u32) -> Option<String> {
+        self.reasons
+            .get(&reason)
+            .map(|n| short_reason_name(n).to_string())
+    }
+    fn memcg(&self, memcg_id: u64) -> Option<MemcgInfo> {
+        self.memory.as_ref()?.describe(memcg_id)
+    }
+    fn wall_time_ns(&self, ktime_ns: u64) -> i128 {
+        i128::from(ktime_ns) + self.offset_ns
+    }
+}
+
+struct Session<'a> {
+    attributor: Attributor,
+    decoder: Decoder<'a>,
+    resolver: Resolver,
+    watch: Watch,
+    output: Output,
+    verdicts: Vec<Attribution>,
+    listener_scanner: Option<ListenerScanner>,
+    debug_events: bool,
+    reported: u64,
+    lost_reported: u64,
+    decode_errors: u64,
+    decode_errors_reported: u64,
+}
+
+impl<'a> Session<'a> {
+    fn new(facts: &'a KernelFacts, opts: &Options, watch: Watch) -> Self {
+        let mut attributor = Attributor::new(&facts.reset_reasons, local_addresses());
+        attributor.set_receiver_syscalls_traced(facts.traces_receiver_errors());
+        Self {
+            attributor,
+            decoder: Decoder::new(&facts.layouts),
+            resolver: Resolver {
+                reasons: facts.reset_reasons.clone(),
+                memory: MemoryHierarchy::locate(),
+                offset_ns: realtime_offset_ns(),
+            },
+            watch,
+            output: Output::stdout(opts.format),
+            verdicts: Vec::new(),
+            // Where listen() is not traced, new unix listeners are found by rescanning.
+            listener_scanner: (!facts.traces_listen()).then(ListenerScanner::default),
+            debug_events: opts.debug_events,
+            reported: 0,
+            lost_reported: 0,
+            decode_errors: 0,
+            decode_errors_reported: 0,
+        }
+    }
+
+    /// Listeners that predate us, so a listener-closed reset can name their owner; later
+    /// ones come from listen() or, where that is not traced, from rescans.
+    fn seed_listeners(&mut self) {
+        let initial = match self.listener_scanner.as_mut() {
+            Some(scanner) => scanner.scan_new(),
+            None => crate::unix::scan_listeners(),
+        };
+        for listen in initial {
+            if self.debug_events {
+                eprintln!("{listen:?}");
+            }
+            self.attributor
+                .observe(KernelEvent::UnixListen(listen), &mut self.verdicts);
+        }
+    }
+
+    fn handle(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let event = match self.decoder.decode(bytes) {
+            Ok(e) => e,
+            Err(err) => {
+                self.decode_errors += 1;
+                if self.decode_errors <= 5 {
+                    eprintln!("rsttrace: warning: skipped a malformed kernel sample: {err:#}");
+                }
+                return Ok(());
+            }
+        };
+        if let KernelEvent::Fork(f) = &event {
+            self.watch.on_fork(f);
+        }
+        if self.debug_events {
+            eprintln!("{event:?}");
+        }
+        let mut verdicts = std::mem::take(&mut self.verdicts);
+        self.attributor.observe(event, &mut verdicts);
+        let result = self.emit(&mut verdicts);
+        self.verdicts = verdicts;
+        result
+    }
+
+    /// Releases verdicts whose wait is over (see attribute::RECEIVE_WAIT, SEEN_WAIT).
+    fn expire(&mut self, now_ns: u64) -> io::Result<()> {
+        if self.attributor.waiting() == 0 {
+            return Ok(());
+        }
+        let mut verdicts = std::mem::take(&mut self.verdicts);
+        self.attributor.expire(now_ns, &mut verdicts);
+        let result = self.emit(&mut verdicts);
+        self.verdicts = verdicts;
+        result
+    }
+
+    fn emit(&mut self, verdicts: &mut Vec<Attribution>) -> io::Result<()> {
+        for verdict in verdicts.drain(..) {
+            if !self.watch.matches(verdict.receiver.as_ref())
+                && !self.watch.matches(verdict.peer.as_ref())
+            {
+                continue;
+            }
+            self.output.verdict(&verdict, &self.resolver)?;
+            self.reported += 1;
+        }
+        Ok(())
+    }
+
+    fn rescan_listeners(&mut self) {
+        let Some(scanner) = self.listener_scanner.as_mut() else {
+            return;
+        };
+        for listen in scanner.scan_new() {
+            self.attributor
+                .observe(KernelEvent::UnixListen(listen), &mut self.verdicts);
+        }
+    }
+
+    fn report_lost(&mut self, lost_total: u64) -> io::Result<()> {
+        let lost = lost_total.saturating_sub(self.lost_reported);
+        let decode = self.decode_errors - self.decode_errors_reported;
+        if lost == 0 && decode == 0 {
+            return Ok(());
+        }
+        self.lost_reported = lost_total;
+        self.decode_errors_reported = self.decode_errors;
+        let now = self.resolver.offset_ns + i128::from(monotonic_ns());
+        self.output.lost(now, lost, lost_total, decode)
+    }
+
+    fn count_reached(&self, count: Option<u64>) -> bool {
+        count.is_some_and(|c| self.reported >= c)
+    }
+}
+
+/// Why the loop ended normally.
+enum Stop {
+    Done,
+    PipeClosed,
+}
+
+async fn event_loop(
+    mut session: Session<'_>,
+    attached: loader::Attached,
+    events: aya::maps::RingBuf<aya::maps::MapData>,
+    opts: &Options,
+) -> Result<()> {
+    let count = opts.count;
+    // SAFETY: the ring buffer owns its fd and outlives the registration (both live in
+    // this AsyncFd until the loop ends).
+    let mut ring = unsafe { AsyncFd::register(events) }
+        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut expire_tick = tokio::time::interval(Duration::from_millis(10));
+    expire_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+
+    let stop = loop {
+        let result: io::Result<bool> = tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting on the ring buffer")?;
+                let r = drain(&mut session, guard.get_inner_mut(), count);
+                guard.clear_ready();
+                r
+            }
+            _ = tick.tick() => {
+                session.rescan_listeners();
+                session.report_lost(attached.lost_total()).map(|()| false)
+            }
+            // Samples are mostly submitted without waking us (see Config::ring_wakeup_bytes):
+            // drain on this tick, then release verdicts whose wait is over.
+            _ = expire_tick.tick() => drain(&mut session, ring.get_mut(), count).and_then(|done| {
+                session
+                    .expire(monotonic_ns())
+                    .map(|()| done || session.count_reached(count))
+            }),
+            _ = sigint.recv() => Ok(true),
+            _ = sigterm.recv() => Ok(true),
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => Ok(true),
+        };
+        match result.and_then(|done| session.output.flush().map(|()| done)) {
+            Ok(true) => break Stop::Done,
+            Ok(false) => {}
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => break Stop::PipeClosed,
+            Err(e) => return Err(e).context("writing to stdout"),
+        }
+    };
+    if let Stop::Done = stop {
+        finish(&mut session, ring.get_mut(), &attached)?;
+    }
+    Ok(())
+}
+
+/// Flushes what the kernel already queued, then the loss count; says goodbye.
+fn finish(
+    session: &mut Session<'_>,
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    attached: &loader::Attached,
+) -> Result<()> {
+    let flushed = drain(session, ring, None)
+        .and_then(|_| session.expire(u64::MAX))
+        .and_then(|()| session.report_lost(attached.lost_total()))
+        .and_then(|()| session.output.flush());
+    match flushed {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+        Err(e) => return Err(e).context("writing to stdout"),
+    }
+    eprintln!(
+        "rsttrace: detached; {} reset(s) reported, {} kernel sample(s) lost, {} malformed",
+        session.reported,
+        attached.lost_total(),
+        session.decode_errors
+    );
+    Ok(())
+}
+
+/// Reads every queued sample; true once --count is reached.
+fn drain(
+    session: &mut Session<'_>,
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    count: Option<u64>,
+) -> io::Result<bool> {
+    while let Some(item) = ring.next() {
+        session.handle(&item)?;
+        if session.count_reached(count) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
