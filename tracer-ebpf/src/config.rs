@@ -58,6 +58,12 @@ pub struct Config {
     pub unix_addr: u32,
     pub unix_address_len: u32,
     pub unix_address_name: u32,
+    /// sock.sk_socket: NULL once the socket is orphaned (closed by its process).
+    pub sock_socket: u32,
+    /// `protocol` in sock:sock_recv_length / sock_send_length.
+    pub sock_io_protocol: u32,
+    /// `skaddr` in tcp:tcp_destroy_sock.
+    pub destroy_skaddr: u32,
 }
 
 impl Config {
@@ -98,5 +104,8 @@ impl Config {
         unix_addr: NO_OFFSET,
         unix_address_len: NO_OFFSET,
         unix_address_name: NO_OFFSET,
+        sock_socket: NO_OFFSET,
+        sock_io_protocol: NO_OFFSET,
+        destroy_skaddr: NO_OFFSET,
     };
 }

@@ -132,6 +132,11 @@ pub struct ResetSent {
     pub record_len: u32,
     /// Who connected or accepted the sending socket (`tgid == 0`: unknown).
     pub owner: SockOwner,
+    /// 1 when the sending socket has no owning file any more (sock_orphan(): closed by
+    /// its process, reset later from a timer or an incoming segment), 0 otherwise or with
+    /// no socket.
+    pub orphan: u8,
+    pub _pad: [u8; 7],
     pub record: [u8; RESET_SENT_RECORD],
 }
 

@@ -31,16 +31,25 @@ pub struct PendingSyscall {
     pub optval: u64,
 }
 
-/// Who owns a TCP socket, recorded when a task connects or accepts it.
+/// Who owns a socket: the task that connected it, accepted it, or first read or wrote it.
+///
+/// Kept in a map keyed by the socket's address, which the slab reuses at once (TCP sockets
+/// are SLAB_TYPESAFE_BY_RCU): a TCP socket's record dies with it at tcp:tcp_destroy_sock;
+/// unix sockets have no such tracepoint, so their record carries the peer the socket was
+/// connected to when it was made: a record naming another peer belonged to an earlier
+/// socket at that address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SockOwner {
+    /// 0: the owner is not known yet (only the role is).
     pub tgid: u32,
     pub pid: u32,
     pub comm: [u8; TASK_COMM_LEN],
-    /// ktime of the socket's move to TCP_CLOSE, 0 while open. Kept for a short while after
-    /// close because tcp_close() moves to TCP_CLOSE *before* sending its reset.
-    pub closed_ns: u64,
+    /// unix_peer() of the socket when the record was made (unix sockets; 0 for TCP).
+    pub unix_peer: u64,
+    /// [`role`] of the socket in its connection.
+    pub role: u8,
+    pub _pad: [u8; 7],
 }
 
 impl SockOwner {
@@ -48,8 +57,19 @@ impl SockOwner {
         tgid: 0,
         pid: 0,
         comm: [0; TASK_COMM_LEN],
-        closed_ns: 0,
+        unix_peer: 0,
+        role: role::UNKNOWN,
+        _pad: [0; 7],
     };
+}
+
+/// Which end of its connection a socket is.
+pub mod role {
+    pub const UNKNOWN: u8 = 0;
+    /// It connected (the active opener): nginx's upstream connections.
+    pub const CLIENT: u8 = 1;
+    /// It was accepted from a listener: nginx's client connections, upstreams' sockets.
+    pub const SERVER: u8 = 2;
 }
 
 /// Signals whose default action terminates the process (signal(7)); only those are sent

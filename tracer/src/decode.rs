@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use anyhow::{anyhow, bail, Result};
 use tracer_ebpf::{
     event::{self, EventKind, Header},
-    SockOwner, AF_UNIX, PF_EXITING,
+    role, SockOwner, AF_UNIX, PF_EXITING,
 };
 
 use crate::{
@@ -16,7 +16,7 @@ use crate::{
         Layouts,
     },
     model::{
-        KernelEvent, OomVictim, ProcessExit, ProcessFork, ResetReceived, ResetSent,
+        KernelEvent, OomVictim, ProcessExit, ProcessFork, ResetReceived, ResetSent, Role,
         SignalGenerated, SocketError, Task, UnixListen, UnixPeer,
     },
 };
@@ -94,6 +94,7 @@ impl<'a> Decoder<'a> {
             sk: rec.u64("skaddr")?,
             reason: rec.opt_u64("reason").map(|r| r as u32),
             state: rec.opt_u64("state").map(|v| v as u32),
+            orphan: e.orphan != 0,
             src: rec.endpoint(true)?,
             dst: rec.endpoint(false)?,
         }))
@@ -105,6 +106,7 @@ impl<'a> Decoder<'a> {
             time_ns: e.header.ktime_ns,
             current: current_task(&e.header),
             owner: owner(&e.owner),
+            owner_role: role(&e.owner),
             sk: rec.u64("skaddr")?,
             local: rec.endpoint(true)?,
             remote: rec.endpoint(false)?,
@@ -191,6 +193,14 @@ fn unix_listen(e: &event::UnixListen) -> Result<KernelEvent> {
         owner: current_task(&e.header),
         path,
     }))
+}
+
+fn role(o: &SockOwner) -> Option<Role> {
+    match o.role {
+        role::CLIENT => Some(Role::Client),
+        role::SERVER => Some(Role::Server),
+        _ => None,
+    }
 }
 
 fn owner(o: &SockOwner) -> Option<Task> {
@@ -431,6 +441,8 @@ mod tests {
             task_flags: PF_EXITING,
             record_len: raw.len() as u32,
             owner: SockOwner::UNKNOWN,
+            orphan: 0,
+            _pad: [0; 7],
             record: [0; RESET_SENT_RECORD],
         };
         e.record[..raw.len()].copy_from_slice(raw);

@@ -289,6 +289,20 @@ pub static HOOKS: &[Hook] = &[
         },
     },
     Hook {
+        program: "tcp_destroy_sock",
+        attach: tracepoint("tcp", "tcp_destroy_sock"),
+        capability: Capability::SocketOwners,
+        tier: Tier::Always,
+        required: false,
+        purpose:
+            "forgetting a socket's owner when the kernel frees it (its address is reused at once)",
+        record: None,
+        configure: |f, c| {
+            c.destroy_skaddr = offset(f, "skaddr");
+            Ok(())
+        },
+    },
+    Hook {
         program: "sock_recv_length",
         attach: tracepoint("sock", "sock_recv_length"),
         capability: Capability::ReceiverErrors,
@@ -375,6 +389,7 @@ pub static HOOKS: &[Hook] = &[
 fn configure_socket_io(f: &RecordFormat, c: &mut Config) -> Result<(), Unfit> {
     c.sock_io_sk = offset(f, "sk");
     c.sock_io_family = offset(f, "family");
+    c.sock_io_protocol = offset(f, "protocol");
     c.sock_io_ret = offset(f, "ret");
     Ok(())
 }

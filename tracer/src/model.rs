@@ -9,6 +9,24 @@ pub struct Task {
     pub comm: String,
 }
 
+/// Which end of its connection a socket is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// It connected: nginx's upstream connections.
+    Client,
+    /// It was accepted from a listener: nginx's client connections, an upstream's socket.
+    Server,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Server => "server",
+        }
+    }
+}
+
 /// tcp:tcp_send_reset — this host sent a RST.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResetSent {
@@ -23,7 +41,10 @@ pub struct ResetSent {
     pub sk: u64,
     /// enum sk_rst_reason (kernels 6.10+).
     pub reason: Option<u32>,
+    /// The sending socket's TCP state when it sent (include/net/tcp_states.h).
     pub state: Option<u32>,
+    /// The sending socket was orphaned: its process had closed it already.
+    pub orphan: bool,
     /// The sender's end.
     pub src: SocketAddr,
     /// The end the RST goes to.
@@ -38,6 +59,8 @@ pub struct ResetReceived {
     pub current: Task,
     /// The process that connected or accepted the receiving socket.
     pub owner: Option<Task>,
+    /// Whether the receiving socket connected or was accepted, when rsttrace saw which.
+    pub owner_role: Option<Role>,
     pub sk: u64,
     pub local: SocketAddr,
     pub remote: SocketAddr,
@@ -190,7 +213,14 @@ pub enum Cause {
     Exit {
         exit_code: Option<i32>,
     },
-    Abort,
+    /// A live process aborted the connection: its owner closing it with unread data or
+    /// SO_LINGER 0, or another task destroying the socket (`ss -K`, bpf_sock_destroy).
+    Abort {
+        aborted_by: Option<Task>,
+    },
+    /// The peer had already closed the connection when the receiver's segment reached it
+    /// (TCP_ABORT_ON_DATA, TCP_TIMEWAIT_SOCKET): a stale connection was reused.
+    StaleConnection,
     NoSocket,
     Kernel,
     Network,
@@ -205,6 +235,7 @@ pub enum CauseKind {
     Crash,
     Exit,
     Abort,
+    StaleConnection,
     NoSocket,
     Kernel,
     Network,
@@ -212,12 +243,13 @@ pub enum CauseKind {
 }
 
 impl CauseKind {
-    pub const ALL: [CauseKind; 9] = [
+    pub const ALL: [CauseKind; 10] = [
         CauseKind::OomKill,
         CauseKind::Signal,
         CauseKind::Crash,
         CauseKind::Exit,
         CauseKind::Abort,
+        CauseKind::StaleConnection,
         CauseKind::NoSocket,
         CauseKind::Kernel,
         CauseKind::Network,
@@ -231,6 +263,7 @@ impl CauseKind {
             CauseKind::Crash => "crash",
             CauseKind::Exit => "exit",
             CauseKind::Abort => "abort",
+            CauseKind::StaleConnection => "stale_connection",
             CauseKind::NoSocket => "no_socket",
             CauseKind::Kernel => "kernel",
             CauseKind::Network => "network",
@@ -246,7 +279,8 @@ impl Cause {
             Cause::Signal { .. } => CauseKind::Signal,
             Cause::Crash { .. } => CauseKind::Crash,
             Cause::Exit { .. } => CauseKind::Exit,
-            Cause::Abort => CauseKind::Abort,
+            Cause::Abort { .. } => CauseKind::Abort,
+            Cause::StaleConnection => CauseKind::StaleConnection,
             Cause::NoSocket => CauseKind::NoSocket,
             Cause::Kernel => CauseKind::Kernel,
             Cause::Network => CauseKind::Network,
@@ -272,6 +306,14 @@ impl Cause {
     pub fn exit_code(&self) -> Option<i32> {
         match self {
             Cause::Signal { exit_code, .. } | Cause::Exit { exit_code } => *exit_code,
+            _ => None,
+        }
+    }
+
+    /// The task that destroyed another process's socket (`ss -K`).
+    pub fn aborted_by(&self) -> Option<&Task> {
+        match self {
+            Cause::Abort { aborted_by } => aborted_by.as_ref(),
             _ => None,
         }
     }
@@ -333,6 +375,9 @@ pub struct Attribution {
     /// process that owned the listener).
     pub listener_closed: bool,
     pub receiver: Option<Task>,
+    /// Whether the receiver connected (`Client`: a reset from its upstream) or accepted
+    /// (`Server`: from its client) the connection.
+    pub receiver_role: Option<Role>,
     pub peer: Option<Task>,
     /// sk_rst_reason value of the matching send, when the kernel has reasons.
     pub kernel_reason: Option<u32>,
@@ -360,6 +405,7 @@ impl Attribution {
             seen_by_receiver: None,
             listener_closed: false,
             receiver,
+            receiver_role: None,
             peer: None,
             kernel_reason: None,
             peer_exiting: false,

@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use tracer_ebpf::{
     event::{EventKind, Header},
-    Config, SockOwner, NO_OFFSET, TASK_COMM_LEN,
+    Config, SockOwner, AF_UNIX, NO_OFFSET, TASK_COMM_LEN,
 };
 
 /// Frozen into .rodata by the loader (EbpfLoader::override_global), so the verifier sees
@@ -34,12 +34,9 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// struct sock * -> the task that connected or accepted it.
+/// struct sock * -> who owns it (see SockOwner for how stale records are avoided).
 #[map]
 static SOCK_OWNERS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(65536, 0);
-
-/// How long an owner stays valid after its socket reached TCP_CLOSE (see SockOwner).
-const OWNER_GRACE_NS: u64 = 1_000_000_000;
 
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
@@ -50,12 +47,6 @@ fn config() -> Config {
     // SAFETY: CONFIG is a plain static; the volatile read stops the compiler from
     // folding the EMPTY initializer into the code.
     unsafe { core::ptr::read_volatile(&CONFIG) }
-}
-
-#[inline(always)]
-fn now_ns() -> u64 {
-    // SAFETY: no preconditions.
-    unsafe { bpf_ktime_get_ns() }
 }
 
 /// A field of a kernel struct at `base + offset` (offset from BTF), None when this kernel
@@ -83,32 +74,62 @@ fn current_task() -> u64 {
 }
 
 #[inline(always)]
-fn current_owner() -> SockOwner {
+fn current_owner(role: u8, unix_peer: u64) -> SockOwner {
     let pid_tgid = bpf_get_current_pid_tgid();
     SockOwner {
         tgid: (pid_tgid >> 32) as u32,
         pid: pid_tgid as u32,
         comm: bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
-        closed_ns: 0,
+        unix_peer,
+        role,
+        _pad: [0; 7],
     }
 }
 
-/// The recorded owner of `sk`, unless its socket closed more than OWNER_GRACE_NS ago.
+/// The recorded owner of `sk`.
 #[inline(always)]
-fn lookup_owner(sk: u64, now: u64) -> SockOwner {
+fn lookup_owner(sk: u64) -> SockOwner {
     if sk == 0 {
         return SockOwner::UNKNOWN;
     }
     // SAFETY: the value is copied out at once; a concurrent update can at worst give a
     // torn owner, which user space treats as evidence, not as a key.
-    match unsafe { SOCK_OWNERS.get(&sk) } {
-        Some(owner)
-            if owner.closed_ns == 0 || now.saturating_sub(owner.closed_ns) < OWNER_GRACE_NS =>
-        {
-            *owner
-        }
-        _ => SockOwner::UNKNOWN,
+    unsafe { SOCK_OWNERS.get(&sk) }
+        .copied()
+        .unwrap_or(SockOwner::UNKNOWN)
+}
+
+/// The recorded owner of the unix socket `peer`, whose other end is `sk`; a record made
+/// while `peer`'s address held another connection is stale (see SockOwner). The peer may
+/// be released already (unix_release_sock() clears its unix_peer), so the record, not the
+/// socket, says whom it was connected to.
+#[inline(always)]
+fn lookup_unix_peer_owner(peer: u64, sk: u64) -> SockOwner {
+    let owner = lookup_owner(peer);
+    if owner.unix_peer != sk {
+        return SockOwner::UNKNOWN;
     }
+    owner
+}
+
+/// Records current as the owner of `sk` unless a live record names one already, keeping
+/// the role a state change recorded.
+#[inline(always)]
+fn learn_owner(cfg: &Config, sk: u64, family: u16, role: u8) {
+    let unix_peer = if family == AF_UNIX {
+        // SAFETY: a read of a live socket's field.
+        unsafe { read_field::<u64>(sk, cfg.unix_peer) }.unwrap_or(0)
+    } else {
+        0
+    };
+    // SAFETY: the value is copied out at once.
+    let known = unsafe { SOCK_OWNERS.get(&sk) }.copied();
+    let role = match known {
+        Some(o) if o.tgid != 0 && o.unix_peer == unix_peer => return,
+        Some(o) if role == tracer_ebpf::role::UNKNOWN && o.unix_peer == unix_peer => o.role,
+        _ => role,
+    };
+    let _ = SOCK_OWNERS.insert(&sk, &current_owner(role, unix_peer), 0);
 }
 
 fn count_lost() {

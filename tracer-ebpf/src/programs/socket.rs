@@ -10,9 +10,12 @@ use tracer_ebpf::{
 };
 
 use super::{
-    config, copy_bytes, current_owner, emit, lookup_owner, now_ns, read_field, record_field,
-    SOCK_OWNERS,
+    config, copy_bytes, emit, learn_owner, lookup_unix_peer_owner, read_field, record_field,
 };
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
 
 /// The receiver's socket call failed with ECONNRESET (or ECONNREFUSED); for AF_UNIX the
 /// event also names the peer socket, its owner and the listener path it came through.
@@ -30,7 +33,7 @@ pub(super) fn emit_socket_error(cfg: &Config, sk: u64, family: u16, ret: i64, so
     // SAFETY: sk is the live socket of the failing call; the reads fault safely.
     let peer: u64 = unsafe { read_field(sk, cfg.unix_peer) }.unwrap_or(0);
     let address: u64 = unsafe { read_field(peer, cfg.unix_addr) }.unwrap_or(0);
-    let peer_owner = lookup_owner(peer, now_ns());
+    let peer_owner = lookup_unix_peer_owner(peer, sk);
     emit::<event::UnixReset>(cfg, EventKind::UnixReset, |e| unsafe {
         (*e).sock = sk;
         (*e).peer_sock = peer;
@@ -74,18 +77,24 @@ fn socket_io(ctx: &TracePointContext, source: u16) {
     if sk == 0 {
         return;
     }
-    if ret as i64 != -ECONNRESET {
-        // A socket doing I/O is open: an entry marked closed belonged to an earlier
-        // socket at this address, so replace it.
-        // SAFETY: the value is only tested.
-        let known = matches!(unsafe { SOCK_OWNERS.get(&sk) }, Some(o) if o.closed_ns == 0);
-        if !known {
-            let _ = SOCK_OWNERS.insert(&sk, &current_owner(), 0);
-        }
-        return;
-    }
     let family = record_field::<u16>(ctx, cfg.sock_io_family)
         .unwrap_or_else(|| unsafe { read_field(sk, cfg.sock_family) }.unwrap_or(0));
+    let stream = match family {
+        AF_UNIX => true,
+        AF_INET | AF_INET6 => {
+            record_field::<u16>(ctx, cfg.sock_io_protocol).unwrap_or(IPPROTO_TCP) == IPPROTO_TCP
+        }
+        _ => false,
+    };
+    if !stream {
+        return;
+    }
+    if ret as i64 != -ECONNRESET {
+        // Who uses a socket is learnt from its first read or write: accepted sockets are
+        // read by their process before anything else happens on them.
+        learn_owner(&cfg, sk, family, tracer_ebpf::role::UNKNOWN);
+        return;
+    }
     emit_socket_error(&cfg, sk, family, ret as i64, source);
 }
 

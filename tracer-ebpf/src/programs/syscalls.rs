@@ -14,9 +14,8 @@ use tracer_ebpf::{
 };
 
 use super::{
-    config, current_owner, current_task, emit, read_field, record_field,
+    config, current_task, emit, learn_owner, read_field, record_field,
     socket::{copy_unix_address, emit_socket_error},
-    SOCK_OWNERS,
 };
 
 /// fd of the socket syscall in flight, by thread: the exit record has only the result.
@@ -58,7 +57,9 @@ fn record_accepted(ctx: &TracePointContext) {
         return;
     };
     if let Some(sk) = fd_to_sock(&cfg, fd) {
-        let _ = SOCK_OWNERS.insert(&sk, &current_owner(), 0);
+        // SAFETY: sk is the live socket behind the fd.
+        let family: u16 = unsafe { read_field(sk, cfg.sock_family) }.unwrap_or(0);
+        learn_owner(&cfg, sk, family, tracer_ebpf::role::SERVER);
     }
 }
 

@@ -100,7 +100,7 @@ impl Attributor {
             KernelEvent::OomVictim(o) => self.deaths.on_oom_victim(o),
             KernelEvent::Fork(_) => {}
             KernelEvent::SocketError(e) => match (e.family, &e.unix) {
-                (AF_INET | AF_INET6, _) => self.seen.on_error(&e, out),
+                (AF_INET | AF_INET6, _) => self.seen.on_error(e, out),
                 (_, Some(peer)) => out.push(self.unix.attribute(&e, peer, &self.deaths)),
                 _ => {}
             },

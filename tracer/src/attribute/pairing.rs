@@ -13,7 +13,7 @@ use std::{
 
 use crate::{
     kernel::short_reason_name,
-    model::{Attribution, Cause, ResetReceived, ResetSent, Transport},
+    model::{Attribution, Cause, ResetReceived, ResetSent, Task, Transport},
 };
 
 use super::{deaths::Deaths, drain_older, MAX_PENDING, SECOND};
@@ -24,14 +24,26 @@ const SEND_TTL: u64 = 5 * SECOND;
 /// the send follows within microseconds.
 pub const RECEIVE_WAIT: u64 = 20_000_000;
 
-/// What a kernel reset reason says about who decided to reset.
+/// What a kernel reset reason says about who decided to reset (enum sk_rst_reason,
+/// include/net/rstreason.h).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ReasonClass {
     /// A segment matched no socket.
     NoSocket,
-    /// A process closed, disconnected or lingered-0 its socket (or died doing so).
-    ProcessClose,
-    /// The TCP stack itself (memory, timers, PAWS, bad ACKs, TIME_WAIT...).
+    /// A process closed its socket with unread data, or lingered-0 it, or died doing so.
+    OwnerClose,
+    /// TCP_STATE: tcp_disconnect() in a closer's close() (state CLOSE), tcp_abort() run by
+    /// any task (`ss -K`, bpf_sock_destroy: the state is still ESTABLISHED...), or the
+    /// FIN_WAIT2 timer of an orphan. The send's state tells which.
+    State,
+    /// The peer had closed its end already when the receiver's segment arrived
+    /// (TCP_ABORT_ON_DATA, TCP_TIMEWAIT_SOCKET): sent while processing that segment, so
+    /// `current` is whoever ran the softirq (on loopback the segment's sender).
+    Stale,
+    /// Sent while processing an incoming segment the stack rejected (PAWS, bad ACK or
+    /// flags): `current` is not the sender either.
+    BadSegment,
+    /// The TCP stack itself (memory, keepalive timeout...).
     Kernel,
 }
 
@@ -41,9 +53,92 @@ fn classify_reason(name: &str) -> ReasonClass {
         "NOT_SPECIFIED"
         | "TCP_ABORT_ON_CLOSE"
         | "TCP_ABORT_ON_LINGER"
-        | "TCP_ABORT_ON_DATA"
-        | "TCP_DISCONNECT_WITH_DATA" => ReasonClass::ProcessClose,
+        | "TCP_DISCONNECT_WITH_DATA" => ReasonClass::OwnerClose,
+        "TCP_STATE" => ReasonClass::State,
+        "TCP_ABORT_ON_DATA" | "TCP_TIMEWAIT_SOCKET" => ReasonClass::Stale,
+        "TCP_INVALID_ACK_SEQUENCE"
+        | "TCP_RFC7323_PAWS"
+        | "TCP_TOO_OLD_ACK"
+        | "TCP_ACK_UNSENT_DATA"
+        | "TCP_FLAGS"
+        | "TCP_OLD_ACK"
+        | "INVALID_SYN" => ReasonClass::BadSegment,
         _ => ReasonClass::Kernel,
+    }
+}
+
+/// TCP states (include/net/tcp_states.h) a TCP_STATE reset is told apart by.
+const TCP_FIN_WAIT2: u32 = 5;
+const TCP_CLOSE: u32 = 7;
+
+/// Who sent a reset, as the send's evidence tells.
+struct Sender {
+    peer: Option<Task>,
+    exiting: bool,
+    /// Another task destroyed the peer's socket (tcp_abort()).
+    aborted_by: Option<Task>,
+}
+
+/// Who sent it: a dying task closes its own sockets in do_exit(); a closer's close() runs
+/// in the closer; but resets sent while processing an incoming segment, or from a timer,
+/// run in whatever task the softirq interrupted, so only the socket's owner can say.
+fn sender(send: &ResetSent, class: Option<ReasonClass>) -> Sender {
+    let owner_or_nobody = || Sender {
+        peer: send.owner.clone(),
+        exiting: false,
+        aborted_by: None,
+    };
+    if matches!(class, Some(ReasonClass::Stale | ReasonClass::BadSegment)) {
+        return owner_or_nobody();
+    }
+    if send.current_exiting {
+        // Closing its files in do_exit(): the socket is the dying task's, whatever a
+        // (possibly stale) owner record says.
+        return Sender {
+            peer: Some(send.current.clone()),
+            exiting: true,
+            aborted_by: None,
+        };
+    }
+    match class {
+        Some(ReasonClass::State) => match send.state {
+            Some(TCP_CLOSE) => Sender {
+                peer: send.owner.clone().or_else(|| Some(send.current.clone())),
+                exiting: false,
+                aborted_by: None,
+            },
+            Some(TCP_FIN_WAIT2) if send.orphan => owner_or_nobody(),
+            // tcp_abort(): the socket was destroyed, by its owner or by another task.
+            _ => Sender {
+                aborted_by: (send.owner.as_ref().map(|o| o.pid) != Some(send.current.pid))
+                    .then(|| send.current.clone()),
+                ..owner_or_nobody()
+            },
+        },
+        Some(ReasonClass::Kernel) => owner_or_nobody(),
+        _ => Sender {
+            peer: send.owner.clone().or_else(|| Some(send.current.clone())),
+            exiting: false,
+            aborted_by: None,
+        },
+    }
+}
+
+/// The cause when no death explains the send.
+fn live_cause(send: &ResetSent, class: Option<ReasonClass>, who: Sender) -> Cause {
+    match class {
+        Some(ReasonClass::Stale) => Cause::StaleConnection,
+        Some(ReasonClass::Kernel | ReasonClass::BadSegment) => Cause::Kernel,
+        Some(ReasonClass::State) if send.state == Some(TCP_FIN_WAIT2) && send.orphan => {
+            Cause::Kernel
+        }
+        Some(_) => Cause::Abort {
+            aborted_by: who.aborted_by,
+        },
+        // No reasons on this kernel: a live process on the CPU with its own socket
+        // aborted; anything else came from the stack.
+        None if who.peer.is_some() => Cause::Abort { aborted_by: None },
+        None => Cause::Kernel,
     }
 }
 
@@ -122,6 +217,7 @@ impl Pairing {
             r.sk,
             r.owner.clone(),
         );
+        out.receiver_role = r.owner_role;
         let Some(send) = self.sends.remove(&(canon(r.remote), canon(r.local))) else {
             out.cause = if self.is_local(r.remote.ip()) {
                 // A local sender whose send we did not see (hook missing, or the send was
@@ -140,43 +236,22 @@ impl Pairing {
             out.cause = Cause::NoSocket;
             return out;
         }
-
-        // Who sent it: a dying task closes its own sockets in do_exit(); otherwise the
-        // socket's owner, else the task in whose close() the reset was sent.
-        let peer = if send.current_exiting {
-            // Closing its files in do_exit(): the socket is the dying task's, whatever a
-            // (possibly stale) owner record says.
-            Some(send.current.clone())
-        } else if send.owner.is_some() {
-            send.owner.clone()
-        } else if class != Some(ReasonClass::Kernel) {
-            Some(send.current.clone())
-        } else {
-            None
-        };
-        out.peer_exiting = send.current_exiting;
-        out.peer = peer.clone();
-
-        if let Some(peer) = &peer {
-            if let Some(exit) = deaths.death_behind_send(peer.pid, send.time_ns, out.peer_exiting) {
+        let who = sender(&send, class);
+        out.peer_exiting = who.exiting;
+        out.peer = who.peer.clone();
+        if let Some(peer) = &who.peer {
+            if let Some(exit) = deaths.death_behind_send(peer.pid, send.time_ns, who.exiting) {
                 out.cause = deaths.explain(exit);
                 return out;
             }
-            if out.peer_exiting {
+            if who.exiting {
                 // In do_exit() but its exit record was not seen (lost, or rsttrace started
                 // in between): an exit, code unknown.
                 out.cause = Cause::Exit { exit_code: None };
                 return out;
             }
         }
-        out.cause = match class {
-            Some(ReasonClass::Kernel) => Cause::Kernel,
-            Some(_) => Cause::Abort,
-            // No reasons on this kernel: a live process on the CPU with its own socket
-            // aborted; anything else came from the stack.
-            None if peer.is_some() => Cause::Abort,
-            None => Cause::Kernel,
-        };
+        out.cause = live_cause(&send, class, who);
         out
     }
 

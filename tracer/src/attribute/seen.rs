@@ -20,9 +20,8 @@ pub struct SeenGate {
     traced: bool,
     /// TCP verdicts waiting to learn whether their receiver saw the reset, by receiving sock.
     awaiting: HashMap<u64, Attribution>,
-    /// Receiving socks whose call already failed (time, -errno), before their verdict
-    /// was complete.
-    early: HashMap<u64, (u64, i64)>,
+    /// Receiving socks whose call already failed, before their verdict was complete.
+    early: HashMap<u64, SocketError>,
 }
 
 impl Default for SeenGate {
@@ -47,11 +46,12 @@ impl SeenGate {
             out.push(a);
             return;
         }
-        if let Some((_, ret)) = self.early.remove(&a.receiver_sock) {
-            a.seen_by_receiver = Some(true);
-            refused_means_no_socket(&mut a, ret);
-            out.push(a);
-            return;
+        if let Some(e) = self.early.remove(&a.receiver_sock) {
+            if same_owner(&a, &e) {
+                seen(&mut a, &e);
+                out.push(a);
+                return;
+            }
         }
         if a.receiver_sock == 0 {
             a.seen_by_receiver = Some(false);
@@ -72,13 +72,15 @@ impl SeenGate {
     }
 
     /// A TCP call of a receiver failed with ECONNRESET or ECONNREFUSED.
-    pub fn on_error(&mut self, e: &SocketError, out: &mut Vec<Attribution>) {
-        if let Some(mut a) = self.awaiting.remove(&e.sock) {
-            a.seen_by_receiver = Some(true);
-            refused_means_no_socket(&mut a, e.ret);
-            out.push(a);
+    pub fn on_error(&mut self, e: SocketError, out: &mut Vec<Attribution>) {
+        let same_socket = |a: &Attribution| same_owner(a, &e);
+        if self.awaiting.get(&e.sock).is_some_and(same_socket) {
+            if let Some(mut a) = self.awaiting.remove(&e.sock) {
+                seen(&mut a, &e);
+                out.push(a);
+            }
         } else if self.early.len() < MAX_PENDING {
-            self.early.insert(e.sock, (e.time_ns, e.ret));
+            self.early.insert(e.sock, e);
         }
     }
 
@@ -86,7 +88,7 @@ impl SeenGate {
     /// `u64::MAX` releases all as not known (at exit).
     pub fn expire(&mut self, now: u64, out: &mut Vec<Attribution>) {
         let cutoff = now.saturating_sub(SEEN_WAIT);
-        self.early.retain(|_, (t, _)| *t > cutoff);
+        self.early.retain(|_, e| e.time_ns > cutoff);
         for mut a in drain_older(&mut self.awaiting, cutoff, |a| a.time_ns) {
             a.seen_by_receiver = (now != u64::MAX).then_some(false);
             out.push(a);
@@ -98,11 +100,25 @@ impl SeenGate {
     }
 }
 
-/// connect() refused (ECONNREFUSED, directly or through SO_ERROR) is a RST answering a
-/// SYN: nothing listened. Kernels before ~6.10 do not trace that send (tcp_v4_send_reset()
-/// with no socket), so the receiver's errno is the only witness there.
-fn refused_means_no_socket(a: &mut Attribution, ret: i64) {
-    if a.cause.kind() == CauseKind::Unknown && ret == -ECONNREFUSED {
+/// Socket addresses are reused at once (SLAB_TYPESAFE_BY_RCU): a failing call of another
+/// process at the same address is on another socket, not the one the verdict's reset hit.
+fn same_owner(a: &Attribution, e: &SocketError) -> bool {
+    a.receiver.as_ref().is_none_or(|r| r.pid == e.receiver.pid)
+}
+
+/// The receiver's call `e` failed on the socket the verdict's reset hit.
+fn seen(a: &mut Attribution, e: &SocketError) {
+    a.seen_by_receiver = Some(true);
+    // The task whose call failed owns the socket: it names a receiver whose connect or
+    // accept rsttrace did not see (a connection older than rsttrace, a keepalive timeout's
+    // other end that never read before).
+    if a.receiver.is_none() {
+        a.receiver = Some(e.receiver.clone());
+    }
+    // connect() refused (ECONNREFUSED, directly or through SO_ERROR) is a RST answering a
+    // SYN: nothing listened. Kernels before ~6.10 do not trace that send
+    // (tcp_v4_send_reset() with no socket), so the receiver's errno is the only witness.
+    if a.cause.kind() == CauseKind::Unknown && e.ret == -ECONNREFUSED {
         a.cause = crate::model::Cause::NoSocket;
     }
 }

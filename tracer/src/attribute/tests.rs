@@ -27,9 +27,12 @@ fn reasons() -> HashMap<u32, String> {
         (0, "SK_RST_REASON_NOT_SPECIFIED"),
         (1, "SK_RST_REASON_NO_SOCKET"),
         (3, "SK_RST_REASON_TCP_RFC7323_PAWS"),
+        (8, "SK_RST_REASON_TCP_ABORT_ON_DATA"),
+        (9, "SK_RST_REASON_TCP_TIMEWAIT_SOCKET"),
         (11, "SK_RST_REASON_TCP_ABORT_ON_CLOSE"),
         (12, "SK_RST_REASON_TCP_ABORT_ON_LINGER"),
         (13, "SK_RST_REASON_TCP_ABORT_ON_MEMORY"),
+        (14, "SK_RST_REASON_TCP_STATE"),
         (15, "SK_RST_REASON_TCP_KEEPALIVE_TIMEOUT"),
     ]
     .into_iter()
@@ -65,6 +68,7 @@ fn received(t: u64) -> KernelEvent {
         // on loopback the receive runs in the sender's context
         current: worker(),
         owner: Some(nginx()),
+        owner_role: None,
         sk: 0xa,
         local: addr(NGINX_END),
         remote: addr(UPSTREAM_END),
@@ -81,6 +85,7 @@ fn sent(t: u64, current: Task, exiting: bool, reason: Option<u32>) -> KernelEven
         sk: 0xb,
         reason,
         state: Some(7),
+        orphan: false,
         src: addr(UPSTREAM_END),
         dst: addr(NGINX_END),
     })
@@ -290,6 +295,7 @@ fn closed_port_is_no_socket_send_first() {
             sk: 0,
             reason: Some(1),
             state: None,
+            orphan: false,
             src: addr(UPSTREAM_END),
             dst: addr(NGINX_END),
         }),
@@ -342,6 +348,7 @@ fn reset_from_a_remote_host_is_the_network() {
         time_ns: 1,
         current: task(0, "swapper/0"),
         owner: Some(nginx()),
+        owner_role: None,
         sk: 0xa,
         local: addr("10.0.0.1:43210"),
         remote: addr("192.0.2.7:443"),
@@ -523,6 +530,7 @@ fn v4_mapped_endpoints_match_their_ipv4_form() {
             time_ns: 300,
             current: worker(),
             owner: Some(nginx()),
+            owner_role: None,
             sk: 0xa,
             local: addr("[::ffff:127.0.0.1]:43210"),
             remote: addr("[::ffff:127.0.0.1]:9000"),
@@ -548,6 +556,7 @@ fn kernels_without_reasons_infer_from_the_task() {
             time_ns: 400,
             current: task(5000, "gunicorn"),
             owner: Some(nginx()),
+            owner_role: None,
             sk: 0xc,
             local: addr("127.0.0.1:43211"),
             remote: addr("127.0.0.1:8000"),
@@ -561,6 +570,7 @@ fn kernels_without_reasons_infer_from_the_task() {
             sk: 0xd,
             reason: None,
             state: Some(7),
+            orphan: false,
             src: addr("127.0.0.1:8000"),
             dst: addr("127.0.0.1:43211"),
         }),
@@ -586,6 +596,7 @@ fn a_million_resets_keep_state_bounded() {
                 time_ns: t,
                 current: worker(),
                 owner: Some(nginx()),
+                owner_role: None,
                 sk: i,
                 local: nginx_end,
                 remote: addr(UPSTREAM_END),
@@ -602,6 +613,7 @@ fn a_million_resets_keep_state_bounded() {
                 sk: i,
                 reason: Some(ABORT_ON_CLOSE),
                 state: Some(7),
+                orphan: false,
                 src: addr(UPSTREAM_END),
                 dst: nginx_end,
             }),
@@ -626,4 +638,242 @@ fn a_million_resets_keep_state_bounded() {
         "state {}",
         engine.state_len()
     );
+}
+
+// --- Resets whose sender is not `current`, TCP_STATE split by the send's state, which end
+// the receiver is (see ../shared/KERNEL-NOTES.md "SO_LINGER 0 without unread data").
+
+const TCP_STATE: u32 = 14;
+const ABORT_ON_DATA: u32 = 8;
+const TIMEWAIT_SOCKET: u32 = 9;
+const ESTABLISHED: u32 = 1;
+const FIN_WAIT2: u32 = 5;
+const CLOSE: u32 = 7;
+
+/// A send with its owner record, state and orphan flag spelled out.
+fn sent_by(
+    t: u64,
+    current: Task,
+    owner: Option<Task>,
+    reason: u32,
+    state: u32,
+    orphan: bool,
+) -> KernelEvent {
+    KernelEvent::ResetSent(ResetSent {
+        time_ns: t,
+        current,
+        current_exiting: false,
+        owner,
+        sk: 0xb,
+        reason: Some(reason),
+        state: Some(state),
+        orphan,
+        src: addr(UPSTREAM_END),
+        dst: addr(NGINX_END),
+    })
+}
+
+#[test]
+fn linger_0_close_after_reading_everything_is_an_abort_by_the_owner() {
+    // tcp_close() -> tcp_disconnect(): TCP_STATE sent in the closer's close(), state CLOSE.
+    let a = only(vec![
+        received(300),
+        sent_by(301, worker(), Some(worker()), TCP_STATE, CLOSE, false),
+    ]);
+    assert_eq!(a.cause.kind(), CauseKind::Abort);
+    assert_eq!(a.peer, Some(worker()));
+    assert!(a.cause.aborted_by().is_none());
+    assert_eq!(a.kernel_reason, Some(TCP_STATE));
+}
+
+#[test]
+fn ss_kill_names_the_socket_owner_and_the_task_that_destroyed_it() {
+    // tcp_abort() from `ss -K`: TCP_STATE while still ESTABLISHED, in ss's context.
+    let ss = task(4100, "ss");
+    let a = only(vec![
+        sent_by(
+            299,
+            ss.clone(),
+            Some(worker()),
+            TCP_STATE,
+            ESTABLISHED,
+            false,
+        ),
+        received(300),
+    ]);
+    assert_eq!(a.cause.kind(), CauseKind::Abort);
+    assert_eq!(a.peer, Some(worker()));
+    assert_eq!(a.cause.aborted_by(), Some(&ss));
+}
+
+#[test]
+fn fin_wait2_expiry_is_the_kernel_not_the_task_on_the_cpu() {
+    let a = only(vec![
+        sent_by(
+            299,
+            task(0, "swapper/1"),
+            Some(worker()),
+            TCP_STATE,
+            FIN_WAIT2,
+            true,
+        ),
+        received(300),
+    ]);
+    assert_eq!(a.cause.kind(), CauseKind::Kernel);
+    assert_eq!(
+        a.peer,
+        Some(worker()),
+        "the orphan's former owner, never current"
+    );
+}
+
+#[test]
+fn data_on_a_connection_the_upstream_closed_is_stale_and_never_blames_the_sender_of_the_data() {
+    // tcp_rcv_state_process(): data reaching an orphan in FIN_WAIT2 -> TCP_ABORT_ON_DATA,
+    // sent in the softirq of the data's sender: nginx itself on loopback.
+    let a = only(vec![
+        sent_by(299, nginx(), Some(worker()), ABORT_ON_DATA, FIN_WAIT2, true),
+        received(300),
+    ]);
+    assert_eq!(a.cause.kind(), CauseKind::StaleConnection);
+    assert_eq!(a.peer, Some(worker()));
+}
+
+#[test]
+fn stale_connection_with_no_owner_record_names_no_peer_rather_than_current() {
+    let a = only(vec![
+        sent_by(299, nginx(), None, ABORT_ON_DATA, FIN_WAIT2, true),
+        received(300),
+    ]);
+    assert_eq!(a.cause.kind(), CauseKind::StaleConnection);
+    assert_eq!(a.peer, None, "not nginx, whose data it was");
+}
+
+#[test]
+fn a_segment_to_a_time_wait_socket_is_stale_too() {
+    let a = only(vec![
+        sent_by(299, nginx(), None, TIMEWAIT_SOCKET, ESTABLISHED, false),
+        received(300),
+    ]);
+    assert_eq!(a.cause.kind(), CauseKind::StaleConnection);
+    assert!(a.peer.is_none());
+}
+
+#[test]
+fn stale_connection_after_the_worker_exited_is_that_exit() {
+    // The worker exited (its sockets closed with a FIN); nginx reused the connection.
+    let a = only(vec![
+        exit(100, 0),
+        sent_by(299, nginx(), Some(worker()), ABORT_ON_DATA, FIN_WAIT2, true),
+        received(300),
+    ]);
+    assert_eq!(a.cause.kind(), CauseKind::Exit);
+    assert_eq!(a.peer, Some(worker()));
+}
+
+#[test]
+fn a_client_of_nginx_aborting_is_said_to_be_a_client() {
+    // nginx accepted this connection: the reset comes from its client, not an upstream.
+    let client = task(5100, "curl");
+    let a = only(vec![
+        KernelEvent::ResetReceived(ResetReceived {
+            time_ns: 300,
+            current: client.clone(),
+            owner: Some(nginx()),
+            owner_role: Some(crate::model::Role::Server),
+            sk: 0xa,
+            local: addr(UPSTREAM_END),
+            remote: addr(NGINX_END),
+            sock_cookie: None,
+        }),
+        KernelEvent::ResetSent(ResetSent {
+            time_ns: 301,
+            current: client.clone(),
+            current_exiting: false,
+            owner: Some(client.clone()),
+            sk: 0xb,
+            reason: Some(TCP_STATE),
+            state: Some(CLOSE),
+            orphan: false,
+            src: addr(NGINX_END),
+            dst: addr(UPSTREAM_END),
+        }),
+    ]);
+    assert_eq!(a.cause.kind(), CauseKind::Abort);
+    assert_eq!(a.peer, Some(client));
+    assert_eq!(a.receiver_role, Some(crate::model::Role::Server));
+}
+
+#[test]
+fn a_receiver_nobody_saw_connect_is_named_by_its_failing_call() {
+    // Keepalive timeout: the timed-out end resets from a timer; the other end's owner was
+    // never seen connecting or accepting, but its recv() fails with ECONNRESET.
+    let server = task(6100, "python3");
+    let mut engine = Attributor::new(&reasons(), HashSet::new());
+    let mut out = Vec::new();
+    for e in [
+        sent_by(299, task(0, "swapper/0"), None, 15, ESTABLISHED, false),
+        KernelEvent::ResetReceived(ResetReceived {
+            time_ns: 300,
+            current: task(0, "swapper/0"),
+            owner: None,
+            owner_role: None,
+            sk: 0xa,
+            local: addr(NGINX_END),
+            remote: addr(UPSTREAM_END),
+            sock_cookie: None,
+        }),
+        KernelEvent::SocketError(SocketError {
+            time_ns: 5_000,
+            receiver: server.clone(),
+            sock: 0xa,
+            family: 2,
+            ret: -104,
+            unix: None,
+        }),
+    ] {
+        engine.observe(e, &mut out);
+    }
+    golden::check(&out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].cause.kind(), CauseKind::Kernel);
+    assert_eq!(out[0].receiver, Some(server));
+    assert_eq!(out[0].seen_by_receiver, Some(true));
+}
+
+#[test]
+fn an_error_of_another_process_on_a_reused_socket_address_is_not_the_receivers() {
+    // nginx's socket 0xa got the reset; before nginx looked, the address was reused by a
+    // socket of another process whose call failed: that says nothing about nginx.
+    let mut engine = Attributor::new(&reasons(), HashSet::new());
+    let mut out = Vec::new();
+    for e in [
+        received(300),
+        sent(301, worker(), false, Some(ABORT_ON_CLOSE)),
+        KernelEvent::SocketError(SocketError {
+            time_ns: 400,
+            receiver: task(7100, "other"),
+            sock: 0xa,
+            family: 2,
+            ret: -104,
+            unix: None,
+        }),
+    ] {
+        engine.observe(e, &mut out);
+    }
+    assert!(out.is_empty(), "still waiting for nginx: {out:?}");
+    engine.expire(301 + SEEN_WAIT + 1, &mut out);
+    golden::check(&out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].seen_by_receiver, Some(false));
+    assert_eq!(out[0].receiver, Some(nginx()));
+}
+
+#[test]
+fn tcp_memory_pressure_is_the_kernel() {
+    let a = only(vec![
+        received(300),
+        sent_by(301, worker(), Some(worker()), 13, CLOSE, false),
+    ]);
+    assert_eq!(a.cause.kind(), CauseKind::Kernel);
 }

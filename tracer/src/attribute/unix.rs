@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::model::{
-    Attribution, Cause, SignalEvidence, SocketError, Task, Transport, UnixListen, UnixPeer,
+    Attribution, Cause, Role, SignalEvidence, SocketError, Task, Transport, UnixListen, UnixPeer,
 };
 
 use super::deaths::Deaths;
@@ -39,6 +39,13 @@ impl UnixResets {
         );
         // For unix sockets the receiver's failed call is the reset itself.
         out.seen_by_receiver = Some(true);
+        // An accepted unix socket carries its listener's address (unix_stream_connect(),
+        // net/unix/af_unix.c); a connecting one has none unless it bound one itself.
+        out.receiver_role = Some(if peer.path.is_some() {
+            Role::Client
+        } else {
+            Role::Server
+        });
         if let Some(owner) = &peer.owner {
             out.peer = Some(owner.clone());
             match deaths.recent_death(owner.pid, e.time_ns) {
@@ -46,7 +53,7 @@ impl UnixResets {
                     out.peer_exiting = true;
                     out.cause = deaths.explain(exit);
                 }
-                None => out.cause = Cause::Abort,
+                None => out.cause = Cause::Abort { aborted_by: None },
             }
             return out;
         }

@@ -80,6 +80,7 @@ const STRUCT_OFFSETS: &[(&str, OffsetSlot)] = &[
     ("unix_sock.addr", |c| &mut c.unix_addr),
     ("unix_address.len", |c| &mut c.unix_address_len),
     ("unix_address.name", |c| &mut c.unix_address_name),
+    ("sock.sk_socket", |c| &mut c.sock_socket),
 ];
 
 impl KernelFacts {

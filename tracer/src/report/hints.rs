@@ -1,20 +1,40 @@
 //! One sentence per verdict: what to look at or change. Hints live with rendering, not in
 //! the engine: they are words for the operator, chosen from the verdict's evidence.
-use crate::model::{Attribution, Cause};
+use crate::model::{Attribution, Cause, Role, Task};
 
 use super::OomJson;
 
+fn who(t: &Task) -> String {
+    format!("{} (pid {})", t.comm, t.pid)
+}
+
 pub fn hint(a: &Attribution, oom: Option<&OomJson>, reason: Option<&str>) -> String {
     if a.listener_closed {
-        let who = a.peer.as_ref().map_or_else(
-            || "its owner".to_string(),
-            |p| format!("{} (pid {})", p.comm, p.pid),
-        );
+        let owner = a.peer.as_ref().map_or_else(|| "its owner".to_string(), who);
         return format!(
-            "The upstream's listening socket was closed with this connection still queued in its backlog: {who} stopped or restarted ({}); reload gracefully (php-fpm: SIGUSR2) or drain before stopping.",
+            "The upstream's listening socket was closed with this connection still queued in its backlog: {owner} stopped or restarted ({}); reload gracefully (php-fpm: SIGUSR2) or drain before stopping.",
             a.cause.as_str()
         );
     }
+    let peers_doing = matches!(
+        a.cause,
+        Cause::OomKill { .. }
+            | Cause::Signal { .. }
+            | Cause::Crash { .. }
+            | Cause::Exit { .. }
+            | Cause::Abort { aborted_by: None }
+            | Cause::StaleConnection
+            | Cause::NoSocket
+    );
+    if peers_doing && a.receiver_role == Some(Role::Server) {
+        return client_hint(a);
+    }
+    upstream_hint(a, oom, reason)
+}
+
+/// The receiver connected, or which end it is is not known: the peer is taken for its
+/// upstream (nginx's 502s).
+fn upstream_hint(a: &Attribution, oom: Option<&OomJson>, reason: Option<&str>) -> String {
     match &a.cause {
         Cause::OomKill { .. } => match oom {
             Some(OomJson {
@@ -26,27 +46,69 @@ pub fn hint(a: &Attribution, oom: Option<&OomJson>, reason: Option<&str>) -> Str
             ),
             _ => "The upstream worker was OOM-killed by the global OOM killer: the host ran out of memory; see dmesg and reduce memory use or add memory.".into(),
         },
-        Cause::Signal { signal, .. } => {
-            let who = signal
-                .sender
-                .as_ref()
-                .map(|s| format!("{} (pid {})", s.comm, s.pid));
-            match who {
-                Some(who) => format!(
-                    "The upstream worker was killed mid-request by {who}: if that is the process manager, a timeout fired (php-fpm request_terminate_timeout, gunicorn --timeout); otherwise check what runs it (deploys, admins, watchdogs)."
-                ),
-                None => "The upstream worker was killed by a signal rsttrace did not see being sent (it was sent before rsttrace started).".into(),
-            }
-        }
+        Cause::Signal { signal, .. } => match &signal.sender {
+            Some(sender) => format!(
+                "The upstream worker was killed mid-request by {}: if that is the process manager, a timeout fired (php-fpm request_terminate_timeout, gunicorn --timeout); otherwise check what runs it (deploys, admins, watchdogs).",
+                who(sender)
+            ),
+            None => "The upstream worker was killed by a signal rsttrace did not see being sent (it was sent before rsttrace started).".into(),
+        },
         Cause::Crash { .. } => "The upstream worker crashed (a fault signal raised by the kernel, or abort()): look for a core dump and the upstream's error log at this time.".into(),
         Cause::Exit { .. } => "The upstream worker exited with the request unread: worker recycling (pm.max_requests, gunicorn --max-requests) racing nginx keepalive, or an exit in the application.".into(),
-        Cause::Abort => "A live upstream closed the connection with unread data or SO_LINGER 0: check its own limits (request body size, timeouts) and its error log.".into(),
-        Cause::NoSocket => "Nothing was listening at the remote address: the upstream is down or restarting, or nginx points at the wrong port.".into(),
-        Cause::Kernel => format!(
-            "The kernel reset the connection itself ({}): look at socket memory (tcp_mem), keepalive and timestamp settings.",
-            reason.unwrap_or("no reason given by this kernel")
+        Cause::Abort {
+            aborted_by: Some(by),
+        } => format!(
+            "{} destroyed the socket of {} (`ss -K` or bpf_sock_destroy), which reset the connection: look at what ran it.",
+            who(by),
+            a.peer.as_ref().map_or_else(|| "another process".to_string(), who)
         ),
+        Cause::Abort { aborted_by: None } => "A live upstream closed the connection with unread data or SO_LINGER 0: check its own limits (request body size, timeouts) and its error log.".into(),
+        Cause::StaleConnection => "The upstream had already closed this connection when the request was sent on it (a stale keepalive connection): set keepalive_timeout inside nginx's upstream{} block below the upstream's idle timeout, and keepalive_requests at most the upstream's requests per connection.".into(),
+        Cause::NoSocket => "Nothing was listening at the remote address: the upstream is down or restarting, or nginx points at the wrong port.".into(),
+        Cause::Kernel => kernel_hint(reason),
         Cause::Network => "The reset came from another host or a device in the path (firewall, load balancer, conntrack): capture on the wire to see which.".into(),
         Cause::Unknown => "A local reset whose sender rsttrace did not see; check for `lost` events and run `rsttrace --check`.".into(),
+    }
+}
+
+/// The receiver accepted the connection: the peer is its client (a browser, a load
+/// balancer, a health checker), not an upstream.
+fn client_hint(a: &Attribution) -> String {
+    let receiver = a
+        .receiver
+        .as_ref()
+        .map_or_else(|| "the receiver".to_string(), who);
+    let what = match &a.cause {
+        Cause::OomKill { .. } => "was OOM-killed",
+        Cause::Signal { .. } => "was killed by a signal",
+        Cause::Crash { .. } => "crashed",
+        Cause::Exit { .. } => "exited",
+        Cause::Abort { .. } => {
+            "aborted it (closed with unread data or SO_LINGER 0, as load balancers, health checkers and load generators do)"
+        }
+        Cause::StaleConnection => "had already closed it when data was sent on it",
+        Cause::NoSocket => "no longer had a socket for it",
+        // hint() sends only the peer's own doings here.
+        Cause::Kernel | Cause::Network | Cause::Unknown => "reset it",
+    };
+    format!(
+        "A client of {receiver} {what}: not an upstream failure; nginx logs such a client as 499 or 'while reading client request'."
+    )
+}
+
+/// Kernel resets, by the kernel's own reason (enum sk_rst_reason).
+fn kernel_hint(reason: Option<&str>) -> String {
+    match reason {
+        Some("TCP_KEEPALIVE_TIMEOUT") => "The sender's TCP keepalive timed out: the other end, or the path to it, stopped answering (a host down, a firewall or NAT dropping the idle flow); look at that end and the path, or at the keepalive settings (TCP_KEEPIDLE/INTVL/CNT, nginx's so_keepalive).".into(),
+        Some("TCP_ABORT_ON_MEMORY") => "The kernel was short of TCP memory and aborted a closing connection: check `ss -s` (orphans), net.ipv4.tcp_mem and net.ipv4.tcp_max_orphans.".into(),
+        Some("TCP_STATE") => "A connection its process had closed stayed in FIN_WAIT2 past net.ipv4.tcp_fin_timeout (the other end never closed its side), and the kernel reset it.".into(),
+        Some("TCP_RFC7323_PAWS") => "The kernel rejected a segment carrying an older TCP timestamp (PAWS): hosts sharing one NAT address, or a peer that restarted; check NAT on the path and net.ipv4.tcp_timestamps.".into(),
+        Some(r @ ("TCP_INVALID_ACK_SEQUENCE" | "TCP_TOO_OLD_ACK" | "TCP_ACK_UNSENT_DATA" | "TCP_OLD_ACK" | "TCP_FLAGS" | "INVALID_SYN")) => format!(
+            "The kernel rejected a segment that did not fit the connection ({r}): a restarted peer, a middlebox rewriting sequence numbers, or a reused stale connection."
+        ),
+        Some(r) => format!(
+            "The kernel reset the connection itself ({r}): look at socket memory (tcp_mem), keepalive and timestamp settings."
+        ),
+        None => "The kernel reset the connection itself (no reason given by this kernel): look at socket memory (tcp_mem), keepalive and timestamp settings.".into(),
     }
 }

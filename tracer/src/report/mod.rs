@@ -9,7 +9,7 @@ pub use text::render_text;
 
 use crate::{
     attribute::SI_KERNEL,
-    model::{Attribution, Task, Transport},
+    model::{Attribution, Role, Task, Transport},
     timefmt::rfc3339_utc,
 };
 
@@ -79,7 +79,11 @@ pub struct ResetJson {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub receiver: Option<ProcessJson>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub receiver_role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub peer: Option<ProcessJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aborted_by: Option<ProcessJson>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signal: Option<SignalJson>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -140,7 +144,9 @@ pub fn reset_json(a: &Attribution, r: &dyn Resolve) -> ResetJson {
         local: a.local.clone(),
         remote: a.remote.clone(),
         receiver: a.receiver.as_ref().map(Into::into),
+        receiver_role: a.receiver_role.map(Role::as_str),
         peer: a.peer.as_ref().map(Into::into),
+        aborted_by: a.cause.aborted_by().map(Into::into),
         signal: a.cause.signal().map(|s| SignalJson {
             number: s.number,
             name: signal_name(s.number),
@@ -262,6 +268,7 @@ mod tests {
             seen_by_receiver: Some(true),
             listener_closed: false,
             receiver: Some(task(10, "nginx")),
+            receiver_role: None,
             peer: Some(task(20, "php-fpm8.2")),
             kernel_reason: Some(11),
             peer_exiting: true,
@@ -348,7 +355,8 @@ mod tests {
             },
             Cause::Crash { signal },
             Cause::Exit { exit_code: Some(3) },
-            Cause::Abort,
+            Cause::Abort { aborted_by: None },
+            Cause::StaleConnection,
             Cause::NoSocket,
             Cause::Kernel,
             Cause::Network,

@@ -11,8 +11,14 @@ pub fn render_text(j: &ResetJson) -> String {
     if let Some(r) = &j.receiver {
         let _ = write!(line, " receiver={}[{}]", r.comm, r.pid);
     }
+    if let Some(role) = j.receiver_role {
+        let _ = write!(line, " ({role})");
+    }
     if let Some(p) = &j.peer {
         let _ = write!(line, " peer={}[{}]", p.comm, p.pid);
+    }
+    if let Some(by) = &j.aborted_by {
+        let _ = write!(line, " aborted_by={}[{}]", by.comm, by.pid);
     }
     if let Some(s) = &j.signal {
         let _ = write!(line, " {}", s.name);

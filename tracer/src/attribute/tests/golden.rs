@@ -50,7 +50,7 @@ fn render(verdicts: &[Attribution]) -> (String, String) {
 }
 
 /// Compares `verdicts` with the golden file named after the running test (libtest names
-/// each test's thread after the test).
+/// each test's thread after the test). One call per test: a second would share the file.
 pub fn check(verdicts: &[Attribution]) {
     let thread = std::thread::current();
     let name = thread
