@@ -45,6 +45,19 @@ def application(environ, start_response):
         sock = environ["gunicorn.socket"]
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
+    if path == "/py/linger0":
+        # Read the whole request, then close with SO_LINGER 0: an abort with nothing unread
+        # (tcp_disconnect(), reason TCP_STATE), as servers skipping TIME_WAIT do.
+        environ["wsgi.input"].read()
+        sock = environ["gunicorn.socket"]
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    if path == "/py/sleep":
+        # Say (in the file named by the query string) that the request is being served, then
+        # take a while.
+        with open(environ["QUERY_STRING"], "w") as marker:
+            marker.write(str(os.getpid()))
+        time.sleep(5)
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [str(os.getpid()).encode()]
 "#;

@@ -13,6 +13,7 @@ mod http;
 mod nginx;
 mod php_fpm;
 mod process;
+mod pyserver;
 mod rsttrace;
 mod tempdir;
 mod tracefs;
@@ -26,6 +27,7 @@ pub use process::{
     children_of, free_port, is_alive, proc_comm, require_root, send_signal, wait_for_exit,
     wait_for_file, wait_listening, wait_until,
 };
+pub use pyserver::PyProgram;
 pub use rsttrace::{Rsttrace, RSTTRACE_BIN_ENV};
 pub use tempdir::TempDir;
 pub use tracefs::{KernelResetTrace, TraceEvent};

@@ -47,6 +47,11 @@ pub struct SockOwner {
     pub comm: [u8; TASK_COMM_LEN],
     /// unix_peer() of the socket when the record was made (unix sockets; 0 for TCP).
     pub unix_peer: u64,
+    /// ktime at which tcp:tcp_destroy_sock fired for the socket, 0 while it lives. The
+    /// record outlives the socket for an instant: a reset answering an incoming segment is
+    /// sent *after* tcp_reset() has destroyed the socket (tcp_rcv_state_process() returns
+    /// to tcp_v4_do_rcv(), which sends it; net/ipv4/tcp_input.c, tcp_ipv4.c).
+    pub destroyed_ns: u64,
     /// [`role`] of the socket in its connection.
     pub role: u8,
     pub _pad: [u8; 7],
@@ -58,6 +63,7 @@ impl SockOwner {
         pid: 0,
         comm: [0; TASK_COMM_LEN],
         unix_peer: 0,
+        destroyed_ns: 0,
         role: role::UNKNOWN,
         _pad: [0; 7],
     };

@@ -34,6 +34,7 @@ const TEST_PACKAGES: &[&str] = &[
     "python3",
     "procps",
     "iproute2",
+    "iptables", // tests: rules whose packet counters prove the kernel dropped or rejected
     "bpftool",
     "bpftrace", // cargo xtask bench: the baseline tracer and the load generator
     "wrk",

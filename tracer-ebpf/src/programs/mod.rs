@@ -81,10 +81,15 @@ fn current_owner(role: u8, unix_peer: u64) -> SockOwner {
         pid: pid_tgid as u32,
         comm: bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
         unix_peer,
+        destroyed_ns: 0,
         role,
         _pad: [0; 7],
     }
 }
+
+/// How long the record of a destroyed socket still answers (see SockOwner::destroyed_ns):
+/// the reset follows the destruction in the same softirq pass.
+const DESTROYED_GRACE_NS: u64 = 1_000_000;
 
 /// The recorded owner of `sk`.
 #[inline(always)]
@@ -94,9 +99,17 @@ fn lookup_owner(sk: u64) -> SockOwner {
     }
     // SAFETY: the value is copied out at once; a concurrent update can at worst give a
     // torn owner, which user space treats as evidence, not as a key.
-    unsafe { SOCK_OWNERS.get(&sk) }
-        .copied()
-        .unwrap_or(SockOwner::UNKNOWN)
+    match unsafe { SOCK_OWNERS.get(&sk) }.copied() {
+        Some(o) if o.destroyed_ns == 0 => o,
+        // SAFETY: no preconditions.
+        Some(o)
+            if unsafe { bpf_ktime_get_ns() }.saturating_sub(o.destroyed_ns)
+                < DESTROYED_GRACE_NS =>
+        {
+            o
+        }
+        _ => SockOwner::UNKNOWN,
+    }
 }
 
 /// The recorded owner of the unix socket `peer`, whose other end is `sk`; a record made
@@ -125,6 +138,8 @@ fn learn_owner(cfg: &Config, sk: u64, family: u16, role: u8) {
     // SAFETY: the value is copied out at once.
     let known = unsafe { SOCK_OWNERS.get(&sk) }.copied();
     let role = match known {
+        // A destroyed socket's record belongs to a socket that no longer exists.
+        Some(o) if o.destroyed_ns != 0 => role,
         Some(o) if o.tgid != 0 && o.unix_peer == unix_peer => return,
         Some(o) if role == tracer_ebpf::role::UNKNOWN && o.unix_peer == unix_peer => o.role,
         _ => role,

@@ -1,7 +1,9 @@
 //! TCP resets sent and received, and who owns each TCP socket.
 use core::ffi::c_void;
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext, EbpfContext};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext, EbpfContext,
+};
 use tracer_ebpf::{
     event::{self, EventKind},
     role, SockOwner,
@@ -79,23 +81,35 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     if connecting {
         let _ = SOCK_OWNERS.insert(&sk, &current_owner(role::CLIENT, 0), 0);
     } else {
+        // An owner recorded by accept() on the syscall path stays; a destroyed socket's
+        // record at this address goes.
+        // SAFETY: the value is copied out at once.
+        if let Some(o) = unsafe { SOCK_OWNERS.get(&sk) } {
+            if o.destroyed_ns == 0 {
+                return 0;
+            }
+        }
         let server = SockOwner {
             role: role::SERVER,
             ..SockOwner::UNKNOWN
         };
-        // BPF_NOEXIST: an owner recorded by accept() on the syscall path stays.
-        let _ = SOCK_OWNERS.insert(&sk, &server, 1);
+        let _ = SOCK_OWNERS.insert(&sk, &server, 0);
     }
     0
 }
 
-/// The kernel frees the socket (tcp_v4_destroy_sock(), net/ipv4/tcp_ipv4.c): its address
-/// may be reused at once by a new socket, so its owner record goes now.
+/// The kernel destroys the socket (tcp_v4_destroy_sock(), net/ipv4/tcp_ipv4.c): its
+/// address may be reused at once by a new socket, so its owner record is marked destroyed
+/// (see SockOwner::destroyed_ns) and no new socket inherits it.
 #[tracepoint]
 pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
     let cfg = config();
-    if let Some(sk) = record_field::<u64>(&ctx, cfg.destroy_skaddr) {
-        let _ = SOCK_OWNERS.remove(&sk);
+    let Some(sk) = record_field::<u64>(&ctx, cfg.destroy_skaddr) else {
+        return 0;
+    };
+    if let Some(owner) = SOCK_OWNERS.get_ptr_mut(&sk) {
+        // SAFETY: map value pointer from the kernel, valid for this program run.
+        unsafe { (*owner).destroyed_ns = bpf_ktime_get_ns() };
     }
     0
 }
