@@ -482,3 +482,139 @@ fn data_on_a_connection_the_server_closed_is_stale_and_not_the_senders_doing() {
     assert_eq!(event["kernel_reason"], "TCP_ABORT_ON_DATA", "{event}");
     tool.stop().expect("rsttrace exits 0");
 }
+
+/// Accepts, waits until the request arrives, closes with it unread: a RST per connection,
+/// sent from a socket this process never read or wrote (its owner comes from close()).
+const ABORTER: &str = r#"
+import select, socket, sys
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("127.0.0.1", int(sys.argv[1])))
+listener.listen(128)
+while True:
+    conn, _ = listener.accept()
+    select.select([conn], [], [], 5)
+    conn.close()
+"#;
+
+/// nginx -> an upstream that aborts every connection, under load from `threads` clients;
+/// returns the requests made.
+fn abort_storm(nginx_port: u16, requests: usize, threads: usize) -> usize {
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut made = 0;
+                for _ in 0..requests / threads {
+                    let (status, _) = http_request(nginx_port, "GET", "/py/", b"", REQUEST_TIMEOUT)
+                        .expect("a request through nginx");
+                    assert_eq!(status, 502, "the aborter answers nothing");
+                    made += 1;
+                }
+                made
+            })
+        })
+        .collect();
+    workers
+        .into_iter()
+        .map(|w| w.join().expect("a client thread panicked"))
+        .sum()
+}
+
+/// One php-fpm unix pool (pm.max_requests = 1: every request recycles its worker and its
+/// socket) behind its own nginx, loaded, then one worker killed mid-request; returns the
+/// socket path and the killed worker's pid, the only peer a verdict for this pool may name.
+fn php_fpm_incarnation(round: usize) -> (String, u32) {
+    let (fpm, nginx, path) =
+        rsttrace_tests::fixtures::php_fpm_unix_behind_nginx(rsttrace_tests::PhpFpmOptions {
+            max_children: 2,
+            max_requests: Some(1),
+            ..rsttrace_tests::PhpFpmOptions::default()
+        });
+    fpm.write_script("quick.php", "<?php echo 'ok';")
+        .expect("writing quick.php");
+    let marker = fpm.state_dir().join(format!("started-{round}"));
+    fpm.write_script(
+        "sleep.php",
+        &rsttrace_tests::fixtures::php_script(&marker, "sleep(30);"),
+    )
+    .expect("writing sleep.php");
+    for _ in 0..50 {
+        let (status, _) = http_request(
+            nginx.port(),
+            "GET",
+            "/php-unix/quick.php",
+            b"",
+            REQUEST_TIMEOUT,
+        )
+        .expect("a quick request");
+        assert_eq!(status, 200);
+    }
+    let request = spawn_http_request(
+        nginx.port(),
+        "GET",
+        "/php-unix/sleep.php",
+        Vec::new(),
+        REQUEST_TIMEOUT,
+    );
+    let worker = rsttrace_tests::fixtures::wait_for_php_worker(&marker);
+    rsttrace_tests::fixtures::run_kill("-9", worker);
+    let _ = request.join();
+    assert!(
+        nginx.wait_error_log("(104: Connection reset by peer)", REPORT_TIMEOUT),
+        "nginx saw no reset from the killed worker:\n{}",
+        nginx.error_log_contents()
+    );
+    (path, worker)
+}
+
+#[test]
+fn a_thousand_recycled_sockets_never_lend_their_owner() {
+    require_root();
+    let port = free_port();
+    let aborter = PyProgram::serve("aborter", ABORTER, port, &[]).expect("the aborter");
+    let nginx = Nginx::start(&[Location::py(port)]).expect("starting nginx");
+    let mut tool = Rsttrace::start(&[]).expect("starting rsttrace");
+
+    // Beside the storm, another stack starts, churns its unix sockets and stops, three times.
+    let churn = std::thread::spawn(|| (0..3).map(php_fpm_incarnation).collect::<Vec<_>>());
+    let made = abort_storm(nginx.port(), 1200, 4);
+    let pools = churn.join().expect("the php-fpm churn panicked");
+    assert!(
+        nginx.wait_error_log("(104: Connection reset by peer)", REPORT_TIMEOUT),
+        "nginx logged no reset:\n{}",
+        nginx.error_log_contents()
+    );
+    let aborted = |e: &Value| e["event"] == "reset" && e["remote"] == format!("127.0.0.1:{port}");
+    let complete = rsttrace_tests::wait_until(REPORT_TIMEOUT, || {
+        let n = tool.events().iter().filter(|e| aborted(e)).count();
+        (n >= made).then_some(n)
+    });
+    let events = tool.stop().expect("rsttrace exits 0");
+    let storm: Vec<&Value> = events.iter().filter(|e| aborted(e)).collect();
+    assert!(
+        complete.is_some() && storm.len() >= 1000,
+        "{} verdicts for {made} aborted requests",
+        storm.len()
+    );
+    for e in &storm {
+        assert_eq!(pid_of(&e["peer"]), Some(aborter.pid()), "{e}");
+        assert_eq!(e["cause"], "abort", "{e}");
+        assert_eq!(e["receiver"]["comm"], "nginx", "{e}");
+    }
+    let mut named = 0;
+    for (path, worker) in &pools {
+        for e in events.iter().filter(|e| e["remote"] == path.as_str()) {
+            assert_eq!(pid_of(&e["peer"]), Some(*worker), "{e}");
+            named += 1;
+        }
+    }
+    assert!(named >= pools.len(), "each killed worker is named: {named}");
+    assert!(
+        events.iter().all(|e| e["event"] != "lost"),
+        "samples were lost"
+    );
+    eprintln!(
+        "{} storm verdicts checked, {named} php-fpm verdicts checked",
+        storm.len()
+    );
+}

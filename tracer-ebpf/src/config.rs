@@ -58,8 +58,11 @@ pub struct Config {
     pub unix_addr: u32,
     pub unix_address_len: u32,
     pub unix_address_name: u32,
-    /// sock.sk_socket: NULL once the socket is orphaned (closed by its process).
+    /// sock.sk_socket: NULL once the socket is orphaned (closed by its process); the
+    /// socket's inode number through it: offsetof(socket_alloc, vfs_inode) +
+    /// offsetof(inode, i_ino).
     pub sock_socket: u32,
+    pub socket_ino: u32,
     /// `protocol` in sock:sock_recv_length / sock_send_length.
     pub sock_io_protocol: u32,
     /// `skaddr` in tcp:tcp_destroy_sock.
@@ -105,6 +108,7 @@ impl Config {
         unix_address_len: NO_OFFSET,
         unix_address_name: NO_OFFSET,
         sock_socket: NO_OFFSET,
+        socket_ino: NO_OFFSET,
         sock_io_protocol: NO_OFFSET,
         destroy_skaddr: NO_OFFSET,
     };

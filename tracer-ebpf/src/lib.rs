@@ -35,9 +35,9 @@ pub struct PendingSyscall {
 ///
 /// Kept in a map keyed by the socket's address, which the slab reuses at once (TCP sockets
 /// are SLAB_TYPESAFE_BY_RCU): a TCP socket's record dies with it at tcp:tcp_destroy_sock;
-/// unix sockets have no such tracepoint, so their record carries the peer the socket was
-/// connected to when it was made: a record naming another peer belonged to an earlier
-/// socket at that address.
+/// unix sockets have no such tracepoint, so their record carries the inode numbers (never
+/// reused) of the socket and of its peer: a record naming other inodes belonged to an
+/// earlier connection at those addresses.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SockOwner {
@@ -45,8 +45,10 @@ pub struct SockOwner {
     pub tgid: u32,
     pub pid: u32,
     pub comm: [u8; TASK_COMM_LEN],
-    /// unix_peer() of the socket when the record was made (unix sockets; 0 for TCP).
-    pub unix_peer: u64,
+    /// Inode number of the socket, and of the peer it was connected to when the record was
+    /// made (unix sockets; 0 for TCP).
+    pub ino: u64,
+    pub peer_ino: u64,
     /// ktime at which tcp:tcp_destroy_sock fired for the socket, 0 while it lives. The
     /// record outlives the socket for an instant: a reset answering an incoming segment is
     /// sent *after* tcp_reset() has destroyed the socket (tcp_rcv_state_process() returns
@@ -62,7 +64,8 @@ impl SockOwner {
         tgid: 0,
         pid: 0,
         comm: [0; TASK_COMM_LEN],
-        unix_peer: 0,
+        ino: 0,
+        peer_ino: 0,
         destroyed_ns: 0,
         role: role::UNKNOWN,
         _pad: [0; 7],

@@ -74,16 +74,28 @@ fn current_task() -> u64 {
 }
 
 #[inline(always)]
-fn current_owner(role: u8, unix_peer: u64) -> SockOwner {
+fn current_owner(role: u8, ino: u64, peer_ino: u64) -> SockOwner {
     let pid_tgid = bpf_get_current_pid_tgid();
     SockOwner {
         tgid: (pid_tgid >> 32) as u32,
         pid: pid_tgid as u32,
         comm: bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
-        unix_peer,
+        ino,
+        peer_ino,
         destroyed_ns: 0,
         role,
         _pad: [0; 7],
+    }
+}
+
+/// The inode number of `sk`'s socket (sk->sk_socket, allocated with its inode in a
+/// struct socket_alloc: SOCK_INODE(), include/net/sock.h); 0 once orphaned or unknown.
+#[inline(always)]
+fn sock_ino(cfg: &Config, sk: u64) -> u64 {
+    // SAFETY: reads of a live socket's fields; a fault gives None.
+    unsafe {
+        let socket = read_field::<u64>(sk, cfg.sock_socket).unwrap_or(0);
+        read_field::<u64>(socket, cfg.socket_ino).unwrap_or(0)
     }
 }
 
@@ -112,14 +124,13 @@ fn lookup_owner(sk: u64) -> SockOwner {
     }
 }
 
-/// The recorded owner of the unix socket `peer`, whose other end is `sk`; a record made
-/// while `peer`'s address held another connection is stale (see SockOwner). The peer may
-/// be released already (unix_release_sock() clears its unix_peer), so the record, not the
-/// socket, says whom it was connected to.
+/// The recorded owner of the unix socket `peer`, whose other end is `sk`. The peer may be
+/// released already (its inode gone), but `sk` lives: a record made while `peer` was
+/// connected to another socket names another inode, and is stale (see SockOwner).
 #[inline(always)]
-fn lookup_unix_peer_owner(peer: u64, sk: u64) -> SockOwner {
+fn lookup_unix_peer_owner(cfg: &Config, peer: u64, sk: u64) -> SockOwner {
     let owner = lookup_owner(peer);
-    if owner.unix_peer != sk {
+    if owner.peer_ino != sock_ino(cfg, sk) {
         return SockOwner::UNKNOWN;
     }
     owner
@@ -129,9 +140,8 @@ fn lookup_unix_peer_owner(peer: u64, sk: u64) -> SockOwner {
 /// the role a state change recorded.
 #[inline(always)]
 fn learn_owner(cfg: &Config, sk: u64, family: u16, role: u8) {
-    let unix_peer = if family == AF_UNIX {
-        // SAFETY: a read of a live socket's field.
-        unsafe { read_field::<u64>(sk, cfg.unix_peer) }.unwrap_or(0)
+    let ino = if family == AF_UNIX {
+        sock_ino(cfg, sk)
     } else {
         0
     };
@@ -140,11 +150,18 @@ fn learn_owner(cfg: &Config, sk: u64, family: u16, role: u8) {
     let role = match known {
         // A destroyed socket's record belongs to a socket that no longer exists.
         Some(o) if o.destroyed_ns != 0 => role,
-        Some(o) if o.tgid != 0 && o.unix_peer == unix_peer => return,
-        Some(o) if role == tracer_ebpf::role::UNKNOWN && o.unix_peer == unix_peer => o.role,
+        Some(o) if o.tgid != 0 && o.ino == ino => return,
+        Some(o) if role == tracer_ebpf::role::UNKNOWN && o.ino == ino => o.role,
         _ => role,
     };
-    let _ = SOCK_OWNERS.insert(&sk, &current_owner(role, unix_peer), 0);
+    let peer_ino = if family == AF_UNIX {
+        // SAFETY: a read of a live socket's field.
+        let peer = unsafe { read_field::<u64>(sk, cfg.unix_peer) }.unwrap_or(0);
+        sock_ino(cfg, peer)
+    } else {
+        0
+    };
+    let _ = SOCK_OWNERS.insert(&sk, &current_owner(role, ino, peer_ino), 0);
 }
 
 fn count_lost() {

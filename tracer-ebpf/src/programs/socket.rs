@@ -33,7 +33,7 @@ pub(super) fn emit_socket_error(cfg: &Config, sk: u64, family: u16, ret: i64, so
     // SAFETY: sk is the live socket of the failing call; the reads fault safely.
     let peer: u64 = unsafe { read_field(sk, cfg.unix_peer) }.unwrap_or(0);
     let address: u64 = unsafe { read_field(peer, cfg.unix_addr) }.unwrap_or(0);
-    let peer_owner = lookup_unix_peer_owner(peer, sk);
+    let peer_owner = lookup_unix_peer_owner(cfg, peer, sk);
     emit::<event::UnixReset>(cfg, EventKind::UnixReset, |e| unsafe {
         (*e).sock = sk;
         (*e).peer_sock = peer;

@@ -79,7 +79,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         return 0;
     };
     if connecting {
-        let _ = SOCK_OWNERS.insert(&sk, &current_owner(role::CLIENT, 0), 0);
+        let _ = SOCK_OWNERS.insert(&sk, &current_owner(role::CLIENT, 0, 0), 0);
     } else {
         // An owner recorded by accept() on the syscall path stays; a destroyed socket's
         // record at this address goes.

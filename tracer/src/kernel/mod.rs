@@ -125,6 +125,18 @@ impl KernelFacts {
             }
         };
 
+        // A socket's inode sits after it in its struct socket_alloc (SOCK_INODE()).
+        config.socket_ino = match (
+            struct_offset(&btf, "socket_alloc.vfs_inode"),
+            struct_offset(&btf, "inode.i_ino"),
+        ) {
+            (Some(inode), Some(ino)) => inode.saturating_add(ino),
+            _ => {
+                degraded.push("socket_alloc.vfs_inode, inode.i_ino".into());
+                NO_OFFSET
+            }
+        };
+
         // Syscall arguments from the registers saved at entry (x86_64's syscall ABI: di,
         // si, dx, r10), so the exit hooks need no enter hook on every recv/send.
         if cfg!(target_arch = "x86_64") {
