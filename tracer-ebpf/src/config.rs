@@ -67,6 +67,28 @@ pub struct Config {
     pub sock_io_protocol: u32,
     /// `skaddr` in tcp:tcp_destroy_sock.
     pub destroy_skaddr: u32,
+    /// `skbaddr` in tcp:tcp_send_reset (the answered segment, NULL for active resets).
+    pub send_reset_skbaddr: u32,
+    /// tcp_sock.snd_nxt / rcv_nxt.
+    pub tcp_snd_nxt: u32,
+    pub tcp_rcv_nxt: u32,
+    /// sock.__sk_common.skc_net.net, and net.ns.inum behind it.
+    pub sock_net: u32,
+    pub net_ns_inum: u32,
+    /// sk_buff.head, sk_buff.transport_header, sk_buff.dev, net_device.nd_net.net.
+    pub skb_head: u32,
+    pub skb_transport_header: u32,
+    pub skb_dev: u32,
+    pub dev_net: u32,
+    /// sock.sk_err, sock.sk_protocol, and the addresses and ports of __sk_common.
+    pub sock_err: u32,
+    pub sock_protocol: u32,
+    pub sock_daddr: u32,
+    pub sock_rcv_saddr: u32,
+    pub sock_dport: u32,
+    pub sock_num: u32,
+    pub sock_v6_daddr: u32,
+    pub sock_v6_rcv_saddr: u32,
 }
 
 impl Config {
@@ -111,5 +133,22 @@ impl Config {
         socket_ino: NO_OFFSET,
         sock_io_protocol: NO_OFFSET,
         destroy_skaddr: NO_OFFSET,
+        send_reset_skbaddr: NO_OFFSET,
+        tcp_snd_nxt: NO_OFFSET,
+        tcp_rcv_nxt: NO_OFFSET,
+        sock_net: NO_OFFSET,
+        net_ns_inum: NO_OFFSET,
+        skb_head: NO_OFFSET,
+        skb_transport_header: NO_OFFSET,
+        skb_dev: NO_OFFSET,
+        dev_net: NO_OFFSET,
+        sock_err: NO_OFFSET,
+        sock_protocol: NO_OFFSET,
+        sock_daddr: NO_OFFSET,
+        sock_rcv_saddr: NO_OFFSET,
+        sock_dport: NO_OFFSET,
+        sock_num: NO_OFFSET,
+        sock_v6_daddr: NO_OFFSET,
+        sock_v6_rcv_saddr: NO_OFFSET,
     };
 }

@@ -48,10 +48,16 @@ pub enum EventKind {
     /// A receive or send on an AF_UNIX socket failed with ECONNRESET: for unix sockets this
     /// is the reset itself — [`UnixReset`].
     UnixReset = 9,
+    /// A RST segment reaching a local socket, as it arrived (cgroup_skb ingress) —
+    /// [`RstSegment`].
+    RstSegment = 10,
+    /// A TCP socket's error was reported without a reset: refused by ICMP, timed out —
+    /// [`SocketRefused`].
+    SocketRefused = 11,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::ResetSent,
         EventKind::ResetReceived,
         EventKind::Signal,
@@ -61,9 +67,11 @@ impl EventKind {
         EventKind::SocketError,
         EventKind::UnixListen,
         EventKind::UnixReset,
+        EventKind::RstSegment,
+        EventKind::SocketRefused,
     ];
     /// One past the largest value: the length of per-kind tables.
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 12;
 
     /// Bytes of the tracepoint record this kind carries verbatim (0: none).
     pub const fn record_capacity(self) -> usize {
@@ -76,7 +84,9 @@ impl EventKind {
             EventKind::Exit
             | EventKind::SocketError
             | EventKind::UnixListen
-            | EventKind::UnixReset => 0,
+            | EventKind::UnixReset
+            | EventKind::RstSegment
+            | EventKind::SocketRefused => 0,
         }
     }
 
@@ -92,6 +102,8 @@ impl EventKind {
             EventKind::SocketError => size_of::<SocketError>(),
             EventKind::UnixListen => size_of::<UnixListen>(),
             EventKind::UnixReset => size_of::<UnixReset>(),
+            EventKind::RstSegment => size_of::<RstSegment>(),
+            EventKind::SocketRefused => size_of::<SocketRefused>(),
         }
     }
 }
@@ -136,7 +148,16 @@ pub struct ResetSent {
     /// its process, reset later from a timer or an incoming segment), 0 otherwise or with
     /// no socket.
     pub orphan: u8,
-    pub _pad: [u8; 7],
+    /// 1 when `seq` is known.
+    pub has_seq: u8,
+    pub _pad: [u8; 2],
+    /// The RST's sequence number as it leaves: the socket's snd_nxt for an active reset
+    /// (tcp_send_active_reset()), the answered segment's ack_seq (0 without ACK) for one
+    /// answering a segment (tcp_v4_send_reset()). NAT rewrites addresses, not this.
+    pub seq: u32,
+    /// Inode of the network namespace the reset was sent from (0: unknown).
+    pub netns: u32,
+    pub _pad2: u32,
     pub record: [u8; RESET_SENT_RECORD],
 }
 
@@ -146,7 +167,14 @@ pub struct ResetSent {
 pub struct ResetReceived {
     pub header: Header,
     pub record_len: u32,
-    pub _pad: u32,
+    /// The receiving socket's rcv_nxt: the kernel accepts a RST only at exactly this
+    /// sequence number in a synchronized state (tcp_validate_incoming(), RFC 5961).
+    pub rcv_nxt: u32,
+    /// Inode of the receiving socket's network namespace (0: unknown).
+    pub netns: u32,
+    /// 1 when `rcv_nxt` is known.
+    pub has_seq: u8,
+    pub _pad: [u8; 3],
     /// Who connected or accepted the receiving socket.
     pub owner: SockOwner,
     pub record: [u8; RESET_RECEIVED_RECORD],
@@ -277,3 +305,74 @@ mod tests {
         assert_eq!(EventKind::try_from(99), Err(99));
     }
 }
+
+/// A RST segment as it reached a local socket, read from its IP and TCP headers at the
+/// cgroup_skb ingress hook (after NAT: the addresses are those the receiving socket knows).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RstSegment {
+    pub header: Header,
+    /// Cookie of the receiving socket.
+    pub cookie: u64,
+    /// AF_INET or AF_INET6.
+    pub family: u16,
+    /// The TCP flags byte.
+    pub tcp_flags: u8,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub ttl: u8,
+    /// IPv4 identification (0 for IPv6).
+    pub ip_id: u16,
+    /// Ports in host order: the segment's source is the remote end.
+    pub sport: u16,
+    pub dport: u16,
+    /// TTL of the flow's earlier packets from the same peer (its SYN-ACK, or any segment
+    /// of a connection older than rsttrace); 0 when none was seen.
+    pub expected_ttl: u8,
+    pub _pad: u8,
+    /// skb_iif: the interface the segment arrived on, in the receiver's namespace.
+    pub ifindex: u32,
+    /// The interface the flow's earlier packets arrived on (0: no baseline).
+    pub expected_ifindex: u32,
+    pub seq: u32,
+    /// Source and destination addresses (IPv4 in the first 4 bytes).
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+/// A TCP socket's error reported without a reset (sk_error_report()): ECONNREFUSED from an
+/// ICMP port unreachable, ETIMEDOUT from retransmissions or keepalive.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SocketRefused {
+    pub header: Header,
+    pub sock: u64,
+    /// Who connected or accepted the socket.
+    pub owner: SockOwner,
+    /// sk_err: 111 ECONNREFUSED, 110 ETIMEDOUT...
+    pub error: i32,
+    pub family: u16,
+    /// Local and remote ports in host order.
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u16,
+    /// Inode of the socket's network namespace.
+    pub netns: u32,
+    /// Local and remote addresses (IPv4 in the first 4 bytes).
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+/// The TTL seen on a flow's packets from its peer, by socket cookie: a direct-mapped
+/// cache (slot = cookie % BASELINE_SLOTS), so that a per-packet refresh costs an array
+/// read and no hash lookup. A collision forgets a flow's baseline (its verdict then says
+/// so); it never gives one flow another's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Baseline {
+    pub cookie: u64,
+    pub ttl: u8,
+    pub _pad: [u8; 3],
+    pub ifindex: u32,
+}
+
+pub const BASELINE_SLOTS: u32 = 16384;

@@ -11,6 +11,27 @@ use std::{
 
 use crate::report::MemcgInfo;
 
+/// Where the cgroup2 hierarchy is mounted, from /proc/self/mountinfo: /sys/fs/cgroup on
+/// unified hosts, /sys/fs/cgroup/unified on hybrid ones (systemd's v1 + v2 layout). Its
+/// root directory is the root cgroup, which every socket of the host descends from.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    cgroup2_from_mountinfo(&info)
+}
+
+fn cgroup2_from_mountinfo(info: &str) -> Option<PathBuf> {
+    info.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mut l = left.split_whitespace();
+        // id parent major:minor root mount-point ...: a mount of a subtree (a cgroup
+        // namespace, a bind mount) has a root other than "/" and is not the host's root.
+        let root = l.nth(3)?;
+        let mount_point = l.next()?;
+        (right.split_whitespace().next()? == "cgroup2" && root == "/")
+            .then(|| PathBuf::from(mount_point))
+    })
+}
+
 #[derive(Clone, Debug)]
 pub struct MemoryHierarchy {
     root: PathBuf,
@@ -148,6 +169,24 @@ impl MemoryHierarchy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_cgroup2_root_on_hybrid_and_unified_hosts() {
+        let hybrid = "25 1 0:23 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+            26 25 0:24 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n\
+            36 25 0:31 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        assert_eq!(
+            cgroup2_from_mountinfo(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let unified = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            cgroup2_from_mountinfo(unified),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        let namespaced = "30 23 0:26 /kubepods/pod1 /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_from_mountinfo(namespaced), None);
+    }
 
     #[test]
     fn prefers_the_v1_memory_mount() {

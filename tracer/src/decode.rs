@@ -17,7 +17,7 @@ use crate::{
     },
     model::{
         KernelEvent, OomVictim, ProcessExit, ProcessFork, ResetReceived, ResetSent, Role,
-        SignalGenerated, SocketError, Task, UnixListen, UnixPeer,
+        RstSegment, SignalGenerated, SocketError, SocketRefused, Task, UnixListen, UnixPeer,
     },
 };
 
@@ -74,6 +74,8 @@ impl<'a> Decoder<'a> {
             EventKind::SocketError => Ok(socket_error(&read_event(bytes)?)),
             EventKind::UnixReset => Ok(unix_reset(&read_event(bytes)?)),
             EventKind::UnixListen => unix_listen(&read_event(bytes)?),
+            EventKind::RstSegment => rst_segment(&read_event(bytes)?),
+            EventKind::SocketRefused => refused(&read_event(bytes)?),
         }
     }
 
@@ -95,6 +97,8 @@ impl<'a> Decoder<'a> {
             reason: rec.opt_u64("reason").map(|r| r as u32),
             state: rec.opt_u64("state").map(|v| v as u32),
             orphan: e.orphan != 0,
+            seq: (e.has_seq != 0).then_some(e.seq),
+            netns: (e.netns != 0).then_some(e.netns),
             src: rec.endpoint(true)?,
             dst: rec.endpoint(false)?,
         }))
@@ -111,6 +115,8 @@ impl<'a> Decoder<'a> {
             local: rec.endpoint(true)?,
             remote: rec.endpoint(false)?,
             sock_cookie: rec.opt_u64("sock_cookie"),
+            rcv_nxt: (e.has_seq != 0).then_some(e.rcv_nxt),
+            netns: (e.netns != 0).then_some(e.netns),
         }))
     }
 
@@ -182,6 +188,45 @@ fn unix_reset(e: &event::UnixReset) -> KernelEvent {
             path: unix_path(valid(&e.path, e.path_len)),
         }),
     })
+}
+
+/// An address of `family` held in the first 4 (IPv4) or all 16 bytes.
+fn ip(family: u16, bytes: &[u8; 16]) -> Result<IpAddr> {
+    match family {
+        AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(
+            bytes[0], bytes[1], bytes[2], bytes[3],
+        ))),
+        AF_INET6 => Ok(IpAddr::V6(Ipv6Addr::from(*bytes))),
+        other => bail!("unknown address family {other}"),
+    }
+}
+
+fn rst_segment(e: &event::RstSegment) -> Result<KernelEvent> {
+    Ok(KernelEvent::RstSegment(RstSegment {
+        time_ns: e.header.ktime_ns,
+        cookie: e.cookie,
+        local: SocketAddr::new(ip(e.family, &e.daddr)?, e.dport),
+        remote: SocketAddr::new(ip(e.family, &e.saddr)?, e.sport),
+        seq: e.seq,
+        tcp_flags: e.tcp_flags,
+        ttl: e.ttl,
+        ip_id: (e.family == AF_INET).then_some(e.ip_id),
+        ifindex: e.ifindex,
+        expected: (e.expected_ttl != 0).then_some((e.expected_ttl, e.expected_ifindex)),
+    }))
+}
+
+fn refused(e: &event::SocketRefused) -> Result<KernelEvent> {
+    Ok(KernelEvent::Refused(SocketRefused {
+        time_ns: e.header.ktime_ns,
+        sock: e.sock,
+        owner: owner(&e.owner),
+        owner_role: role(&e.owner),
+        error: e.error,
+        local: SocketAddr::new(ip(e.family, &e.saddr)?, e.sport),
+        remote: SocketAddr::new(ip(e.family, &e.daddr)?, e.dport),
+        netns: (e.netns != 0).then_some(e.netns),
+    }))
 }
 
 fn unix_listen(e: &event::UnixListen) -> Result<KernelEvent> {
@@ -442,7 +487,11 @@ mod tests {
             record_len: raw.len() as u32,
             owner: SockOwner::UNKNOWN,
             orphan: 0,
-            _pad: [0; 7],
+            has_seq: 0,
+            _pad: [0; 2],
+            seq: 0,
+            netns: 0,
+            _pad2: 0,
             record: [0; RESET_SENT_RECORD],
         };
         e.record[..raw.len()].copy_from_slice(raw);
@@ -453,7 +502,10 @@ mod tests {
         let mut e = event::ResetReceived {
             header: header(EventKind::ResetReceived),
             record_len: raw.len() as u32,
-            _pad: 0,
+            rcv_nxt: 0,
+            netns: 0,
+            has_seq: 0,
+            _pad: [0; 3],
             owner: SockOwner::UNKNOWN,
             record: [0; RESET_RECEIVED_RECORD],
         };

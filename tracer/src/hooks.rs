@@ -18,10 +18,12 @@ pub enum Capability {
     SocketOwners,
     ReceiverErrors,
     UnixListeners,
+    NetworkEvidence,
+    Refusals,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 9] = [
+    pub const ALL: [Capability; 11] = [
         Capability::ResetsReceived,
         Capability::ResetSenders,
         Capability::Signals,
@@ -31,6 +33,8 @@ impl Capability {
         Capability::SocketOwners,
         Capability::ReceiverErrors,
         Capability::UnixListeners,
+        Capability::NetworkEvidence,
+        Capability::Refusals,
     ];
 
     pub fn describe(self) -> &'static str {
@@ -44,6 +48,10 @@ impl Capability {
             Capability::SocketOwners => "socket owners (receiver, peer)",
             Capability::ReceiverErrors => "unix-socket resets, seen_by_receiver",
             Capability::UnixListeners => "unix listener owners",
+            Capability::NetworkEvidence => {
+                "where a reset no local process sent came from (TTL, IP ID, interface)"
+            }
+            Capability::Refusals => "connections refused or timed out without a reset",
         }
     }
 
@@ -64,12 +72,24 @@ pub enum Attach {
         category: &'static str,
         event: &'static str,
     },
+    /// A raw tracepoint: the tracepoint's own arguments (pointers to kernel objects)
+    /// instead of its record; probed in tracefs like the classic one.
+    RawTracepoint {
+        category: &'static str,
+        event: &'static str,
+    },
+    /// cgroup_skb ingress at the root of the cgroup2 hierarchy, by bpf_link (it coexists
+    /// with programs already there and detaches when rsttrace exits, even killed): every
+    /// segment any local socket receives.
+    CgroupSkbIngress,
 }
 
 impl Attach {
     pub fn name(&self) -> String {
         match self {
             Attach::Tracepoint { category, event } => format!("{category}:{event}"),
+            Attach::RawTracepoint { category, event } => format!("raw {category}:{event}"),
+            Attach::CgroupSkbIngress => "cgroup_skb/ingress (root cgroup)".to_string(),
         }
     }
 }
@@ -226,6 +246,7 @@ pub static HOOKS: &[Hook] = &[
         record: Some(EventKind::ResetSent),
         configure: |f, c| {
             c.send_reset_skaddr = offset(f, "skaddr");
+            c.send_reset_skbaddr = offset(f, "skbaddr");
             Ok(())
         },
     },
@@ -383,6 +404,29 @@ pub static HOOKS: &[Hook] = &[
         purpose: "which process owns a unix listening socket",
         record: None,
         configure: |f, c| shared_offset(&mut c.sys_enter_fd, f, "fd"),
+    },
+    Hook {
+        program: "rst_evidence",
+        attach: Attach::CgroupSkbIngress,
+        capability: Capability::NetworkEvidence,
+        tier: Tier::Always,
+        required: false,
+        purpose: "the TTL, IP ID, flags and interface of each RST a local socket receives, and its flow's baseline TTL",
+        record: None,
+        configure: nothing,
+    },
+    Hook {
+        program: "inet_sk_error_report",
+        attach: Attach::RawTracepoint {
+            category: "sock",
+            event: "inet_sk_error_report",
+        },
+        capability: Capability::Refusals,
+        tier: Tier::Always,
+        required: false,
+        purpose: "connections refused by ICMP or timed out, which no RST explains",
+        record: None,
+        configure: nothing,
     },
 ];
 

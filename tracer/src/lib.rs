@@ -7,6 +7,7 @@
 pub mod attribute;
 pub mod cgroup;
 pub mod check;
+pub mod container;
 pub mod decode;
 pub mod hooks;
 pub mod host;

@@ -5,7 +5,7 @@ use std::time::Instant;
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 use tracer_ebpf::{Config, CONFIG_GLOBAL, EVENTS_MAP, LOST_MAP, NO_OFFSET};
@@ -24,6 +24,8 @@ pub struct Attached {
     lost: PerCpuArray<MapData, u64>,
     pub hooks: usize,
     pub elapsed_ms: u128,
+    /// Optional hooks that exist here but could not be attached, with why.
+    pub failed: Vec<(&'static Hook, String)>,
 }
 
 /// Returns the attached programs and the ring buffer their samples arrive on.
@@ -66,12 +68,19 @@ fn attach_with(
         .map_err(|e| explain_load_error(e.into()))?;
 
     let mut hooks = 0;
+    let mut failed = Vec::new();
     for hook in facts.attached() {
         if !argument_recorders && hook.tier == Tier::ArgumentRecorder {
             continue;
         }
-        attach_hook(&mut ebpf, hook)?;
-        hooks += 1;
+        match attach_hook(&mut ebpf, hook, facts) {
+            Ok(()) => hooks += 1,
+            // An optional hook the kernel refuses costs its capability, not the run.
+            Err(err) if !hook.required && hook.tier == Tier::Always => {
+                failed.push((hook, format!("{err:#}")));
+            }
+            Err(err) => return Err(err),
+        }
     }
 
     let events = RingBuf::try_from(
@@ -88,17 +97,59 @@ fn attach_with(
             lost,
             hooks,
             elapsed_ms: started.elapsed().as_millis(),
+            failed,
         },
         events,
     ))
 }
 
 /// Loads `hook`'s program and attaches it where the catalogue says.
-fn attach_hook(ebpf: &mut Ebpf, hook: &Hook) -> Result<()> {
+fn attach_hook(ebpf: &mut Ebpf, hook: &Hook, facts: &KernelFacts) -> Result<()> {
     let program = ebpf
         .program_mut(hook.program)
         .ok_or_else(|| anyhow!("program {} missing from the eBPF object", hook.program))?;
     match hook.attach {
+        Attach::RawTracepoint { event, .. } => {
+            let program: &mut RawTracePoint = program
+                .try_into()
+                .with_context(|| format!("program {} is not a raw tracepoint", hook.program))?;
+            program
+                .load()
+                .map_err(|e| explain_load_error(e.into()))
+                .with_context(|| format!("loading the program for raw tracepoint {event}"))?;
+            program
+                .attach(event)
+                .with_context(|| format!("attaching to raw tracepoint {event}"))?;
+        }
+        Attach::CgroupSkbIngress => {
+            let root = facts
+                .cgroup2
+                .as_deref()
+                .ok_or_else(|| anyhow!("no cgroup2 mount"))?;
+            let cgroup = std::fs::File::open(root)
+                .with_context(|| format!("opening the root cgroup {}", root.display()))?;
+            let program: &mut CgroupSkb = program
+                .try_into()
+                .with_context(|| format!("program {} is not cgroup_skb", hook.program))?;
+            program
+                .load()
+                .map_err(|e| explain_load_error(e.into()))
+                .context("loading the cgroup_skb ingress program")?;
+            // Through a bpf_link (aya uses one from 5.7): other programs on the root cgroup
+            // (systemd's, Cilium's, Calico's) keep running, and the link goes with our fd.
+            program
+                .attach(
+                    cgroup,
+                    CgroupSkbAttachType::Ingress,
+                    CgroupAttachMode::Single,
+                )
+                .with_context(|| {
+                    format!(
+                        "attaching cgroup_skb ingress to {} (needs CAP_NET_ADMIN and cgroup2)",
+                        root.display()
+                    )
+                })?;
+        }
         Attach::Tracepoint { category, event } => {
             let program: &mut TracePoint = program
                 .try_into()

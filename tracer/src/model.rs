@@ -45,6 +45,10 @@ pub struct ResetSent {
     pub state: Option<u32>,
     /// The sending socket was orphaned: its process had closed it already.
     pub orphan: bool,
+    /// The RST's sequence number on the wire (see [`ResetReceived::rcv_nxt`]).
+    pub seq: Option<u32>,
+    /// Inode of the network namespace it was sent from.
+    pub netns: Option<u32>,
     /// The sender's end.
     pub src: SocketAddr,
     /// The end the RST goes to.
@@ -65,6 +69,47 @@ pub struct ResetReceived {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub sock_cookie: Option<u64>,
+    /// The receiving socket's rcv_nxt: a RST is accepted only at exactly this sequence
+    /// number, and the sender's RST carries it whatever NAT did to the addresses.
+    pub rcv_nxt: Option<u32>,
+    /// Inode of the receiving socket's network namespace.
+    pub netns: Option<u32>,
+}
+
+/// A RST segment reaching a local socket, as its headers say (cgroup_skb ingress: after
+/// NAT, so `local` and `remote` are the receiving socket's own view).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RstSegment {
+    pub time_ns: u64,
+    pub cookie: u64,
+    /// The segment's destination: the receiving socket's end.
+    pub local: SocketAddr,
+    /// The segment's source.
+    pub remote: SocketAddr,
+    pub seq: u32,
+    pub tcp_flags: u8,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub ttl: u8,
+    /// IPv4 identification (None for IPv6).
+    pub ip_id: Option<u16>,
+    /// The interface it arrived on, in the receiver's namespace.
+    pub ifindex: u32,
+    /// The TTL and interface of the flow's earlier segments from the peer.
+    pub expected: Option<(u8, u32)>,
+}
+
+/// A TCP socket's error reported without a reset (ICMP port unreachable, timeout).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketRefused {
+    pub time_ns: u64,
+    pub sock: u64,
+    pub owner: Option<Task>,
+    pub owner_role: Option<Role>,
+    /// Positive errno: 111 ECONNREFUSED, 110 ETIMEDOUT.
+    pub error: i32,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub netns: Option<u32>,
 }
 
 /// signal:signal_generate for a signal whose default action terminates.
@@ -172,6 +217,8 @@ pub enum KernelEvent {
     OomVictim(OomVictim),
     SocketError(SocketError),
     UnixListen(UnixListen),
+    RstSegment(RstSegment),
+    Refused(SocketRefused),
 }
 
 impl KernelEvent {
@@ -185,6 +232,8 @@ impl KernelEvent {
             KernelEvent::OomVictim(e) => e.time_ns,
             KernelEvent::SocketError(e) => e.time_ns,
             KernelEvent::UnixListen(e) => e.time_ns,
+            KernelEvent::RstSegment(e) => e.time_ns,
+            KernelEvent::Refused(e) => e.time_ns,
         }
     }
 }
@@ -383,6 +432,62 @@ pub struct Attribution {
     pub kernel_reason: Option<u32>,
     /// The peer was in do_exit() when its socket sent the reset.
     pub peer_exiting: bool,
+    /// Network namespaces (inodes) of the receiving and the sending socket.
+    pub receiver_netns: Option<u32>,
+    pub peer_netns: Option<u32>,
+    /// What the RST segment itself says, for resets no local socket sent.
+    pub network: Option<NetworkEvidence>,
+}
+
+/// Where a reset no local process sent came from, as its segment tells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Forged by this host's own firewall (netfilter's REJECT answers the receiver's
+    /// segment through the local delivery path: it arrived on loopback).
+    LocalFirewall,
+    /// A device on the path forged it: its TTL differs from the flow's.
+    PathDevice,
+    /// The peer host's own kernel sent it: its TTL is the flow's.
+    RemoteHost,
+    /// No earlier segment of the flow was seen to compare with.
+    Unknown,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::LocalFirewall => "local_firewall",
+            Origin::PathDevice => "path_device",
+            Origin::RemoteHost => "remote_host",
+            Origin::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkEvidence {
+    pub origin: Origin,
+    pub segment: RstSegment,
+}
+
+/// A connection that failed without a reset: refused by ICMP (a Service without endpoints,
+/// a REJECT with icmp-port-unreachable) or timed out (SYNs or data dropped silently).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub time_ns: u64,
+    pub error: i32,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub receiver: Option<Task>,
+    pub receiver_role: Option<Role>,
+    pub netns: Option<u32>,
+}
+
+/// What the engine concludes, one per reset or refusal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Reset(Box<Attribution>),
+    Refused(Refusal),
 }
 
 impl Attribution {
@@ -409,6 +514,9 @@ impl Attribution {
             peer: None,
             kernel_reason: None,
             peer_exiting: false,
+            receiver_netns: None,
+            peer_netns: None,
+            network: None,
         }
     }
 }

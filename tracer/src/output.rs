@@ -2,7 +2,7 @@
 use std::io::{self, BufWriter, Stdout, Write};
 
 use crate::{
-    model::Attribution,
+    model::{Attribution, Refusal},
     report::{self, LostJson, Resolve, SCHEMA_VERSION},
     timefmt::rfc3339_utc,
 };
@@ -36,6 +36,17 @@ impl Output {
                 self.out.write_all(b"\n")
             }
             Format::Text => writeln!(self.out, "{}", report::render_text(&json)),
+        }
+    }
+
+    pub fn refusal(&mut self, refusal: &Refusal, resolve: &dyn Resolve) -> io::Result<()> {
+        let json = report::refused_json(refusal, resolve);
+        match self.format {
+            Format::Json => {
+                serde_json::to_writer(&mut self.out, &json)?;
+                self.out.write_all(b"\n")
+            }
+            Format::Text => writeln!(self.out, "{}", report::render_refused_text(&json)),
         }
     }
 

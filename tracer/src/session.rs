@@ -19,7 +19,7 @@ use crate::{
     host::{is_root, local_addresses, monotonic_ns},
     kernel::{short_reason_name, KernelFacts},
     loader,
-    model::{Attribution, KernelEvent},
+    model::{KernelEvent, Verdict},
     output::{Format, Output},
     report::{MemcgInfo, Resolve},
     timefmt::realtime_offset_ns,
@@ -182,6 +182,34 @@ struct Resolver {
     reasons: HashMap<u32, String>,
     memory: Option<MemoryHierarchy>,
     offset_ns: i128,
+    /// Memory cgroups of processes seen exiting: a dead peer's /proc entry is gone by
+    /// the time its verdict is rendered.
+    exited: ExitedMemcgs,
+}
+
+/// pid -> memory cgroup id of recent exits, bounded.
+#[derive(Default)]
+struct ExitedMemcgs {
+    order: std::collections::VecDeque<u32>,
+    by_pid: HashMap<u32, u64>,
+}
+
+impl ExitedMemcgs {
+    const MAX: usize = 4096;
+
+    fn insert(&mut self, pid: u32, memcg_id: u64) {
+        if memcg_id == 0 {
+            return;
+        }
+        if self.by_pid.insert(pid, memcg_id).is_none() {
+            self.order.push_back(pid);
+        }
+        while self.order.len() > Self::MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.by_pid.remove(&old);
+            }
+        }
+    }
 }
 
 impl Resolve for Resolver {
@@ -196,6 +224,15 @@ impl Resolve for Resolver {
     fn wall_time_ns(&self, ktime_ns: u64) -> i128 {
         i128::from(ktime_ns) + self.offset_ns
     }
+    fn cgroup(&self, pid: u32) -> Option<String> {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .ok()
+            .and_then(|text| crate::container::cgroup_path(&text))
+            .or_else(|| {
+                let id = *self.exited.by_pid.get(&pid)?;
+                self.memory.as_ref()?.path_of(id)
+            })
+    }
 }
 
 struct Session<'a> {
@@ -204,7 +241,7 @@ struct Session<'a> {
     resolver: Resolver,
     watch: Watch,
     output: Output,
-    verdicts: Vec<Attribution>,
+    verdicts: Vec<Verdict>,
     listener_scanner: Option<ListenerScanner>,
     debug_events: bool,
     reported: u64,
@@ -224,6 +261,7 @@ impl<'a> Session<'a> {
                 reasons: facts.reset_reasons.clone(),
                 memory: MemoryHierarchy::locate(),
                 offset_ns: realtime_offset_ns(),
+                exited: ExitedMemcgs::default(),
             },
             watch,
             output: Output::stdout(opts.format),
@@ -265,8 +303,10 @@ impl<'a> Session<'a> {
                 return Ok(());
             }
         };
-        if let KernelEvent::Fork(f) = &event {
-            self.watch.on_fork(f);
+        match &event {
+            KernelEvent::Fork(f) => self.watch.on_fork(f),
+            KernelEvent::Exit(e) => self.resolver.exited.insert(e.task.pid, e.memcg_id),
+            _ => {}
         }
         if self.debug_events {
             eprintln!("{event:?}");
@@ -290,14 +330,24 @@ impl<'a> Session<'a> {
         result
     }
 
-    fn emit(&mut self, verdicts: &mut Vec<Attribution>) -> io::Result<()> {
+    fn emit(&mut self, verdicts: &mut Vec<Verdict>) -> io::Result<()> {
         for verdict in verdicts.drain(..) {
-            if !self.watch.matches(verdict.receiver.as_ref())
-                && !self.watch.matches(verdict.peer.as_ref())
-            {
-                continue;
+            match &verdict {
+                Verdict::Reset(a) => {
+                    if !self.watch.matches(a.receiver.as_ref())
+                        && !self.watch.matches(a.peer.as_ref())
+                    {
+                        continue;
+                    }
+                    self.output.verdict(a, &self.resolver)?;
+                }
+                Verdict::Refused(f) => {
+                    if !self.watch.matches(f.receiver.as_ref()) {
+                        continue;
+                    }
+                    self.output.refusal(f, &self.resolver)?;
+                }
             }
-            self.output.verdict(&verdict, &self.resolver)?;
             self.reported += 1;
         }
         Ok(())

@@ -1,5 +1,6 @@
 //! What every program shares: the frozen kernel facts, the maps, and the helpers that read
 //! kernel memory and send events.
+mod net;
 mod process;
 mod socket;
 mod syscalls;
@@ -221,6 +222,16 @@ unsafe fn copy_bytes<const CAP: usize>(dst: *mut [u8; CAP], src: *const c_void, 
         n
     } else {
         0
+    }
+}
+
+/// Inode of the network namespace `sk` lives in (sock_net(sk)->ns.inum), 0 if unknown.
+#[inline(always)]
+fn sock_netns(cfg: &Config, sk: u64) -> u32 {
+    // SAFETY: reads of a live socket's fields; a fault gives None.
+    unsafe {
+        let net = read_field::<u64>(sk, cfg.sock_net).unwrap_or(0);
+        read_field::<u32>(net, cfg.net_ns_inum).unwrap_or(0)
     }
 }
 

@@ -2,16 +2,19 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext, EbpfContext,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::tracepoint,
+    programs::TracePointContext,
+    EbpfContext,
 };
 use tracer_ebpf::{
     event::{self, EventKind},
-    role, SockOwner,
+    role, Config, SockOwner,
 };
 
 use super::{
     config, copy_bytes, current_owner, current_task, emit, lookup_owner, read_field, record_field,
-    record_len, SOCK_OWNERS,
+    record_len, sock_netns, SOCK_OWNERS,
 };
 
 const TCP_ESTABLISHED: i32 = 1;
@@ -20,20 +23,64 @@ const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
 const IPPROTO_TCP: u16 = 6;
 
+const TCP_FLAG_ACK: u8 = 0x10;
+
+/// Where a sent RST goes on the wire: its sequence number, and the namespace it leaves.
+/// An active reset (tcp_send_active_reset(), no segment) carries the socket's snd_nxt
+/// (tcp_acceptable_seq(), net/ipv4/tcp_output.c); one answering a segment
+/// (tcp_v4_send_reset()) carries that segment's ack_seq, or 0 when it had no ACK.
+#[inline(always)]
+fn sent_rst(cfg: &Config, sk: u64, skb: u64) -> (Option<u32>, u32) {
+    if skb == 0 {
+        // SAFETY: reads of a live socket's fields; a fault gives None.
+        let seq = unsafe { read_field::<u32>(sk, cfg.tcp_snd_nxt) };
+        return (seq, sock_netns(cfg, sk));
+    }
+    // SAFETY: skb is the segment being answered, alive for this program's run.
+    unsafe {
+        let head = read_field::<u64>(skb, cfg.skb_head).unwrap_or(0);
+        let th = read_field::<u16>(skb, cfg.skb_transport_header)
+            .map(|off| head + off as u64)
+            .filter(|_| head != 0);
+        let seq = th.and_then(|th| {
+            let flags = bpf_probe_read_kernel((th + 13) as *const u8).ok()?;
+            if flags & TCP_FLAG_ACK == 0 {
+                return Some(0);
+            }
+            let ack_seq = bpf_probe_read_kernel((th + 8) as *const u32).ok()?;
+            Some(u32::from_be(ack_seq))
+        });
+        let netns = if sk != 0 {
+            sock_netns(cfg, sk)
+        } else {
+            let dev = read_field::<u64>(skb, cfg.skb_dev).unwrap_or(0);
+            let net = read_field::<u64>(dev, cfg.dev_net).unwrap_or(0);
+            read_field::<u32>(net, cfg.net_ns_inum).unwrap_or(0)
+        };
+        (seq, netns)
+    }
+}
+
 #[tracepoint]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     let cfg = config();
     let sk = record_field::<u64>(&ctx, cfg.send_reset_skaddr).unwrap_or(0);
+    let skb = record_field::<u64>(&ctx, cfg.send_reset_skbaddr).unwrap_or(0);
     let owner = lookup_owner(sk);
     // SAFETY: current is a valid task_struct, sk a live socket, for the program's run.
     let task_flags = unsafe { read_field::<u32>(current_task(), cfg.task_flags) }.unwrap_or(0);
     let orphan = sk != 0 && unsafe { read_field::<u64>(sk, cfg.sock_socket) } == Some(0);
+    let (seq, netns) = sent_rst(&cfg, sk, skb);
     let len = record_len(&cfg, EventKind::ResetSent);
     emit::<event::ResetSent>(&cfg, EventKind::ResetSent, |e| unsafe {
         (*e).task_flags = task_flags;
         (*e).owner = owner;
         (*e).orphan = u8::from(orphan);
-        (*e)._pad = [0; 7];
+        (*e).has_seq = u8::from(seq.is_some());
+        (*e)._pad = [0; 2];
+        (*e).seq = seq.unwrap_or(0);
+        (*e).netns = netns;
+        (*e)._pad2 = 0;
         (*e).record_len = copy_bytes(&raw mut (*e).record, ctx.as_ptr() as *const c_void, len);
     });
     0
@@ -46,9 +93,15 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     let cfg = config();
     let sk = record_field::<u64>(&ctx, cfg.recv_reset_skaddr).unwrap_or(0);
     let owner = lookup_owner(sk);
+    // SAFETY: sk is the receiving socket, alive for this program's run.
+    let rcv_nxt = unsafe { read_field::<u32>(sk, cfg.tcp_rcv_nxt) };
+    let netns = sock_netns(&cfg, sk);
     let len = record_len(&cfg, EventKind::ResetReceived);
     emit::<event::ResetReceived>(&cfg, EventKind::ResetReceived, |e| unsafe {
-        (*e)._pad = 0;
+        (*e).rcv_nxt = rcv_nxt.unwrap_or(0);
+        (*e).netns = netns;
+        (*e).has_seq = u8::from(rcv_nxt.is_some());
+        (*e)._pad = [0; 3];
         (*e).owner = owner;
         (*e).record_len = copy_bytes(&raw mut (*e).record, ctx.as_ptr() as *const c_void, len);
     });

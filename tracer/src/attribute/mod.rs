@@ -1,22 +1,31 @@
-//! The attribution engine: typed kernel events in, one verdict per received reset out.
+//! The attribution engine: typed kernel events in, one verdict per received reset (or
+//! refused connection) out.
 //!
 //! Pure: no I/O and one clock, the events' ktime (CLOCK_MONOTONIC; `expire` takes a time
 //! on that same clock), so it is tested on recorded event sequences. One room per kind of
 //! evidence:
-//! - [`pairing`]: a TCP receive and the send that made it on this host;
+//! - [`pairing`]: a TCP receive and the send that made it on this host, across namespaces
+//!   and NAT;
+//! - [`sends`]: what a send says (its reason, its sending task);
 //! - [`deaths`]: signals, exits and OOM kills that explain a peer's end;
+//! - [`network`]: what the RST segment says when no local socket sent it;
 //! - [`unix`]: unix-socket resets and who owned each listener;
-//! - [`seen`]: whether the receiver saw its reset.
+//! - [`seen`]: whether the receiver saw its reset;
+//! - [`refusals`]: connections refused or timed out without a reset.
 //!
 //! It relies on orderings the kernel guarantees:
 //! - signal_generate precedes the death it causes; oom:mark_victim follows the SIGKILL
 //!   (SI_KERNEL) the OOM killer sends and precedes the victim's exit;
 //! - do_exit() fires sched_process_exit *before* exit_files() closes the dying task's
 //!   sockets (kernel/exit.c), so a dying peer's exit record precedes its resets;
+//! - a RST's segment passes the cgroup_skb ingress hook before tcp_reset() traces it;
 //! - a send and its receive come in either order (see [`pairing`]).
 mod deaths;
+mod network;
 mod pairing;
+mod refusals;
 mod seen;
+mod sends;
 mod unix;
 
 use std::{
@@ -25,13 +34,17 @@ use std::{
 };
 
 pub use deaths::{SI_KERNEL, SI_TKILL};
+pub use network::{hops_away, hops_closer, initial_ttl};
 pub use pairing::RECEIVE_WAIT;
 pub use seen::SEEN_WAIT;
 
-use crate::model::{Attribution, KernelEvent, ResetReceived};
+use crate::model::{Attribution, Cause, KernelEvent, ResetReceived, ResetSent, Transport, Verdict};
 use deaths::Deaths;
-use pairing::Pairing;
+use network::Segments;
+use pairing::{canon_ip, Pairing};
+use refusals::Refusals;
 use seen::SeenGate;
+use sends::Reasons;
 use unix::UnixResets;
 
 const SECOND: u64 = 1_000_000_000;
@@ -42,10 +55,16 @@ const MAX_PENDING: usize = 65_536;
 const PRUNE_EVERY: u64 = 4096;
 
 pub struct Attributor {
+    reasons: Reasons,
+    /// This host's own addresses: without segment evidence, a reset from one of them that
+    /// no traced send explains is "unknown", not the network.
+    local_addrs: HashSet<IpAddr>,
     pairing: Pairing,
     deaths: Deaths,
+    segments: Segments,
     unix: UnixResets,
     seen: SeenGate,
+    refusals: Refusals,
     events_seen: u64,
 }
 
@@ -54,10 +73,14 @@ impl Attributor {
     /// `local_addrs`: this host's addresses (loopback is always local).
     pub fn new(reasons: &HashMap<u32, String>, local_addrs: HashSet<IpAddr>) -> Self {
         Self {
-            pairing: Pairing::new(reasons, local_addrs),
+            reasons: Reasons::new(reasons),
+            local_addrs,
+            pairing: Pairing::default(),
             deaths: Deaths::default(),
+            segments: Segments::default(),
             unix: UnixResets::default(),
             seen: SeenGate::default(),
+            refusals: Refusals::default(),
             events_seen: 0,
         }
     }
@@ -70,29 +93,36 @@ impl Attributor {
 
     /// Takes one event; pushes the verdicts it completes (and those of receives whose
     /// wait for a send has run out) onto `out`.
-    pub fn observe(&mut self, event: KernelEvent, out: &mut Vec<Attribution>) {
+    pub fn observe(&mut self, event: KernelEvent, out: &mut Vec<Verdict>) {
         self.events_seen += 1;
         let now = event.time_ns();
         if self.events_seen.is_multiple_of(PRUNE_EVERY) {
             self.pairing.prune(now);
             self.deaths.prune(now);
+            self.segments.prune(now);
         }
         if self.pairing.has_waiting() {
             self.expire(now, out);
         }
         match event {
             KernelEvent::ResetSent(s) => {
-                if let Some(r) = self.pairing.on_send(s) {
-                    self.verdict(r, out);
+                if let Some((r, s)) = self.pairing.on_send(s) {
+                    self.tcp_verdict(r, Some(s), out);
                 }
             }
-            KernelEvent::ResetReceived(r) if self.pairing.ready(&r) => self.verdict(r, out),
             KernelEvent::ResetReceived(r) => {
+                self.refusals.on_reset(r.sk, r.time_ns);
                 if self.pairing.full() {
                     self.expire(u64::MAX, out);
                 }
-                if let Some(previous) = self.pairing.wait(r) {
-                    self.verdict(previous, out);
+                if let Some((r, s)) = self.pairing.on_receive(r) {
+                    self.tcp_verdict(r, Some(s), out);
+                }
+            }
+            KernelEvent::RstSegment(seg) => self.segments.on_segment(seg),
+            KernelEvent::Refused(e) => {
+                if let Some(refusal) = self.refusals.on_refused(e) {
+                    out.push(Verdict::Refused(refusal));
                 }
             }
             KernelEvent::Signal(s) => self.deaths.on_signal(s),
@@ -101,23 +131,59 @@ impl Attributor {
             KernelEvent::Fork(_) => {}
             KernelEvent::SocketError(e) => match (e.family, &e.unix) {
                 (AF_INET | AF_INET6, _) => self.seen.on_error(e, out),
-                (_, Some(peer)) => out.push(self.unix.attribute(&e, peer, &self.deaths)),
+                (_, Some(peer)) => out.push(Verdict::Reset(Box::new(self.unix.attribute(
+                    &e,
+                    peer,
+                    &self.deaths,
+                )))),
                 _ => {}
             },
             KernelEvent::UnixListen(l) => self.unix.on_listen(l),
         }
     }
 
-    fn verdict(&mut self, r: ResetReceived, out: &mut Vec<Attribution>) {
-        let a = self.pairing.verdict(r, &self.deaths);
+    /// The verdict for a TCP reset received here, from its send when this host sent it,
+    /// else from its segment.
+    fn tcp_verdict(&mut self, r: ResetReceived, send: Option<ResetSent>, out: &mut Vec<Verdict>) {
+        let mut a = Attribution::pending(
+            r.time_ns,
+            Transport::Tcp,
+            r.local.to_string(),
+            r.remote.to_string(),
+            r.sk,
+            r.owner.clone(),
+        );
+        a.receiver_role = r.owner_role;
+        a.receiver_netns = r.netns;
+        let segment = self.segments.take(&r);
+        match send {
+            Some(send) => self.reasons.explain(&mut a, &send, &self.deaths),
+            None => {
+                let local = self.is_local(r.remote.ip());
+                let evidence = segment.map(network::evidence);
+                // A reset from a loopback or own address that no traced send explains
+                // was lost on its way to us, unless it came in as this host's firewall's.
+                a.cause = match &evidence {
+                    Some(e) if e.origin == crate::model::Origin::LocalFirewall => Cause::Network,
+                    _ if local => Cause::Unknown,
+                    _ => Cause::Network,
+                };
+                a.network = evidence;
+            }
+        }
         self.seen.settle(a, out);
+    }
+
+    fn is_local(&self, ip: IpAddr) -> bool {
+        let ip = canon_ip(ip);
+        ip.is_loopback() || self.local_addrs.contains(&ip)
     }
 
     /// Gives up waiting for the sends of receives older than RECEIVE_WAIT at `now_ns`, and
     /// for the receivers of verdicts older than SEEN_WAIT; `u64::MAX` flushes all (at exit).
-    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Attribution>) {
+    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Verdict>) {
         for r in self.pairing.due(now_ns) {
-            self.verdict(r, out);
+            self.tcp_verdict(r, None, out);
         }
         self.seen.expire(now_ns, out);
     }
@@ -129,7 +195,7 @@ impl Attributor {
 
     /// Remembered state, for the bounded-memory checks.
     pub fn state_len(&self) -> usize {
-        self.pairing.len() + self.deaths.len()
+        self.pairing.len() + self.deaths.len() + self.segments.len()
     }
 }
 

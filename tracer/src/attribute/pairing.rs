@@ -1,190 +1,232 @@
-//! TCP resets: a receive paired with the send that made it on this host, and the verdict
-//! from the send's evidence (its reason, its sending task, that task's death).
+//! A TCP reset received here paired with the send that made it on this host, whatever
+//! namespace each end lives in and whatever NAT did to the addresses between them.
 //!
-//! A send and its receive on this host are close in time but come in either order:
-//! tcp_v4_send_reset() (no socket, bad segments) traces before transmitting, while
-//! tcp_send_active_reset() (close with unread data, exit, linger 0) traces *after*
-//! tcp_transmit_skb(), and on loopback the receiver's softirq has already run by then
-//! (net/ipv4/tcp_output.c). So each side waits briefly for the other.
+//! The key is the RST's sequence number: the sender's RST carries its snd_nxt (or the
+//! answered segment's ack_seq), and the receiver accepts a RST only at exactly its rcv_nxt
+//! (tcp_validate_incoming(), net/ipv4/tcp_input.c); NAT rewrites addresses and ports, not
+//! sequence numbers. Ports, addresses and time break ties; equal address pairs in two
+//! namespaces (containers reuse 10.x, 172.17.x) never pair when their sequence numbers
+//! differ. Kernels whose offsets rsttrace could not resolve pair on addresses alone.
+//!
+//! A send and its receive come in either order: tcp_v4_send_reset() (no socket, bad
+//! segments) traces before transmitting, while tcp_send_active_reset() (close with unread
+//! data, exit, linger 0) traces *after* tcp_transmit_skb(), and on loopback and veth the
+//! receiver's softirq has already run by then (net/ipv4/tcp_output.c). So each side waits
+//! briefly for the other.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
 };
 
-use crate::{
-    kernel::short_reason_name,
-    model::{Attribution, Cause, ResetReceived, ResetSent, Task, Transport},
-};
+use crate::model::{ResetReceived, ResetSent};
 
-use super::{deaths::Deaths, drain_older, MAX_PENDING, SECOND};
+use super::{MAX_PENDING, SECOND};
 
 /// A send not matched by a receive within this time was for a remote host.
 const SEND_TTL: u64 = 5 * SECOND;
-/// A receive from a local address waits this long for its send (see above); in practice
-/// the send follows within microseconds.
+/// A receive waits this long for its send (see above); in practice the send follows
+/// within microseconds.
 pub const RECEIVE_WAIT: u64 = 20_000_000;
 
-/// What a kernel reset reason says about who decided to reset (enum sk_rst_reason,
-/// include/net/rstreason.h).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ReasonClass {
-    /// A segment matched no socket.
-    NoSocket,
-    /// A process closed its socket with unread data, or lingered-0 it, or died doing so.
-    OwnerClose,
-    /// TCP_STATE: tcp_disconnect() in a closer's close() (state CLOSE), tcp_abort() run by
-    /// any task (`ss -K`, bpf_sock_destroy: the state is still ESTABLISHED...), or the
-    /// FIN_WAIT2 timer of an orphan. The send's state tells which.
-    State,
-    /// The peer had closed its end already when the receiver's segment arrived
-    /// (TCP_ABORT_ON_DATA, TCP_TIMEWAIT_SOCKET): sent while processing that segment, so
-    /// `current` is whoever ran the softirq (on loopback the segment's sender).
-    Stale,
-    /// Sent while processing an incoming segment the stack rejected (PAWS, bad ACK or
-    /// flags): `current` is not the sender either.
-    BadSegment,
-    /// The TCP stack itself (memory, keepalive timeout...).
-    Kernel,
+/// (sender's end, receiver's end), v4-mapped addresses in their IPv4 form.
+type Tuple = (SocketAddr, SocketAddr);
+
+/// What pairing needs of a send or a receive.
+trait Side {
+    fn seq(&self) -> Option<u32>;
+    fn tuple(&self) -> Tuple;
+    fn time(&self) -> u64;
 }
 
-fn classify_reason(name: &str) -> ReasonClass {
-    match short_reason_name(name) {
-        "NO_SOCKET" => ReasonClass::NoSocket,
-        "NOT_SPECIFIED"
-        | "TCP_ABORT_ON_CLOSE"
-        | "TCP_ABORT_ON_LINGER"
-        | "TCP_DISCONNECT_WITH_DATA" => ReasonClass::OwnerClose,
-        "TCP_STATE" => ReasonClass::State,
-        "TCP_ABORT_ON_DATA" | "TCP_TIMEWAIT_SOCKET" => ReasonClass::Stale,
-        "TCP_INVALID_ACK_SEQUENCE"
-        | "TCP_RFC7323_PAWS"
-        | "TCP_TOO_OLD_ACK"
-        | "TCP_ACK_UNSENT_DATA"
-        | "TCP_FLAGS"
-        | "TCP_OLD_ACK"
-        | "INVALID_SYN" => ReasonClass::BadSegment,
-        _ => ReasonClass::Kernel,
+impl Side for ResetSent {
+    fn seq(&self) -> Option<u32> {
+        self.seq
+    }
+    fn tuple(&self) -> Tuple {
+        (canon(self.src), canon(self.dst))
+    }
+    fn time(&self) -> u64 {
+        self.time_ns
     }
 }
 
-/// TCP states (include/net/tcp_states.h) a TCP_STATE reset is told apart by.
-const TCP_FIN_WAIT2: u32 = 5;
-const TCP_CLOSE: u32 = 7;
-
-/// Who sent a reset, as the send's evidence tells.
-struct Sender {
-    peer: Option<Task>,
-    exiting: bool,
-    /// Another task destroyed the peer's socket (tcp_abort()).
-    aborted_by: Option<Task>,
+impl Side for ResetReceived {
+    fn seq(&self) -> Option<u32> {
+        self.rcv_nxt
+    }
+    fn tuple(&self) -> Tuple {
+        (canon(self.remote), canon(self.local))
+    }
+    fn time(&self) -> u64 {
+        self.time_ns
+    }
 }
 
-/// Who sent it: a dying task closes its own sockets in do_exit(); a closer's close() runs
-/// in the closer; but resets sent while processing an incoming segment, or from a timer,
-/// run in whatever task the softirq interrupted, so only the socket's owner can say.
-fn sender(send: &ResetSent, class: Option<ReasonClass>) -> Sender {
-    let owner_or_nobody = || Sender {
-        peer: send.owner.clone(),
-        exiting: false,
-        aborted_by: None,
-    };
-    if matches!(class, Some(ReasonClass::Stale | ReasonClass::BadSegment)) {
-        return owner_or_nobody();
+/// How well a send fits a receive (higher is better), None when it cannot be its send.
+fn fit(send: &ResetSent, recv: &ResetReceived) -> Option<u8> {
+    if send.time_ns.abs_diff(recv.time_ns) > SEND_TTL {
+        return None;
     }
-    if send.current_exiting {
-        // Closing its files in do_exit(): the socket is the dying task's, whatever a
-        // (possibly stale) owner record says.
-        return Sender {
-            peer: Some(send.current.clone()),
-            exiting: true,
-            aborted_by: None,
+    let (s, r) = (send.tuple(), recv.tuple());
+    if s == r {
+        // Same addresses: the same connection, unless the sequence numbers say two
+        // namespaces happen to use the same addresses. Within one namespace the addresses
+        // are unique: a RST cut short by a closed window (tcp_acceptable_seq()) still
+        // belongs to its connection.
+        return match (send.seq, recv.rcv_nxt) {
+            (Some(a), Some(b)) if a != b => {
+                (send.netns.is_some() && send.netns == recv.netns).then_some(1)
+            }
+            _ => Some(3),
         };
     }
-    match class {
-        Some(ReasonClass::State) => match send.state {
-            Some(TCP_CLOSE) => Sender {
-                peer: send.owner.clone().or_else(|| Some(send.current.clone())),
-                exiting: false,
-                aborted_by: None,
-            },
-            Some(TCP_FIN_WAIT2) if send.orphan => owner_or_nobody(),
-            // tcp_abort(): the socket was destroyed, by its owner or by another task.
-            _ => Sender {
-                aborted_by: (send.owner.as_ref().map(|o| o.pid) != Some(send.current.pid))
-                    .then(|| send.current.clone()),
-                ..owner_or_nobody()
-            },
-        },
-        Some(ReasonClass::Kernel) => owner_or_nobody(),
-        _ => Sender {
-            peer: send.owner.clone().or_else(|| Some(send.current.clone())),
-            exiting: false,
-            aborted_by: None,
-        },
+    let (Some(a), Some(b)) = (send.seq, recv.rcv_nxt) else {
+        return None;
+    };
+    if a != b {
+        return None;
+    }
+    // NAT between the ends: DNAT rewrote the sender's end as the receiver sees it, SNAT
+    // or MASQUERADE the receiver's end as the sender sees it; one port usually survives.
+    let ports = s.0.port() == r.0.port() || s.1.port() == r.1.port();
+    match (ports, a) {
+        (true, _) => Some(2),
+        // Both ends rewritten: the sequence number alone, unless it is 0 (a RST
+        // answering a SYN), which every refused connect shares.
+        (false, 0) => None,
+        (false, _) => Some(1),
     }
 }
 
-/// The cause when no death explains the send.
-fn live_cause(send: &ResetSent, class: Option<ReasonClass>, who: Sender) -> Cause {
-    match class {
-        Some(ReasonClass::Stale) => Cause::StaleConnection,
-        Some(ReasonClass::Kernel | ReasonClass::BadSegment) => Cause::Kernel,
-        Some(ReasonClass::State) if send.state == Some(TCP_FIN_WAIT2) && send.orphan => {
-            Cause::Kernel
+/// Items waiting for their other half, indexed by sequence number and by addresses.
+struct Waiting<T> {
+    items: HashMap<u64, T>,
+    by_seq: HashMap<u32, Vec<u64>>,
+    by_tuple: HashMap<Tuple, Vec<u64>>,
+    next: u64,
+}
+
+impl<T: Side> Waiting<T> {
+    fn new() -> Self {
+        Self {
+            items: HashMap::new(),
+            by_seq: HashMap::new(),
+            by_tuple: HashMap::new(),
+            next: 0,
         }
-        Some(_) => Cause::Abort {
-            aborted_by: who.aborted_by,
-        },
-        // No reasons on this kernel: a live process on the CPU with its own socket
-        // aborted; anything else came from the stack.
-        None if who.peer.is_some() => Cause::Abort { aborted_by: None },
-        None => Cause::Kernel,
+    }
+
+    fn insert(&mut self, item: T) {
+        let id = self.next;
+        self.next += 1;
+        if let Some(seq) = item.seq() {
+            self.by_seq.entry(seq).or_default().push(id);
+        }
+        self.by_tuple.entry(item.tuple()).or_default().push(id);
+        self.items.insert(id, item);
+    }
+
+    /// The ids of items sharing `seq` or `tuple` with something.
+    fn candidates(&self, seq: Option<u32>, tuple: Tuple) -> impl Iterator<Item = u64> + '_ {
+        let by_seq = seq.and_then(|s| self.by_seq.get(&s)).into_iter().flatten();
+        let by_tuple = self.by_tuple.get(&tuple).into_iter().flatten();
+        by_seq.chain(by_tuple).copied()
+    }
+
+    fn remove(&mut self, id: u64) -> Option<T> {
+        let item = self.items.remove(&id)?;
+        if let Some(seq) = item.seq() {
+            unindex(&mut self.by_seq, seq, id);
+        }
+        unindex(&mut self.by_tuple, item.tuple(), id);
+        Some(item)
+    }
+
+    /// Removes and returns, oldest first, the items from at or before `cutoff`.
+    fn drain_older(&mut self, cutoff: u64) -> Vec<T> {
+        let old: Vec<u64> = self
+            .items
+            .iter()
+            .filter(|(_, v)| v.time() <= cutoff)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut drained: Vec<T> = old.into_iter().filter_map(|id| self.remove(id)).collect();
+        drained.sort_by_key(Side::time);
+        drained
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+}
+
+fn unindex<K: std::hash::Hash + Eq>(index: &mut HashMap<K, Vec<u64>>, key: K, id: u64) {
+    if let Some(ids) = index.get_mut(&key) {
+        ids.retain(|i| *i != id);
+        if ids.is_empty() {
+            index.remove(&key);
+        }
     }
 }
 
 pub struct Pairing {
-    reasons: HashMap<u32, ReasonClass>,
-    local_addrs: HashSet<IpAddr>,
-    /// (sender end, receiver end) -> the send, waiting for its receive.
-    sends: HashMap<(SocketAddr, SocketAddr), ResetSent>,
-    /// (sender end, receiver end) -> a receive from a local sender, waiting for its send.
-    receives: HashMap<(SocketAddr, SocketAddr), ResetReceived>,
+    sends: Waiting<ResetSent>,
+    receives: Waiting<ResetReceived>,
+}
+
+impl Default for Pairing {
+    fn default() -> Self {
+        Self {
+            sends: Waiting::new(),
+            receives: Waiting::new(),
+        }
+    }
 }
 
 impl Pairing {
-    pub fn new(reasons: &HashMap<u32, String>, local_addrs: HashSet<IpAddr>) -> Self {
-        Self {
-            reasons: reasons
-                .iter()
-                .map(|(v, n)| (*v, classify_reason(n)))
-                .collect(),
-            local_addrs,
-            sends: HashMap::new(),
-            receives: HashMap::new(),
+    /// Takes a send; returns the receive that waited for it, with it, if one did.
+    pub fn on_send(&mut self, s: ResetSent) -> Option<(ResetReceived, ResetSent)> {
+        let best = self
+            .receives
+            .candidates(s.seq, s.tuple())
+            .filter_map(|id| {
+                let r = self.receives.items.get(&id)?;
+                Some((
+                    fit(&s, r)?,
+                    std::cmp::Reverse(r.time_ns.abs_diff(s.time_ns)),
+                    id,
+                ))
+            })
+            .max();
+        if let Some((_, _, id)) = best {
+            return self.receives.remove(id).map(|r| (r, s));
         }
-    }
-
-    /// Takes a send; returns the receive that waited for it, now ready.
-    pub fn on_send(&mut self, s: ResetSent) -> Option<ResetReceived> {
-        let key = (canon(s.src), canon(s.dst));
         if self.sends.len() >= MAX_PENDING {
             self.prune(s.time_ns);
         }
-        self.sends.insert(key, s);
-        self.receives.remove(&key)
+        self.sends.insert(s);
+        None
     }
 
-    /// Whether a receive can be attributed now: its send is known, or it came from
-    /// another host.
-    pub fn ready(&self, r: &ResetReceived) -> bool {
-        let key = (canon(r.remote), canon(r.local));
-        self.sends.contains_key(&key) || !self.is_local(r.remote.ip())
-    }
-
-    /// Keeps a receive until its send comes; returns an earlier receive of the same
-    /// connection that it displaced, due now.
-    pub fn wait(&mut self, r: ResetReceived) -> Option<ResetReceived> {
-        self.receives.insert((canon(r.remote), canon(r.local)), r)
+    /// Takes a receive; returns it with its send when that came already, else keeps it.
+    pub fn on_receive(&mut self, r: ResetReceived) -> Option<(ResetReceived, ResetSent)> {
+        let best = self
+            .sends
+            .candidates(r.rcv_nxt, r.tuple())
+            .filter_map(|id| {
+                let s = self.sends.items.get(&id)?;
+                Some((
+                    fit(s, &r)?,
+                    std::cmp::Reverse(s.time_ns.abs_diff(r.time_ns)),
+                    id,
+                ))
+            })
+            .max();
+        if let Some((_, _, id)) = best {
+            return self.sends.remove(id).map(|s| (r, s));
+        }
+        self.receives.insert(r);
+        None
     }
 
     /// Whether the receives waiting for their sends are at the bound.
@@ -193,88 +235,32 @@ impl Pairing {
     }
 
     pub fn has_waiting(&self) -> bool {
-        !self.receives.is_empty()
+        self.receives.len() > 0
     }
 
     pub fn waiting(&self) -> usize {
         self.receives.len()
     }
 
-    /// Receives whose wait for a send ended at or before `cutoff`, oldest first.
+    /// Receives whose wait for a send is over at `now`, oldest first.
     pub fn due(&mut self, now: u64) -> Vec<ResetReceived> {
-        drain_older(&mut self.receives, now.saturating_sub(RECEIVE_WAIT), |r| {
-            r.time_ns
-        })
-    }
-
-    /// The verdict for a receive, from its send when this host sent one.
-    pub fn verdict(&mut self, r: ResetReceived, deaths: &Deaths) -> Attribution {
-        let mut out = Attribution::pending(
-            r.time_ns,
-            Transport::Tcp,
-            r.local.to_string(),
-            r.remote.to_string(),
-            r.sk,
-            r.owner.clone(),
-        );
-        out.receiver_role = r.owner_role;
-        let Some(send) = self.sends.remove(&(canon(r.remote), canon(r.local))) else {
-            out.cause = if self.is_local(r.remote.ip()) {
-                // A local sender whose send we did not see (hook missing, or the send was
-                // lost): say so rather than blame the network.
-                Cause::Unknown
-            } else {
-                Cause::Network
-            };
-            return out;
-        };
-        out.kernel_reason = send.reason;
-        let class = send
-            .reason
-            .map(|v| self.reasons.get(&v).copied().unwrap_or(ReasonClass::Kernel));
-        if send.sk == 0 || class == Some(ReasonClass::NoSocket) {
-            out.cause = Cause::NoSocket;
-            return out;
-        }
-        let who = sender(&send, class);
-        out.peer_exiting = who.exiting;
-        out.peer = who.peer.clone();
-        if let Some(peer) = &who.peer {
-            if let Some(exit) = deaths.death_behind_send(peer.pid, send.time_ns, who.exiting) {
-                out.cause = deaths.explain(exit);
-                return out;
-            }
-            if who.exiting {
-                // In do_exit() but its exit record was not seen (lost, or rsttrace started
-                // in between): an exit, code unknown.
-                out.cause = Cause::Exit { exit_code: None };
-                return out;
-            }
-        }
-        out.cause = live_cause(&send, class, who);
-        out
+        self.receives.drain_older(now.saturating_sub(RECEIVE_WAIT))
     }
 
     pub fn prune(&mut self, now: u64) {
-        let keep = now.saturating_sub(SEND_TTL);
-        self.sends.retain(|_, s| s.time_ns >= keep);
+        let _ = self.sends.drain_older(now.saturating_sub(SEND_TTL));
         if self.sends.len() >= MAX_PENDING {
             // All recent: a storm of resets to remote hosts. Their receives never come here.
-            self.sends.clear();
+            self.sends = Waiting::new();
         }
     }
 
     pub fn len(&self) -> usize {
         self.sends.len() + self.receives.len()
     }
-
-    fn is_local(&self, ip: IpAddr) -> bool {
-        let ip = canon_ip(ip);
-        ip.is_loopback() || self.local_addrs.contains(&ip)
-    }
 }
 
-fn canon_ip(ip: IpAddr) -> IpAddr {
+pub fn canon_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
@@ -282,6 +268,6 @@ fn canon_ip(ip: IpAddr) -> IpAddr {
 }
 
 /// v4-mapped IPv6 endpoints (dual-stack sockets) match their IPv4 form.
-fn canon(a: SocketAddr) -> SocketAddr {
+pub fn canon(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(canon_ip(a.ip()), a.port())
 }

@@ -4,7 +4,7 @@
 //! ring buffer from another CPU.
 use std::collections::HashMap;
 
-use crate::model::{Attribution, CauseKind, SocketError};
+use crate::model::{Attribution, CauseKind, SocketError, Verdict};
 
 use super::{drain_older, MAX_PENDING};
 
@@ -41,43 +41,43 @@ impl SeenGate {
 
     /// A completed TCP verdict: out at once if its receiver already failed a call on
     /// the socket, else it waits for that.
-    pub fn settle(&mut self, mut a: Attribution, out: &mut Vec<Attribution>) {
+    pub fn settle(&mut self, mut a: Attribution, out: &mut Vec<Verdict>) {
         if !self.traced {
-            out.push(a);
+            out.push(Verdict::Reset(Box::new(a)));
             return;
         }
         if let Some(e) = self.early.remove(&a.receiver_sock) {
             if same_owner(&a, &e) {
                 seen(&mut a, &e);
-                out.push(a);
+                out.push(Verdict::Reset(Box::new(a)));
                 return;
             }
         }
         if a.receiver_sock == 0 {
             a.seen_by_receiver = Some(false);
-            out.push(a);
+            out.push(Verdict::Reset(Box::new(a)));
             return;
         }
         if a.cause.kind() == CauseKind::NoSocket {
             // A refused connect always reaches the connecting process (connect()'s result,
             // SO_ERROR, or its next read or write), whether or not that syscall is traced.
             a.seen_by_receiver = Some(true);
-            out.push(a);
+            out.push(Verdict::Reset(Box::new(a)));
             return;
         }
         if let Some(mut previous) = self.awaiting.insert(a.receiver_sock, a) {
             previous.seen_by_receiver = Some(false);
-            out.push(previous);
+            out.push(Verdict::Reset(Box::new(previous)));
         }
     }
 
     /// A TCP call of a receiver failed with ECONNRESET or ECONNREFUSED.
-    pub fn on_error(&mut self, e: SocketError, out: &mut Vec<Attribution>) {
+    pub fn on_error(&mut self, e: SocketError, out: &mut Vec<Verdict>) {
         let same_socket = |a: &Attribution| same_owner(a, &e);
         if self.awaiting.get(&e.sock).is_some_and(same_socket) {
             if let Some(mut a) = self.awaiting.remove(&e.sock) {
                 seen(&mut a, &e);
-                out.push(a);
+                out.push(Verdict::Reset(Box::new(a)));
             }
         } else if self.early.len() < MAX_PENDING {
             self.early.insert(e.sock, e);
@@ -86,12 +86,12 @@ impl SeenGate {
 
     /// Releases the verdicts whose receiver did not look within SEEN_WAIT of `now`;
     /// `u64::MAX` releases all as not known (at exit).
-    pub fn expire(&mut self, now: u64, out: &mut Vec<Attribution>) {
+    pub fn expire(&mut self, now: u64, out: &mut Vec<Verdict>) {
         let cutoff = now.saturating_sub(SEEN_WAIT);
         self.early.retain(|_, e| e.time_ns > cutoff);
         for mut a in drain_older(&mut self.awaiting, cutoff, |a| a.time_ns) {
             a.seen_by_receiver = (now != u64::MAX).then_some(false);
-            out.push(a);
+            out.push(Verdict::Reset(Box::new(a)));
         }
     }
 

@@ -4,7 +4,10 @@
 pub mod btf;
 pub mod tracefs;
 
-use std::{collections::HashMap, path::Path};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{bail, Result};
 use tracer_ebpf::{event::EventKind, Config, NO_OFFSET};
@@ -56,6 +59,8 @@ pub struct KernelFacts {
     pub hooks: Vec<HookState>,
     /// Struct offsets BTF did not give (the capability degrades, the run goes on).
     pub degraded: Vec<String>,
+    /// The cgroup2 mount, where the root-cgroup network hook attaches.
+    pub cgroup2: Option<PathBuf>,
 }
 
 /// The `Config` field an offset goes into.
@@ -81,6 +86,24 @@ const STRUCT_OFFSETS: &[(&str, OffsetSlot)] = &[
     ("unix_address.len", |c| &mut c.unix_address_len),
     ("unix_address.name", |c| &mut c.unix_address_name),
     ("sock.sk_socket", |c| &mut c.sock_socket),
+    ("tcp_sock.snd_nxt", |c| &mut c.tcp_snd_nxt),
+    ("tcp_sock.rcv_nxt", |c| &mut c.tcp_rcv_nxt),
+    ("sock.__sk_common.skc_net.net", |c| &mut c.sock_net),
+    ("net.ns.inum", |c| &mut c.net_ns_inum),
+    ("sk_buff.head", |c| &mut c.skb_head),
+    ("sk_buff.transport_header", |c| &mut c.skb_transport_header),
+    ("sk_buff.dev", |c| &mut c.skb_dev),
+    ("net_device.nd_net.net", |c| &mut c.dev_net),
+    ("sock.sk_err", |c| &mut c.sock_err),
+    ("sock.sk_protocol", |c| &mut c.sock_protocol),
+    ("sock.__sk_common.skc_daddr", |c| &mut c.sock_daddr),
+    ("sock.__sk_common.skc_rcv_saddr", |c| &mut c.sock_rcv_saddr),
+    ("sock.__sk_common.skc_dport", |c| &mut c.sock_dport),
+    ("sock.__sk_common.skc_num", |c| &mut c.sock_num),
+    ("sock.__sk_common.skc_v6_daddr", |c| &mut c.sock_v6_daddr),
+    ("sock.__sk_common.skc_v6_rcv_saddr", |c| {
+        &mut c.sock_v6_rcv_saddr
+    }),
 ];
 
 impl KernelFacts {
@@ -96,9 +119,25 @@ impl KernelFacts {
 
         let mut config = Config::EMPTY;
         let mut layouts = Layouts::default();
+        let cgroup2 = crate::cgroup::cgroup2_root();
         let mut hooks = Vec::with_capacity(HOOKS.len());
         for hook in HOOKS {
-            let status = probe(hook, &tracefs, &mut config, &mut layouts)?;
+            let status = match hook.attach {
+                Attach::Tracepoint { category, event } => {
+                    probe_tracepoint(hook, category, event, &tracefs, &mut config, &mut layouts)?
+                }
+                Attach::RawTracepoint { category, event } => {
+                    if tracefs.exists(category, event) {
+                        Status::Attach
+                    } else {
+                        Status::Missing
+                    }
+                }
+                Attach::CgroupSkbIngress => match &cgroup2 {
+                    Some(_) => Status::Attach,
+                    None => Status::Unfit("no cgroup2 mount in /proc/self/mountinfo".into()),
+                },
+            };
             hooks.push(HookState { hook, status });
         }
         choose_receiver_error_hooks(&mut hooks);
@@ -153,6 +192,7 @@ impl KernelFacts {
             reset_reasons: enum_names(&btf, "sk_rst_reason"),
             hooks,
             degraded,
+            cgroup2,
         })
     }
 
@@ -216,15 +256,16 @@ fn is_syscall(hook: &Hook) -> bool {
     matches!(hook.tier, Tier::Syscall | Tier::ArgumentRecorder)
 }
 
-/// Whether `hook` exists here and fits its program; fills the offsets and record layout
-/// it needs.
-fn probe(
+/// Whether a tracepoint hook exists here and fits its program; fills the offsets and
+/// record layout it needs.
+fn probe_tracepoint(
     hook: &'static Hook,
+    category: &str,
+    event: &str,
     tracefs: &Tracefs,
     config: &mut Config,
     layouts: &mut Layouts,
 ) -> Result<Status> {
-    let Attach::Tracepoint { category, event } = hook.attach;
     if !tracefs.exists(category, event) {
         if hook.required {
             bail!(

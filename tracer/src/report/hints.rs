@@ -2,13 +2,18 @@
 //! the engine: they are words for the operator, chosen from the verdict's evidence.
 use crate::model::{Attribution, Cause, Role, Task};
 
-use super::OomJson;
+use super::{NetworkJson, OomJson};
 
 fn who(t: &Task) -> String {
     format!("{} (pid {})", t.comm, t.pid)
 }
 
-pub fn hint(a: &Attribution, oom: Option<&OomJson>, reason: Option<&str>) -> String {
+pub fn hint(
+    a: &Attribution,
+    oom: Option<&OomJson>,
+    reason: Option<&str>,
+    network: Option<&NetworkJson>,
+) -> String {
     if a.listener_closed {
         let owner = a.peer.as_ref().map_or_else(|| "its owner".to_string(), who);
         return format!(
@@ -28,6 +33,9 @@ pub fn hint(a: &Attribution, oom: Option<&OomJson>, reason: Option<&str>) -> Str
     );
     if peers_doing && a.receiver_role == Some(Role::Server) {
         return client_hint(a);
+    }
+    if let (Cause::Network, Some(n)) = (&a.cause, network) {
+        return network_hint(n);
     }
     upstream_hint(a, oom, reason)
 }
@@ -110,5 +118,41 @@ fn kernel_hint(reason: Option<&str>) -> String {
             "The kernel reset the connection itself ({r}): look at socket memory (tcp_mem), keepalive and timestamp settings."
         ),
         None => "The kernel reset the connection itself (no reason given by this kernel): look at socket memory (tcp_mem), keepalive and timestamp settings.".into(),
+    }
+}
+
+/// A reset no local socket sent, by where its segment says it came from.
+fn network_hint(n: &NetworkJson) -> String {
+    match n.origin {
+        "local_firewall" => "This host's own firewall forged the reset (netfilter REJECT --reject-with tcp-reset in the receiver's network namespace: the OUTPUT chain, or INPUT on loopback): look at `iptables -S` / `nft list ruleset` there.".into(),
+        "remote_host" => format!(
+            "The peer host's own kernel sent the reset (TTL {} is the flow's): a process there aborted, crashed or restarted, or its firewall rejected the segment; run rsttrace on that host.",
+            n.ttl
+        ),
+        "path_device" => {
+            let hops = n.hops.map_or_else(
+                || "a device on the path".to_string(),
+                |h| format!("a device {h} hop(s) closer than the peer"),
+            );
+            let mut hint = format!(
+                "{hops} forged the reset (TTL {} where the flow's is {}): a firewall's REJECT, or a load balancer or NAT expiring an idle flow; if it is an idle timeout, nginx's upstream keepalive_timeout (inside upstream{{}}, not the server one) must be below the device's. Most stateful firewalls and Linux conntrack drop silently at idle expiry rather than reset.",
+                n.ttl,
+                n.expected_ttl.map_or_else(|| "?".to_string(), |t| t.to_string()),
+            );
+            if let Some(ns) = &n.forged_in_netns {
+                match ns.pid {
+                    Some(pid) => hint.push_str(&format!(
+                        " It was forged in network namespace {} on this host: `nsenter -n -t {pid} iptables -S`.",
+                        ns.inode
+                    )),
+                    None => hint.push_str(&format!(
+                        " It was forged in network namespace {} on this host.",
+                        ns.inode
+                    )),
+                }
+            }
+            hint
+        }
+        _ => "The reset came from the network, and no earlier segment of this flow was seen to compare its TTL with (a connection older than rsttrace that stayed idle): capture on the wire to see which device sent it.".into(),
     }
 }

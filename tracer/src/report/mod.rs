@@ -5,11 +5,12 @@ mod text;
 
 use serde::Serialize;
 
-pub use text::render_text;
+pub use text::{render_refused_text, render_text};
 
 use crate::{
-    attribute::SI_KERNEL,
-    model::{Attribution, Role, Task, Transport},
+    attribute::{hops_away, hops_closer, initial_ttl, SI_KERNEL},
+    container::{container_of, Container},
+    model::{Attribution, NetworkEvidence, Origin, Refusal, Role, Task, Transport},
     timefmt::rfc3339_utc,
 };
 
@@ -21,6 +22,30 @@ pub trait Resolve {
     /// Memory cgroup id -> (path, scope "cgroup" | "global", limit in bytes).
     fn memcg(&self, memcg_id: u64) -> Option<MemcgInfo>;
     fn wall_time_ns(&self, ktime_ns: u64) -> i128;
+    /// The cgroup path of a process (alive, or seen exiting).
+    fn cgroup(&self, _pid: u32) -> Option<String> {
+        None
+    }
+    /// The name of interface `ifindex` in network namespace `netns`.
+    fn interface(&self, _netns: Option<u32>, _ifindex: u32) -> Option<String> {
+        None
+    }
+    /// The namespace on this host at the other end of interface `ifindex` of `netns` (a
+    /// veth's peer), when there is one.
+    fn far_side(&self, _netns: Option<u32>, _ifindex: u32) -> Option<NetnsJson> {
+        None
+    }
+}
+
+/// A network namespace on this host: its inode, a process in it (for `nsenter -t`), and
+/// its name under /run/netns when it has one.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct NetnsJson {
+    pub inode: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +60,13 @@ pub struct MemcgInfo {
 pub struct ProcessJson {
     pub pid: u32,
     pub comm: String,
+    /// Inode of the network namespace of its socket (for the receiver and the peer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
 }
 
 impl From<&Task> for ProcessJson {
@@ -42,7 +74,101 @@ impl From<&Task> for ProcessJson {
         Self {
             pid: t.pid,
             comm: t.comm.clone(),
+            netns: None,
+            cgroup: None,
+            container: None,
         }
+    }
+}
+
+impl ProcessJson {
+    /// An end of the connection: the process, its socket's namespace, its cgroup and the
+    /// container that cgroup says it runs in.
+    fn end(t: &Task, netns: Option<u32>, r: &dyn Resolve) -> Self {
+        let cgroup = r.cgroup(t.pid);
+        Self {
+            netns,
+            container: cgroup.as_deref().and_then(container_of),
+            cgroup,
+            ..Self::from(t)
+        }
+    }
+}
+
+/// What the RST segment said, for a reset no local socket sent.
+#[derive(Serialize, Debug, Clone)]
+pub struct NetworkJson {
+    pub origin: &'static str,
+    pub ttl: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_ttl: Option<u8>,
+    /// How many hops closer than the peer a path device forged it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hops: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_id: Option<u16>,
+    pub tcp_flags: String,
+    pub ifindex: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// The namespace on this host that forged it, when the forging hop is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forged_in_netns: Option<NetnsJson>,
+    /// What the comparison could not settle.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<&'static str>,
+}
+
+fn tcp_flags(flags: u8) -> String {
+    const NAMES: [(u8, &str); 6] = [
+        (0x02, "SYN"),
+        (0x04, "RST"),
+        (0x01, "FIN"),
+        (0x08, "PSH"),
+        (0x10, "ACK"),
+        (0x20, "URG"),
+    ];
+    let set: Vec<&str> = NAMES
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, n)| *n)
+        .collect();
+    set.join("|")
+}
+
+fn network_json(e: &NetworkEvidence, netns: Option<u32>, r: &dyn Resolve) -> NetworkJson {
+    let seg = &e.segment;
+    let expected = seg.expected.map(|(ttl, _)| ttl);
+    let mut note = None;
+    let hops = match (e.origin, expected) {
+        (Origin::PathDevice, Some(exp)) => {
+            let hops = hops_closer(seg.ttl, exp);
+            if hops.is_none() {
+                note = Some(if initial_ttl(seg.ttl) == initial_ttl(exp) {
+                    "the RST arrived with a lower TTL than the flow's: asymmetric or changed route"
+                } else {
+                    "different initial TTL: the device that forged it is not the peer's kind"
+                });
+            }
+            hops
+        }
+        _ => None,
+    };
+    // Only the first hop is known to sit at the other end of the ingress interface.
+    let forged_in_netns = (e.origin == Origin::PathDevice && hops_away(seg.ttl) == 1)
+        .then(|| r.far_side(netns, seg.ifindex))
+        .flatten();
+    NetworkJson {
+        origin: e.origin.as_str(),
+        ttl: seg.ttl,
+        expected_ttl: expected,
+        hops,
+        ip_id: seg.ip_id,
+        tcp_flags: tcp_flags(seg.tcp_flags),
+        ifindex: seg.ifindex,
+        interface: r.interface(netns, seg.ifindex),
+        forged_in_netns,
+        note,
     }
 }
 
@@ -97,7 +223,55 @@ pub struct ResetJson {
     pub seen_by_receiver: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listener_closed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkJson>,
     pub hint: String,
+}
+
+/// `event: "refused"` / `"timed_out"`: a connection that failed without a reset.
+#[derive(Serialize, Debug, Clone)]
+pub struct RefusedJson {
+    pub schema_version: u32,
+    pub event: &'static str,
+    pub time: String,
+    pub transport: &'static str,
+    pub local: String,
+    pub remote: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receiver: Option<ProcessJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receiver_role: Option<&'static str>,
+    pub errno: i32,
+    pub error: &'static str,
+    pub hint: String,
+}
+
+pub fn refused_json(f: &Refusal, r: &dyn Resolve) -> RefusedJson {
+    let (event, error, hint) = match f.error {
+        111 => (
+            "refused",
+            "ECONNREFUSED",
+            "The connection was refused without a reset: an ICMP port unreachable, from a REJECT rule (iptables --reject-with icmp-port-unreachable) or kube-proxy answering for a Service with no ready endpoints; check the Service's endpoints and the firewall rules on the path.",
+        ),
+        _ => (
+            "timed_out",
+            "ETIMEDOUT",
+            "The kernel gave up on the connection: its SYNs or data went unanswered (dropped silently by a firewall or a dead peer); look for DROP rules and at the peer's health.",
+        ),
+    };
+    RefusedJson {
+        schema_version: SCHEMA_VERSION,
+        event,
+        time: rfc3339_utc(r.wall_time_ns(f.time_ns)),
+        transport: "tcp",
+        local: f.local.to_string(),
+        remote: f.remote.to_string(),
+        receiver: f.receiver.as_ref().map(|t| ProcessJson::end(t, f.netns, r)),
+        receiver_role: f.receiver_role.map(Role::as_str),
+        errno: f.error,
+        error,
+        hint: hint.into(),
+    }
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -134,7 +308,11 @@ pub fn reset_json(a: &Attribution, r: &dyn Resolve) -> ResetJson {
         }
     });
     let kernel_reason = a.kernel_reason.and_then(|v| r.reason_name(v));
-    let hint = hints::hint(a, oom.as_ref(), kernel_reason.as_deref());
+    let network = a
+        .network
+        .as_ref()
+        .map(|e| network_json(e, a.receiver_netns, r));
+    let hint = hints::hint(a, oom.as_ref(), kernel_reason.as_deref(), network.as_ref());
     ResetJson {
         schema_version: SCHEMA_VERSION,
         event: "reset",
@@ -143,9 +321,15 @@ pub fn reset_json(a: &Attribution, r: &dyn Resolve) -> ResetJson {
         transport: a.transport.as_str(),
         local: a.local.clone(),
         remote: a.remote.clone(),
-        receiver: a.receiver.as_ref().map(Into::into),
+        receiver: a
+            .receiver
+            .as_ref()
+            .map(|t| ProcessJson::end(t, a.receiver_netns, r)),
         receiver_role: a.receiver_role.map(Role::as_str),
-        peer: a.peer.as_ref().map(Into::into),
+        peer: a
+            .peer
+            .as_ref()
+            .map(|t| ProcessJson::end(t, a.peer_netns, r)),
         aborted_by: a.cause.aborted_by().map(Into::into),
         signal: a.cause.signal().map(|s| SignalJson {
             number: s.number,
@@ -160,6 +344,7 @@ pub fn reset_json(a: &Attribution, r: &dyn Resolve) -> ResetJson {
         peer_exiting: a.peer_exiting,
         seen_by_receiver: a.seen_by_receiver,
         listener_closed: (a.transport == Transport::Unix).then_some(a.listener_closed),
+        network,
         hint,
     }
 }
@@ -272,6 +457,9 @@ mod tests {
             peer: Some(task(20, "php-fpm8.2")),
             kernel_reason: Some(11),
             peer_exiting: true,
+            receiver_netns: None,
+            peer_netns: None,
+            network: None,
         }
     }
 

@@ -1,7 +1,7 @@
 //! The human form: one line per reset with its evidence, then its hint.
 use std::fmt::Write as _;
 
-use super::ResetJson;
+use super::{RefusedJson, ResetJson};
 
 pub fn render_text(j: &ResetJson) -> String {
     let mut line = format!(
@@ -43,6 +43,27 @@ pub fn render_text(j: &ResetJson) -> String {
     }
     if j.seen_by_receiver == Some(false) {
         line.push_str(" (not seen by the receiver)");
+    }
+    if let Some(n) = &j.network {
+        let _ = write!(line, " origin={} ttl={}", n.origin, n.ttl);
+        if let Some(e) = n.expected_ttl {
+            let _ = write!(line, "/{e}");
+        }
+        if let Some(ns) = &n.forged_in_netns {
+            let _ = write!(line, " forged_in_netns={}", ns.inode);
+        }
+    }
+    let _ = write!(line, "\n    {}", j.hint);
+    line
+}
+
+pub fn render_refused_text(j: &RefusedJson) -> String {
+    let mut line = format!(
+        "{} {:<9} {} {} -> {} {}",
+        j.time, j.event, j.transport, j.local, j.remote, j.error
+    );
+    if let Some(r) = &j.receiver {
+        let _ = write!(line, " receiver={}[{}]", r.comm, r.pid);
     }
     let _ = write!(line, "\n    {}", j.hint);
     line

@@ -1,0 +1,47 @@
+//! Connections that failed without a reset: a SYN answered by ICMP port unreachable (a
+//! Kubernetes Service without endpoints, a REJECT with icmp-port-unreachable), or a socket
+//! timing out (SYNs or data dropped silently). sk_error_report() reports those; it also
+//! reports a RST's error right after tcp:tcp_receive_reset, which is a reset, not this.
+use std::collections::HashMap;
+
+use crate::model::{Refusal, SocketRefused};
+
+use super::MAX_PENDING;
+
+/// A RST's error report follows its receive in the same call (tcp_reset() ->
+/// tcp_done_with_error(), net/ipv4/tcp_input.c).
+const REPORT_FOLLOWS_RESET: u64 = 10_000_000;
+
+#[derive(Default)]
+pub struct Refusals {
+    /// Receiving sockets of recent resets, with the reset's time.
+    reset_socks: HashMap<u64, u64>,
+}
+
+impl Refusals {
+    pub fn on_reset(&mut self, sk: u64, time_ns: u64) {
+        if self.reset_socks.len() >= MAX_PENDING {
+            self.reset_socks
+                .retain(|_, t| time_ns.saturating_sub(*t) <= REPORT_FOLLOWS_RESET);
+        }
+        self.reset_socks.insert(sk, time_ns);
+    }
+
+    /// The refusal `e` reports, unless it is a reset's own error report.
+    pub fn on_refused(&mut self, e: SocketRefused) -> Option<Refusal> {
+        if let Some(t) = self.reset_socks.remove(&e.sock) {
+            if e.time_ns.saturating_sub(t) <= REPORT_FOLLOWS_RESET {
+                return None;
+            }
+        }
+        Some(Refusal {
+            time_ns: e.time_ns,
+            error: e.error,
+            local: e.local,
+            remote: e.remote,
+            receiver: e.owner,
+            receiver_role: e.owner_role,
+            netns: e.netns,
+        })
+    }
+}
