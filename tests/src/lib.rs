@@ -6,25 +6,35 @@
 //! Everything started here is stopped on drop, also when a test panics; on panic the logs of
 //! every server and of rsttrace are printed.
 
+pub mod abort_server;
 mod cgroup;
+pub mod command;
+mod container_cgroup;
 pub mod fixtures;
+pub mod guest;
 mod gunicorn;
 mod http;
+pub mod netns;
 mod nginx;
 mod php_fpm;
 mod process;
 mod rsttrace;
 mod tempdir;
 mod tracefs;
+pub mod vm;
 
+pub use abort_server::AbortServer;
 pub use cgroup::{memory_hierarchy, CgroupVersion, MemCgroup};
+pub use container_cgroup::{ContainerCgroup, ContainerLayout};
+pub use guest::{Guest, GuestOptions, Nic};
 pub use gunicorn::{Gunicorn, GunicornOptions};
-pub use http::{http_request, spawn_http_request};
-pub use nginx::{Location, Nginx, Upstream};
+pub use http::{http_request, http_request_at, spawn_http_request};
+pub use netns::{Family, FirewallSnapshot, IptRule, Iptables, Netns, OwnedNetns, Topology};
+pub use nginx::{Location, Nginx, NginxOptions, Upstream};
 pub use php_fpm::{PhpFpm, PhpFpmOptions, Pm};
 pub use process::{
     children_of, free_port, is_alive, proc_comm, require_root, send_signal, wait_for_exit,
-    wait_for_file, wait_listening, wait_until,
+    wait_for_file, wait_listening, wait_listening_at, wait_until, Placement,
 };
 pub use rsttrace::{Rsttrace, RSTTRACE_BIN_ENV};
 pub use tempdir::TempDir;

@@ -179,6 +179,8 @@ fn test(filter: Option<&str>) -> Result<()> {
         "scenarios",
         "--test",
         "reliability",
+        "--test",
+        "topology",
         "--",
     ])
     .args(filter)
