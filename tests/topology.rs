@@ -3,19 +3,22 @@
 //! tap link, and a real Docker Engine. Each test checks the kernel's own evidence (nginx's
 //! error.log, iptables counters, tcp tracepoints) and that nothing is left behind.
 //!
-//! Run as root, one test at a time: `cargo xtask test` (docker last: it rewrites the host's
-//! firewall, which the test restores).
+//! Run as root, one test at a time: `cargo xtask test`. libtest runs tests in name order: the
+//! `netN_` prefixes keep docker last (dockerd rewrites the host's firewall; the test restores it).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use rsttrace_tests::abort_server::ABORT_SERVER_PY;
 use rsttrace_tests::command::run_args;
+use rsttrace_tests::docker::host_address;
 use rsttrace_tests::netns::assert_none_left;
 use rsttrace_tests::{
-    http_request_at, require_root, AbortServer, ContainerCgroup, ContainerLayout, Family,
-    FirewallSnapshot, Gunicorn, GunicornOptions, KernelResetTrace, Location, Nginx, NginxOptions,
-    PhpFpm, PhpFpmOptions, Placement, Topology, TraceEvent,
+    free_port, http_request_at, is_alive, require_root, wait_until, AbortServer, ContainerCgroup,
+    ContainerLayout, ContainerOptions, Docker, Family, FirewallSnapshot, Guest, GuestOptions,
+    Gunicorn, GunicornOptions, KernelResetTrace, Location, Nginx, NginxOptions, OwnedNetns, PhpFpm,
+    PhpFpmOptions, Placement, Publish, Topology, TraceEvent,
 };
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -102,7 +105,7 @@ fn assert_clean(tag: &str, rules_before: &str) {
 /// IPv6, upstream keepalive; then the router forges resets: mid-response (recv() failed
 /// (104)) and for a new connection (connect() failed (111)).
 #[test]
-fn topology_router_reject_resets_nginx_upstream() {
+fn net1_router_reject_resets_nginx_upstream() {
     require_root();
     let rules_before = FirewallSnapshot::rules_now().expect("iptables-save");
     let topo = timed("create topology", || {
@@ -286,33 +289,36 @@ fn topology_router_reject_resets_nginx_upstream() {
     assert_clean(&tag, &rules_before);
 }
 
-/// Sends `payload` on a fresh connection to `addr` from inside `ns` and reads until EOF or
-/// an error: `Ok(bytes)` for an orderly end, `Err(kind)` for a reset or refusal.
+/// Sends `payload` on a fresh connection to `addr` and reads until EOF or an error:
+/// `Ok(bytes)` for an orderly end, `Err(kind)` for a reset, refusal or timeout.
+fn talk(addr: SocketAddr, payload: Vec<u8>) -> Result<Vec<u8>, ErrorKind> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.kind())?;
+    stream
+        .set_read_timeout(Some(REQUEST_TIMEOUT))
+        .map_err(|e| e.kind())?;
+    // The peer may reset while the payload is still being written.
+    let _ = stream.write_all(&payload);
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).map_err(|e| e.kind())?;
+    Ok(answer)
+}
+
+/// [`talk`] from inside a namespace.
 fn exchange(
     ns: &rsttrace_tests::Netns,
     addr: SocketAddr,
     payload: Vec<u8>,
 ) -> Result<Vec<u8>, ErrorKind> {
-    ns.enter(move || {
-        let mut stream =
-            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.kind())?;
-        stream
-            .set_read_timeout(Some(REQUEST_TIMEOUT))
-            .map_err(|e| e.kind())?;
-        // The peer may reset while the payload is still being written.
-        let _ = stream.write_all(&payload);
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).map_err(|e| e.kind())?;
-        Ok(answer)
-    })
-    .expect("entering the namespace")
+    ns.enter(move || talk(addr, payload))
+        .expect("entering the namespace")
 }
 
 /// The other helpers with real traffic: a container-shaped cgroup around an aborting server in
 /// the backend, kube-proxy-like DNAT in the client, MASQUERADE in the router, ICMP REJECT (a
 /// Service without endpoints), DROP, and a REJECT in the client's own OUTPUT chain.
 #[test]
-fn topology_nat_refusals_and_container_cgroup() {
+fn net2_nat_refusals_and_container_cgroup() {
     require_root();
     let rules_before = FirewallSnapshot::rules_now().expect("iptables-save");
     let topo = Topology::create().expect("creating the topology");
@@ -490,4 +496,247 @@ fn topology_nat_refusals_and_container_cgroup() {
         leftover.trim().is_empty(),
         "container cgroups left: {leftover}"
     );
+}
+
+/// A real other kernel: Debian's 6.1 under qemu behind a tap in a namespace of its own; its
+/// server aborts the connection, so the RST this host receives was sent by that kernel (no
+/// tcp_send_reset fires here).
+#[test]
+fn net3_guest_kernel_aborts_over_a_tap() {
+    require_root();
+    let ns = OwnedNetns::create_unique("guest").expect("creating the guest's netns");
+    let guest = timed("fetch kernel, build initramfs, boot guest", || {
+        Guest::start(GuestOptions {
+            netns: Some(ns.netns().clone()),
+            ..GuestOptions::new(env!("CARGO_BIN_EXE_rsttrace-vm-scenarios"))
+        })
+        .expect("booting the guest")
+    });
+    eprintln!(
+        "guest: kernel {} on tap {} in netns {}, server up {:.1} s after qemu started",
+        guest.release(),
+        guest.tap(),
+        ns.name(),
+        guest.boot_time().as_secs_f64()
+    );
+    for line in guest
+        .console()
+        .lines()
+        .filter_map(|l| l.split_once("guest: "))
+    {
+        eprintln!("  console: guest: {}", line.1);
+    }
+
+    let ok = exchange(
+        &ns,
+        guest.addr(Family::V4),
+        b"GET /ok HTTP/1.0\r\n\r\n".to_vec(),
+    );
+    let ok = String::from_utf8_lossy(&ok.expect("a response from the guest")).into_owned();
+    assert!(ok.starts_with("HTTP/1.0 200 OK"), "{ok}");
+
+    let trace = KernelResetTrace::start().expect("tracefs instance");
+    for family in [Family::V4, Family::V6] {
+        let addr = guest.addr(family);
+        let aborted = exchange(&ns, addr, vec![b'x'; 16 * 1024]);
+        assert_eq!(aborted, Err(ErrorKind::ConnectionReset), "{addr}");
+    }
+    let port = guest.addr(Family::V4).port();
+    let received = receive_reset(&trace, port);
+    let events = trace.events();
+    let sent_here: Vec<&TraceEvent> = events
+        .iter()
+        .filter(|e| e.name == "tcp_send_reset" && e.addr_port("src") == Some(port))
+        .collect();
+    assert!(
+        sent_here.is_empty(),
+        "this kernel did not send the guest's RST: {sent_here:?}"
+    );
+    let receives: Vec<&TraceEvent> = events
+        .iter()
+        .filter(|e| e.name == "tcp_receive_reset" && e.port("dport") == Some(port))
+        .collect();
+    for event in &receives {
+        eprintln!("kernel: {}", event.line.trim());
+    }
+    assert_eq!(receives.len(), 2, "one RST per family:\n{}", trace.raw());
+    assert!(
+        guest.wait_console("abort (read 64)", REPORT_TIMEOUT),
+        "the guest's server logged the abort:\n{}",
+        guest.console()
+    );
+    eprintln!(
+        "received from the guest ({}): no tcp_send_reset on this host",
+        received.field("family").unwrap_or("?")
+    );
+
+    let (qemu, tap, netns) = (
+        guest.qemu_pid(),
+        guest.tap().to_string(),
+        ns.name().to_string(),
+    );
+    drop((trace, guest));
+    assert!(!is_alive(qemu), "qemu {qemu} still runs");
+    drop(ns);
+    assert_none_left(&netns).expect("the guest's netns is gone");
+    assert_none_left(&tap).expect("the tap is gone");
+    let qemus = run_args("pgrep", &["-af", "qemu-system"]).unwrap_or_default();
+    assert!(!qemus.contains(&tap), "a qemu on {tap} survived: {qemus}");
+    eprintln!("cleanup: qemu {qemu} gone, no netns {netns}, no tap {tap}");
+}
+
+/// A real Docker Engine: a container (memory limit) whose python server aborts, reached (a) at
+/// its bridge address, (b) at a port published on the host's address (DNAT), (c) at a port
+/// published on 127.0.0.1 (docker-proxy relays; the client sees a FIN). Then the container and
+/// dockerd stop and the host's iptables are exactly as before.
+#[test]
+fn net4_docker_container_aborts_through_bridge_dnat_and_proxy() {
+    require_root();
+    let rules_before = FirewallSnapshot::rules_now().expect("iptables-save");
+    let started = Instant::now();
+    let engine = Docker::start().expect("starting or reaching dockerd");
+    eprintln!(
+        "timing: docker engine {} ready: {:.2} s (started here: {}, dockerd pid {:?})",
+        engine.version(),
+        started.elapsed().as_secs_f64(),
+        engine.started_here(),
+        engine.dockerd_pid()
+    );
+    let host = host_address().expect("the host's address");
+    let (dnat_port, proxy_port) = (free_port(), free_port());
+    let t = Instant::now();
+    let container = engine
+        .run(&ContainerOptions {
+            command: [
+                "/usr/bin/python3",
+                "/app/abort_server.py",
+                "0.0.0.0",
+                "8200",
+            ]
+            .map(String::from)
+            .to_vec(),
+            files: vec![("abort_server.py".into(), ABORT_SERVER_PY.into())],
+            memory: Some(64 << 20),
+            publish: vec![
+                Publish {
+                    host: SocketAddr::new(host, dnat_port),
+                    container_port: 8200,
+                },
+                Publish {
+                    host: SocketAddr::from(([127, 0, 0, 1], proxy_port)),
+                    container_port: 8200,
+                },
+            ],
+        })
+        .expect("running the container");
+    assert!(
+        container.wait_log("listening", REPORT_TIMEOUT),
+        "the container's server did not start:\n{}",
+        container.logs()
+    );
+    let cgroup = container.cgroup_path().expect("the container's cgroup");
+    eprintln!(
+        "timing: container up: {:.2} s; id {} pid {} ip {} cgroup {cgroup}",
+        t.elapsed().as_secs_f64(),
+        container.id(),
+        container.pid(),
+        container.ip()
+    );
+    assert!(cgroup.ends_with(container.id()), "{cgroup}");
+
+    let trace = KernelResetTrace::start().expect("tracefs instance");
+    let bridge = SocketAddr::new(container.ip(), 8200);
+    let published = SocketAddr::new(host, dnat_port);
+    let proxied = SocketAddr::from(([127, 0, 0, 1], proxy_port));
+    let ok = talk(bridge, b"GET /ok HTTP/1.0\r\n\r\n".to_vec());
+    let ok = String::from_utf8_lossy(&ok.expect("a response from the container")).into_owned();
+    assert!(ok.starts_with("HTTP/1.0 200 OK"), "{ok}");
+    let mut bridge_client_port = 0;
+    for (what, addr) in [("bridge", bridge), ("published (DNAT)", published)] {
+        assert_eq!(
+            talk(addr, vec![b'x'; 16 * 1024]),
+            Err(ErrorKind::ConnectionReset),
+            "{what} {addr}"
+        );
+        let received = receive_reset(&trace, addr.port());
+        if addr == bridge {
+            bridge_client_port = received.port("sport").unwrap_or_default();
+        }
+        eprintln!("{what}: the client's socket got the reset");
+    }
+    let relayed = talk(proxied, vec![b'x'; 16 * 1024]);
+    assert_eq!(
+        relayed,
+        Ok(Vec::new()),
+        "docker-proxy ends the client side with a FIN"
+    );
+    // docker-proxy's own connection to the container is the second socket reset on :8200.
+    let proxy_side = wait_until(REPORT_TIMEOUT, || {
+        trace.events().into_iter().find(|e| {
+            e.name == "tcp_receive_reset"
+                && e.port("dport") == Some(8200)
+                && e.port("sport") != Some(bridge_client_port)
+        })
+    })
+    .unwrap_or_else(|| panic!("docker-proxy's socket got no reset:\n{}", trace.raw()));
+    eprintln!(
+        "docker-proxy's upstream socket got the reset: {}",
+        proxy_side.line.trim()
+    );
+    let events = trace.events();
+    let sends: Vec<&TraceEvent> = events
+        .iter()
+        .filter(|e| e.name == "tcp_send_reset" && e.addr_port("src") == Some(8200))
+        .collect();
+    for send in &sends {
+        eprintln!("kernel: {}", send.line.trim());
+    }
+    assert_eq!(
+        sends.len(),
+        3,
+        "the container's socket sent three RSTs:\n{}",
+        trace.raw()
+    );
+    assert!(
+        container.wait_log("abort", REPORT_TIMEOUT),
+        "{}",
+        container.logs()
+    );
+
+    let t = Instant::now();
+    container.stop(1).expect("docker stop");
+    assert!(!container.running(), "the container still runs");
+    eprintln!(
+        "timing: container stopped: {:.2} s, exit state {:?}",
+        t.elapsed().as_secs_f64(),
+        container.exit_state()
+    );
+    let dockerd = engine.dockerd_pid();
+    drop((trace, container));
+    let t = Instant::now();
+    engine
+        .stop()
+        .expect("stopping dockerd and restoring the host");
+    eprintln!(
+        "timing: dockerd stopped and host restored: {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    if let Some(pid) = dockerd {
+        assert!(!is_alive(pid), "dockerd {pid} still runs");
+        let left = run_args("pgrep", &["-x", "dockerd"]).unwrap_or_default();
+        assert!(left.trim().is_empty(), "a dockerd still runs: {left}");
+        let rules_after = FirewallSnapshot::rules_now().expect("iptables-save");
+        assert_eq!(rules_before, rules_after, "iptables restored exactly");
+        let mounts = std::fs::read_to_string("/proc/mounts").expect("/proc/mounts");
+        let docker_mounts: Vec<&str> = mounts.lines().filter(|l| l.contains("docker")).collect();
+        assert!(
+            docker_mounts.is_empty(),
+            "docker mounts left: {docker_mounts:?}"
+        );
+        let links = rsttrace_tests::netns::host_links().expect("ip link");
+        assert!(!links.iter().any(|l| l == "docker0"), "docker0 was deleted");
+        eprintln!(
+            "cleanup: dockerd gone, iptables-save identical to before, no docker0, no docker mount"
+        );
+    }
 }

@@ -34,6 +34,14 @@ const GUEST_MAC: &str = "52:54:00:72:73:74";
 /// Booting under TCG takes ~5-10 s on these machines; a loaded CI runner may take longer.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Console markers of the boot steps, timed from the host's side.
+const BOOT_STEPS: [(&str, &str); 4] = [
+    ("firmware", "SeaBIOS"),
+    ("kernel's /init", "guest: kernel"),
+    ("eth0 up", "guest: eth0 up"),
+    ("server started", "listening [::]"),
+];
+
 /// The emulated network card (its driver is a module in Debian's kernel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Nic {
@@ -121,22 +129,40 @@ impl Guest {
         let started = Instant::now();
         let mut service = Service::spawn("qemu", &mut cmd, &console, libc::SIGTERM, &placement)?;
         let ready = format!("listening [::]:{}", options.port);
+        // Host-side time at which each boot step first shows on the console.
+        let mut steps: Vec<(&str, Duration)> = Vec::new();
         service
             .wait_ready("the guest's server", BOOT_TIMEOUT, || {
                 let text = fs::read_to_string(&console).unwrap_or_default();
+                for (step, marker) in &BOOT_STEPS {
+                    if !steps.iter().any(|(s, _)| s == step) && text.contains(*marker) {
+                        steps.push((step, started.elapsed()));
+                    }
+                }
                 if text.contains("guest: failed") {
                     return Some(Err(text));
                 }
                 text.contains(&ready).then_some(Ok(()))
             })?
             .map_err(|console| anyhow::anyhow!("the guest failed to come up:\n{console}"))?;
+        let boot_time = started.elapsed();
+        let steps: Vec<String> = steps
+            .iter()
+            .map(|(step, at)| format!("{step} {:.1} s", at.as_secs_f64()))
+            .collect();
+        eprintln!(
+            "guest: {} booted: {}, server listening {:.1} s",
+            kernel.release,
+            steps.join(", "),
+            boot_time.as_secs_f64()
+        );
         Ok(Self {
             service,
             tap,
             dir,
             kernel,
             port: options.port,
-            boot_time: started.elapsed(),
+            boot_time,
         })
     }
 
@@ -231,13 +257,19 @@ echo "guest: kernel $(uname -r) running after $(cut -d' ' -f1 /proc/uptime) s"
 while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
 [ -e /sys/class/net/eth0 ] || echo "guest: failed: no eth0"
 ip link set lo up
+# No duplicate address detection: the address is usable at once (busybox's ip has no nodad).
+echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_dad
 ip link set eth0 up
 ip addr add {GUEST_V4}/24 dev eth0
-ip -6 addr add {GUEST_V6}/64 dev eth0 nodad
+ip -6 addr add {GUEST_V6}/64 dev eth0
+# e1000 reports carrier a moment after the link is set up.
+i=0
+while [ "$(cat /sys/class/net/eth0/carrier 2>/dev/null)" != 1 ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
+[ "$(cat /sys/class/net/eth0/carrier 2>/dev/null)" = 1 ] || echo "guest: failed: eth0 has no carrier"
 ip route add default via {HOST_V4}
 ip -6 route add default via {HOST_V6}
 echo "guest: eth0 up after $(cut -d' ' -f1 /proc/uptime) s"
-ip -br addr
+ip addr show dev eth0
 /server --serve [::]:{port}
 echo "guest: failed: server exited ($?)"
 poweroff -f
@@ -261,7 +293,11 @@ fn qemu(kernel: &Kernel, initrd: &Path, tap: &Tap, options: &GuestOptions) -> Co
             "-netdev",
             &format!("tap,id=net0,ifname={},script=no,downscript=no", tap.name),
             "-device",
-            &format!("{},netdev=net0,mac={GUEST_MAC}", options.nic.qemu_device()),
+            // No option ROM: iPXE is not needed to boot from -kernel and costs boot time.
+            &format!(
+                "{},netdev=net0,mac={GUEST_MAC},romfile=",
+                options.nic.qemu_device()
+            ),
         ]);
     cmd
 }
