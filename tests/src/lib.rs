@@ -1,8 +1,11 @@
 //! Harness for rsttrace's root integration tests.
 //!
 //! Every test starts its own real servers (nginx, php-fpm, gunicorn) from config files in a
-//! temporary folder, on loopback only, breaks an upstream for real, and checks both what the
-//! kernel did (through a private tracefs instance) and what rsttrace reported (its JSON lines).
+//! temporary folder, breaks an upstream for real, and checks both what the kernel did (through
+//! a private tracefs instance, iptables counters) and what rsttrace reported (its JSON lines).
+//! Servers run on loopback by default, or on any address inside a network namespace
+//! ([`netns`]: a client/router/backend [`Topology`] with firewall rules and NAT); upstreams can
+//! also be a real other kernel ([`guest`]: qemu on a tap) or a Docker container ([`docker`]).
 //! Everything started here is stopped on drop, also when a test panics; on panic the logs of
 //! every server and of rsttrace are printed.
 
