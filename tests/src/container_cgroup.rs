@@ -11,7 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 
-use crate::cgroup::{memory_hierarchy, CgroupVersion};
+use crate::cgroup::{
+    enable_memory_controller, limit_memory, memory_hierarchy, oom_kills, CgroupVersion,
+};
 use crate::process::{send_signal, wait_until};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -122,7 +124,7 @@ impl ContainerCgroup {
                 continue;
             }
             if version == CgroupVersion::V2 && offers_memory(&parent) {
-                enable_memory(&parent)?;
+                enable_memory_controller(&parent)?;
             }
             fs::create_dir(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
             self.created.push(dir.clone());
@@ -140,25 +142,7 @@ impl ContainerCgroup {
     fn limit_memory(&mut self, limit: u64) -> Result<()> {
         let (version, root) = memory_hierarchy()?;
         let dir = root.join(self.path.trim_start_matches('/'));
-        let limit = limit.to_string();
-        let write = |file: &str, value: &str| {
-            fs::write(dir.join(file), value)
-                .with_context(|| format!("writing {value} to {}/{file}", dir.display()))
-        };
-        match version {
-            CgroupVersion::V1 => {
-                write("memory.limit_in_bytes", &limit)?;
-                if dir.join("memory.memsw.limit_in_bytes").exists() {
-                    write("memory.memsw.limit_in_bytes", &limit)?;
-                }
-            }
-            CgroupVersion::V2 => {
-                write("memory.max", &limit)?;
-                if dir.join("memory.swap.max").exists() {
-                    write("memory.swap.max", "0")?;
-                }
-            }
-        }
+        limit_memory(version, &dir, limit)?;
         self.memory = Some((version, dir));
         Ok(())
     }
@@ -211,14 +195,7 @@ impl ContainerCgroup {
     /// OOM kills in the container's memory cgroup (when a limit was set).
     pub fn oom_kills(&self) -> Option<u64> {
         let (version, dir) = self.memory.as_ref()?;
-        let file = match version {
-            CgroupVersion::V1 => "memory.oom_control",
-            CgroupVersion::V2 => "memory.events",
-        };
-        fs::read_to_string(dir.join(file))
-            .ok()?
-            .lines()
-            .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+        oom_kills(*version, dir)
     }
 }
 
@@ -277,16 +254,6 @@ fn offers_memory(dir: &Path) -> bool {
         .unwrap_or_default()
         .split_whitespace()
         .any(|c| c == "memory")
-}
-
-fn enable_memory(dir: &Path) -> Result<()> {
-    let control = dir.join("cgroup.subtree_control");
-    let enabled = fs::read_to_string(&control).unwrap_or_default();
-    if enabled.split_whitespace().any(|c| c == "memory") {
-        return Ok(());
-    }
-    fs::write(&control, "+memory")
-        .with_context(|| format!("enabling the memory controller in {}", control.display()))
 }
 
 /// `words` x 16 hex digits, distinct per call (pid, counter and clock mixed by splitmix64).

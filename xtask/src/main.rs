@@ -13,6 +13,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
+pub use rsttrace_tests::command::display;
 
 #[derive(Parser)]
 #[command(about = "rsttrace developer tasks", long_about = None)]
@@ -108,14 +109,6 @@ pub fn run_checked(cmd: &mut Command) -> Result<()> {
         bail!("{} failed ({status})", display(cmd));
     }
     Ok(())
-}
-
-pub fn display(cmd: &Command) -> String {
-    std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn build(release: bool) -> Result<PathBuf> {
