@@ -291,7 +291,7 @@ fn php_fpm_oom_in_memory_cgroup() {
     let cgroup = MemCgroup::create(64 << 20).expect("creating a 64 MiB memory cgroup");
     let fpm = PhpFpm::start(PhpFpmOptions {
         memory_limit: Some("-1".into()),
-        cgroup: Some(cgroup.dir().to_path_buf()),
+        cgroups: vec![cgroup.dir().to_path_buf()],
         ..PhpFpmOptions::default()
     })
     .expect("starting php-fpm in the cgroup");
@@ -637,7 +637,7 @@ fn php_fpm_unix_oom_in_memory_cgroup() {
     let cgroup = MemCgroup::create(64 << 20).expect("creating a 64 MiB memory cgroup");
     let (fpm, nginx, path) = php_fpm_unix_behind_nginx(PhpFpmOptions {
         memory_limit: Some("-1".into()),
-        cgroup: Some(cgroup.dir().to_path_buf()),
+        cgroups: vec![cgroup.dir().to_path_buf()],
         ..PhpFpmOptions::default()
     });
     let mut tool = Rsttrace::start(&[]).expect("starting rsttrace");

@@ -41,25 +41,7 @@ impl MemCgroup {
         let dir = root.join(path.trim_start_matches('/'));
         fs::create_dir(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
         let cgroup = Self { version, dir, path };
-        let limit = limit_bytes.to_string();
-        match version {
-            CgroupVersion::V1 => {
-                cgroup.write("memory.limit_in_bytes", &limit)?;
-                // memsw (memory + swap) may only be set once the memory limit is in place.
-                if cgroup.dir.join("memory.memsw.limit_in_bytes").exists() {
-                    cgroup.write("memory.memsw.limit_in_bytes", &limit)?;
-                }
-                if cgroup.dir.join("memory.swappiness").exists() {
-                    cgroup.write("memory.swappiness", "0")?;
-                }
-            }
-            CgroupVersion::V2 => {
-                cgroup.write("memory.max", &limit)?;
-                if cgroup.dir.join("memory.swap.max").exists() {
-                    cgroup.write("memory.swap.max", "0")?;
-                }
-            }
-        }
+        limit_memory(version, &cgroup.dir, limit_bytes)?;
         Ok(cgroup)
     }
 
@@ -94,20 +76,48 @@ impl MemCgroup {
     /// How many processes the OOM killer killed in this cgroup (v1 memory.oom_control,
     /// v2 memory.events), if the kernel reports it.
     pub fn oom_kills(&self) -> Option<u64> {
-        let file = match self.version {
-            CgroupVersion::V1 => "memory.oom_control",
-            CgroupVersion::V2 => "memory.events",
-        };
-        fs::read_to_string(self.dir.join(file))
-            .ok()?
-            .lines()
-            .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+        oom_kills(self.version, &self.dir)
     }
+}
 
-    fn write(&self, file: &str, value: &str) -> Result<()> {
-        let path = self.dir.join(file);
+/// Sets a hard memory limit of `limit_bytes` on the cgroup folder `dir` and disables swap.
+pub(crate) fn limit_memory(version: CgroupVersion, dir: &Path, limit_bytes: u64) -> Result<()> {
+    let limit = limit_bytes.to_string();
+    let write = |file: &str, value: &str| {
+        let path = dir.join(file);
         fs::write(&path, value).with_context(|| format!("writing {value} to {}", path.display()))
+    };
+    match version {
+        CgroupVersion::V1 => {
+            write("memory.limit_in_bytes", &limit)?;
+            // memsw (memory + swap) may only be set once the memory limit is in place.
+            if dir.join("memory.memsw.limit_in_bytes").exists() {
+                write("memory.memsw.limit_in_bytes", &limit)?;
+            }
+            if dir.join("memory.swappiness").exists() {
+                write("memory.swappiness", "0")?;
+            }
+        }
+        CgroupVersion::V2 => {
+            write("memory.max", &limit)?;
+            if dir.join("memory.swap.max").exists() {
+                write("memory.swap.max", "0")?;
+            }
+        }
     }
+    Ok(())
+}
+
+/// How many processes the OOM killer killed in the memory cgroup folder `dir`.
+pub(crate) fn oom_kills(version: CgroupVersion, dir: &Path) -> Option<u64> {
+    let file = match version {
+        CgroupVersion::V1 => "memory.oom_control",
+        CgroupVersion::V2 => "memory.events",
+    };
+    fs::read_to_string(dir.join(file))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
 }
 
 impl Drop for MemCgroup {
@@ -166,7 +176,8 @@ pub fn memory_hierarchy() -> Result<(CgroupVersion, PathBuf)> {
     }
 }
 
-fn enable_memory_controller(root: &Path) -> Result<()> {
+/// Lets the children of the cgroup2 folder `root` use the memory controller.
+pub(crate) fn enable_memory_controller(root: &Path) -> Result<()> {
     let control = root.join("cgroup.subtree_control");
     let enabled = fs::read_to_string(&control).unwrap_or_default();
     if enabled.split_whitespace().any(|c| c == "memory") {

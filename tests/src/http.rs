@@ -16,8 +16,20 @@ pub fn http_request(
     body: &[u8],
     timeout: Duration,
 ) -> Result<(u16, String)> {
-    let deadline = Instant::now() + timeout;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    http_request_at(addr, method, path, body, timeout)
+}
+
+/// [`http_request`] to any address (from inside a namespace: wrap it in
+/// [`crate::Netns::enter`]).
+pub fn http_request_at(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<(u16, String)> {
+    let deadline = Instant::now() + timeout;
     let what = format!("{method} http://{addr}{path}");
     let mut stream = TcpStream::connect_timeout(&addr, timeout)
         .with_context(|| format!("{what}: connecting"))?;
@@ -26,7 +38,7 @@ pub fn http_request(
         .context("setting a write timeout")?;
 
     let head = format!(
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\
          Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );

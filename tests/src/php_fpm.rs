@@ -1,13 +1,15 @@
 //! A php-fpm 8.2 master in the foreground with its own config, pool(s) and docroot.
 
 use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::process::{children_of, free_port, wait_listening, Service};
+use crate::netns::Netns;
+use crate::process::{children_of, free_port, wait_listening_at, Placement, Service};
 use crate::tempdir::TempDir;
 
 const PHP_FPM: &str = "php-fpm8.2";
@@ -30,9 +32,13 @@ pub struct PhpFpmOptions {
     pub request_terminate_timeout: Option<u32>,
     /// `php_admin_value[memory_limit]`, e.g. "-1" to let a script grow until the OOM killer.
     pub memory_limit: Option<String>,
-    /// A cgroup folder (e.g. [`crate::MemCgroup::dir`]) the master is moved into before exec;
-    /// its workers inherit it.
-    pub cgroup: Option<PathBuf>,
+    /// Cgroup folders (e.g. [`crate::MemCgroup::dir`], [`crate::ContainerCgroup::dirs`]) the
+    /// master joins before exec; its workers inherit them.
+    pub cgroups: Vec<PathBuf>,
+    /// The TCP pool's address (default 127.0.0.1); the port is picked free.
+    pub listen: IpAddr,
+    /// Run inside this network namespace (default: the host's).
+    pub netns: Option<Netns>,
     /// Also serve the pool on a unix socket (a second pool, `unix`, same settings), as
     /// Debian's default /run/php/php8.2-fpm.sock does.
     pub unix_socket: bool,
@@ -47,7 +53,9 @@ impl Default for PhpFpmOptions {
             max_children: 1,
             request_terminate_timeout: None,
             memory_limit: None,
-            cgroup: None,
+            cgroups: Vec::new(),
+            listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            netns: None,
             unix_socket: false,
             max_requests: None,
         }
@@ -58,7 +66,7 @@ pub struct PhpFpm {
     // Field order is drop order: stop the master before removing its folder.
     service: Service,
     dir: TempDir,
-    port: u16,
+    addr: SocketAddr,
     unix_socket: Option<PathBuf>,
     docroot: PathBuf,
     state_dir: PathBuf,
@@ -71,11 +79,11 @@ impl PhpFpm {
         let dir = TempDir::new("php-fpm")?;
         let docroot = dir.subdir("www", 0o755)?;
         let state_dir = dir.subdir("state", 0o777)?;
-        let port = free_port();
+        let addr = SocketAddr::new(options.listen, free_port());
         let unix_socket = options.unix_socket.then(|| dir.path().join("php-fpm.sock"));
         let conf = dir.write(
             "php-fpm.conf",
-            config(dir.path(), port, unix_socket.as_deref(), &options),
+            config(dir.path(), addr, unix_socket.as_deref(), &options),
         )?;
 
         let fpm_args = [
@@ -86,30 +94,19 @@ impl PhpFpm {
             "-p".as_ref(),
             dir.path().as_os_str(),
         ];
-        let mut cmd = match &options.cgroup {
-            // The shell moves itself into the cgroup, then becomes php-fpm (same pid).
-            Some(cgroup) => {
-                let mut cmd = Command::new("sh");
-                cmd.arg("-c")
-                    .arg(r#"echo $$ > "$0" && exec "$@""#)
-                    .arg(cgroup.join("cgroup.procs"))
-                    .arg(PHP_FPM)
-                    .args(fpm_args);
-                cmd
-            }
-            None => {
-                let mut cmd = Command::new(PHP_FPM);
-                cmd.args(fpm_args);
-                cmd
-            }
-        };
+        let mut cmd = Command::new(PHP_FPM);
+        cmd.args(fpm_args);
         let log = dir.path().join("php-fpm.out");
-        let mut service = Service::spawn(PHP_FPM, &mut cmd, &log, libc::SIGTERM)?;
+        let placement = Placement {
+            netns: options.netns.clone(),
+            cgroups: options.cgroups.clone(),
+        };
+        let mut service = Service::spawn(PHP_FPM, &mut cmd, &log, libc::SIGTERM, &placement)?;
         service.add_log(dir.path().join("php-fpm.log"));
 
         let master = service.pid();
         service.wait_ready("listening socket", START_TIMEOUT, || {
-            wait_listening(port, Duration::from_millis(100)).ok()
+            wait_listening_at(addr, options.netns.as_ref(), Duration::from_millis(100)).ok()
         })?;
         if let Some(sock) = &unix_socket {
             service.wait_ready("unix socket", START_TIMEOUT, || sock.exists().then_some(()))?;
@@ -123,16 +120,21 @@ impl PhpFpm {
         Ok(Self {
             service,
             dir,
-            port,
+            addr,
             unix_socket,
             docroot,
             state_dir,
         })
     }
 
-    /// TCP port of the pool on 127.0.0.1.
+    /// TCP port of the pool.
     pub fn port(&self) -> u16 {
-        self.port
+        self.addr.port()
+    }
+
+    /// The TCP pool's address (inside its network namespace).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     pub fn unix_socket(&self) -> Option<&Path> {
@@ -181,7 +183,7 @@ impl PhpFpm {
     }
 }
 
-fn config(dir: &Path, port: u16, unix_socket: Option<&Path>, o: &PhpFpmOptions) -> String {
+fn config(dir: &Path, addr: SocketAddr, unix_socket: Option<&Path>, o: &PhpFpmOptions) -> String {
     let d = dir.display();
     let mut conf = format!(
         "[global]\n\
@@ -190,7 +192,7 @@ fn config(dir: &Path, port: u16, unix_socket: Option<&Path>, o: &PhpFpmOptions) 
          log_level = notice\n\
          daemonize = no\n\n"
     );
-    conf.push_str(&pool("tcp", &format!("127.0.0.1:{port}"), o));
+    conf.push_str(&pool("tcp", &addr.to_string(), o));
     if let Some(sock) = unix_socket {
         conf.push_str(&pool("unix", &sock.display().to_string(), o));
         conf.push_str("listen.owner = www-data\nlisten.group = www-data\nlisten.mode = 0660\n");

@@ -1,8 +1,11 @@
 //! Processes: root check, ports, /proc look-ups, bounded waits, and the guard that owns a
 //! started server.
 
+use std::ffi::CString;
 use std::fs::{self, File};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -10,6 +13,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+use crate::netns::Netns;
 
 const POLL: Duration = Duration::from_millis(50);
 
@@ -51,13 +56,23 @@ pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
 
 /// Waits until something accepts TCP connections on 127.0.0.1:`port`.
 pub fn wait_listening(port: u16, timeout: Duration) -> Result<()> {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    wait_until(timeout, || {
+    wait_listening_at(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), None, timeout)
+}
+
+/// Waits until something accepts TCP connections on `addr`, as seen from inside `netns`
+/// (the host's namespace when `None`).
+pub fn wait_listening_at(addr: SocketAddr, netns: Option<&Netns>, timeout: Duration) -> Result<()> {
+    let connects = || {
         TcpStream::connect_timeout(&addr, Duration::from_millis(200))
             .ok()
             .map(|_| ())
-    })
-    .with_context(|| format!("nothing listens on {addr} after {timeout:?}"))
+    };
+    let found = match netns {
+        None => wait_until(timeout, connects),
+        Some(ns) => wait_until(timeout, || ns.enter(connects).ok().flatten()),
+    };
+    let place = netns.map_or_else(String::new, |ns| format!(" in netns {}", ns.name()));
+    found.with_context(|| format!("nothing listens on {addr}{place} after {timeout:?}"))
 }
 
 /// Waits until `path` exists and is non-empty; returns its content.
@@ -137,6 +152,74 @@ pub(crate) fn stop_with_parent(cmd: &mut Command, signal: i32) {
     }
 }
 
+/// Where a started process lives: a network namespace and cgroups (e.g. the folders of a
+/// [`crate::ContainerCgroup`] or [`crate::MemCgroup::dir`]), entered between fork and exec so
+/// the pid the harness holds is the server's own (no `ip netns exec`/`sh` in between) and its
+/// children inherit both.
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    pub netns: Option<Netns>,
+    /// Cgroup folders; the process writes itself into each one's cgroup.procs.
+    pub cgroups: Vec<PathBuf>,
+}
+
+impl Placement {
+    pub fn netns(netns: &Netns) -> Self {
+        Self {
+            netns: Some(netns.clone()),
+            cgroups: Vec::new(),
+        }
+    }
+
+    /// Makes the child of `cmd` enter the cgroups, then the network namespace, before exec.
+    pub(crate) fn apply(&self, cmd: &mut Command) -> Result<()> {
+        let procs: Vec<CString> = self
+            .cgroups
+            .iter()
+            .map(|dir| {
+                CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())
+                    .with_context(|| format!("cgroup path {} holds a NUL byte", dir.display()))
+            })
+            .collect::<Result<_>>()?;
+        let netns: Option<OwnedFd> = match &self.netns {
+            Some(ns) => Some(
+                File::open(ns.path())
+                    .with_context(|| format!("opening {}", ns.path().display()))?
+                    .into(),
+            ),
+            None => None,
+        };
+        // SAFETY: the closure only makes async-signal-safe syscalls (open, write, close,
+        // setns) on memory prepared before fork; the netns fd is O_CLOEXEC and owned by the
+        // closure, so it stays open until the Command is dropped and does not leak past exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                for path in &procs {
+                    // "0" is the writing process itself (cgroup_procs_write_start() in
+                    // kernel/cgroup/cgroup.c, shared by v1 and v2).
+                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    let err = std::io::Error::last_os_error();
+                    libc::close(fd);
+                    if written != 1 {
+                        return Err(err);
+                    }
+                }
+                if let Some(fd) = &netns {
+                    if libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A server process started by the harness, in its own process group, stdout and stderr
 /// appended to a log file. Drop stops it (stop signal, then SIGKILL to its whole group) and
 /// prints the log if the test is panicking.
@@ -154,10 +237,14 @@ impl Service {
         cmd: &mut Command,
         log: &Path,
         stop_signal: i32,
+        placement: &Placement,
     ) -> Result<Self> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone().context("duplicating a log file handle")?;
         stop_with_parent(cmd, stop_signal);
+        placement
+            .apply(cmd)
+            .with_context(|| format!("placing {name} ({placement:?})"))?;
         let child = cmd
             .stdin(Stdio::null())
             .stdout(out)

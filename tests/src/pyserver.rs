@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::process::{wait_listening, Service};
+use crate::process::{wait_listening, Placement, Service};
 use crate::tempdir::TempDir;
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,6 +30,7 @@ impl PyProgram {
             &mut cmd,
             &dir.path().join("output.log"),
             libc::SIGTERM,
+            &Placement::default(),
         )?;
         Ok(Self { service, dir })
     }

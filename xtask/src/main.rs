@@ -13,6 +13,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
+pub use rsttrace_tests::command::display;
 
 #[derive(Parser)]
 #[command(about = "rsttrace developer tasks", long_about = None)]
@@ -110,14 +111,6 @@ pub fn run_checked(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-pub fn display(cmd: &Command) -> String {
-    std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 fn build(release: bool) -> Result<PathBuf> {
     let mut cmd = cargo();
     cmd.args(["build", "--package", "rsttrace", "--bin", "rsttrace"]);
@@ -181,6 +174,8 @@ fn test(filter: Option<&str>) -> Result<()> {
         "reliability",
         "--test",
         "correctness",
+        "--test",
+        "topology",
         "--",
     ])
     .args(filter)

@@ -40,6 +40,13 @@ const TEST_PACKAGES: &[&str] = &[
     "wrk",
     "qemu-system-x86", // cargo xtask vm-test: Debian's kernels under qemu, busybox as their init
     "busybox-static",
+    "kmod",     // depmod: modules.dep of a guest kernel's network drivers (tests' guest)
+    "xz-utils", // 6.12's modules are .ko.xz; busybox's insmod takes plain ones
+    "iptables", // tests' topology: REJECT, DROP, NAT in namespaces, with counters
+    "nftables", // nft delete table: dockerd's tables removed after the docker test
+    // A real Docker Engine for the container tests, driven with its own client
+    // /usr/bin/docker (machines may have a newer client-only /usr/local/bin/docker).
+    "docker.io",
 ];
 
 pub fn setup() -> Result<()> {

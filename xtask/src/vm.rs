@@ -1,9 +1,9 @@
 //! `cargo xtask vm-test`: rsttrace on the kernels its users run, not only on this host's.
 //!
 //! Fetches Debian's own kernels (12's 6.1 and the 6.12 backport, `*-amd64-unsigned`) with
-//! `apt-get download`, keeps their vmlinuz in ~/.cache/rsttrace/vm/, builds a minimal
-//! initramfs (busybox, rsttrace, the `rsttrace-vm-scenarios` binary and the glibc they
-//! link) and boots each kernel under qemu (TCG: KVM guests hang on these machines). The guest's
+//! `apt-get download`, keeps them in ~/.cache/rsttrace/vm/ (rsttrace_tests::vm::kernel),
+//! builds a minimal initramfs (busybox, rsttrace, the `rsttrace-vm-scenarios` binary and the
+//! glibc they link; rsttrace_tests::vm::initramfs) and boots each kernel under qemu (TCG: KVM guests hang on these machines). The guest's
 //! /init prints `rsttrace --check`, runs the scenarios (real resets on loopback, rsttrace's JSON
 //! checked) and powers off. The same scenarios also run directly on the host kernel. Prints a
 //! kernel x scenario matrix and each kernel's `--check`; fails if anything failed.
@@ -12,8 +12,6 @@
 //! `RSTTRACE_VM_TIMEOUT=SECS` bounds each boot (default 600);
 //! `RSTTRACE_VM_BIN=PATH` tests that rsttrace binary instead of building target/debug/rsttrace
 //! (a release build, a candidate fix built elsewhere). Console logs: target/vm/.
-mod initramfs;
-
 use std::{
     collections::BTreeMap,
     fs,
@@ -26,6 +24,10 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+use rsttrace_tests::vm::{
+    initramfs,
+    kernel::{self, Kernel, Series, SERIES},
+};
 
 use crate::{build, cargo, display, libc_geteuid, run_checked, workspace_root};
 
@@ -36,46 +38,33 @@ const HOST_TIMEOUT: Duration = Duration::from_secs(600);
 /// Console lines kept to show when a guest fails or hangs.
 const TAIL_LINES: usize = 60;
 
-/// A Debian kernel flavour to test against.
-struct Series {
-    label: &'static str,
-    /// `apt-cache search --names-only` regex.
-    search: &'static str,
-    /// The exact shape of a package name of this series (the regex is only a pre-filter).
-    matches: fn(&str) -> bool,
-}
-
-const SERIES: &[Series] = &[
-    Series {
-        label: "6.1",
-        search: r"^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$",
-        matches: |name| {
-            name.strip_prefix("linux-image-6.1.0-")
-                .and_then(|r| r.strip_suffix("-amd64-unsigned"))
-                .is_some_and(all_digits)
-        },
-    },
-    Series {
-        label: "6.12",
-        search: r"^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$",
-        matches: |name| {
-            name.strip_prefix("linux-image-6.12.")
-                .and_then(|r| r.strip_suffix("+deb12-amd64-unsigned"))
-                .is_some_and(all_digits)
-        },
-    },
-];
-
-fn all_digits(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
-}
-
-/// A kernel image ready to boot.
-struct Kernel {
-    label: &'static str,
-    package: String,
-    vmlinuz: PathBuf,
-}
+/// The guest's /init: mounts what rsttrace needs, prints `rsttrace --check`, runs the
+/// scenarios and powers off. Console lines prefixed `vm: ` are read by xtask.
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s
+export PATH=/sbin:/bin:/usr/sbin:/usr/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mount -t tmpfs tmpfs /tmp
+mount -t tracefs tracefs /sys/kernel/tracing || echo "vm: could not mount tracefs"
+mount -t cgroup2 cgroup2 /sys/fs/cgroup || echo "vm: could not mount cgroup2"
+ip link set lo up || ifconfig lo 127.0.0.1 up
+# Keep kernel messages (OOM reports...) from splitting the result lines; shown on failure.
+dmesg -n 1
+btf=no; [ -e /sys/kernel/btf/vmlinux ] && btf=yes
+echo "vm: kernel $(uname -r), $(nproc) cpu(s), BTF $btf"
+echo "vm: check begin"
+/rsttrace --check 2>&1
+echo "vm: check end (exit $?)"
+/rsttrace-vm-scenarios --rsttrace /rsttrace
+rc=$?
+if [ "$rc" != 0 ]; then
+    dmesg | tail -n 60 | sed 's/^/vm: dmesg: /'
+fi
+echo "vm: done (exit $rc)"
+poweroff -f
+"#;
 
 /// What one column of the matrix produced.
 struct Run {
@@ -157,16 +146,24 @@ pub fn vm_test() -> Result<()> {
         .collect();
     if !series.is_empty() {
         qemu_present()?;
-        let cache = cache_dir();
-        fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
         let mut kernels = Vec::new();
         for s in &series {
             let t = Instant::now();
-            kernels.push(fetch_kernel(s, &cache)?);
+            kernels.push(kernel::fetch(s)?);
             timings.push((format!("{}: fetch kernel", s.label), secs(t)));
         }
         let t = Instant::now();
-        let initrd = initramfs::build(&out_dir, &rsttrace, &scenarios_bin)?;
+        let initrd = initramfs::build(
+            &out_dir,
+            &initramfs::Contents {
+                init: INIT,
+                programs: &[
+                    ("rsttrace", rsttrace.as_path()),
+                    ("rsttrace-vm-scenarios", scenarios_bin.as_path()),
+                ],
+                files: &[],
+            },
+        )?;
         timings.push(("build initramfs".into(), secs(t)));
         let timeout = boot_timeout();
         for kernel in &kernels {
@@ -226,14 +223,6 @@ fn boot_timeout() -> Duration {
         .map_or(DEFAULT_BOOT_TIMEOUT, Duration::from_secs)
 }
 
-fn cache_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/root/.cache"));
-    base.join("rsttrace").join("vm")
-}
-
 fn list_scenarios(bin: &Path) -> Result<Vec<String>> {
     let out = Command::new(bin)
         .arg("--list")
@@ -261,173 +250,6 @@ fn qemu_present() -> Result<()> {
             "qemu-system-x86_64 is missing: run `cargo xtask setup` (or apt-get install qemu-system-x86)"
         ),
     }
-}
-
-// ---------------------------------------------------------------------------------------
-// Kernels from Debian's archive
-
-/// The newest package of `series` in apt's lists, its vmlinuz cached under `cache`.
-fn fetch_kernel(series: &Series, cache: &Path) -> Result<Kernel> {
-    let mut packages = apt_search(series)?;
-    if packages.is_empty() {
-        eprintln!(
-            "xtask: vm: no {} kernel in apt's lists; apt-get update",
-            series.label
-        );
-        run_checked(Command::new("apt-get").args(["update", "-q"]))?;
-        packages = apt_search(series)?;
-    }
-    let Some(package) = packages.into_iter().max_by_key(|p| version_key(p)) else {
-        // Offline with a warm cache still works.
-        if let Some(kernel) = cached_kernel(series, cache) {
-            eprintln!(
-                "xtask: vm: warning: apt knows no {} kernel; using the cached {}",
-                series.label, kernel.package
-            );
-            return Ok(kernel);
-        }
-        bail!(
-            "Debian's archive offers no package matching {} (apt-cache search --names-only '{}'): \
-             is bookworm / bookworm-security in /etc/apt/sources.list?",
-            series.label,
-            series.search
-        );
-    };
-    let dir = cache.join(&package);
-    let vmlinuz = dir.join("vmlinuz");
-    if !vmlinuz.is_file() {
-        let deb = download(&package, cache)?;
-        extract_vmlinuz(&deb, &dir)?;
-        let _ = fs::remove_file(&deb);
-        eprintln!("xtask: vm: cached {} in {}", package, vmlinuz.display());
-    }
-    // Older kernels of this series are never used again.
-    if let Ok(entries) = fs::read_dir(cache) {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name != package && (series.matches)(&name) {
-                let _ = fs::remove_dir_all(entry.path());
-            }
-        }
-    }
-    Ok(Kernel {
-        label: series.label,
-        package,
-        vmlinuz,
-    })
-}
-
-fn cached_kernel(series: &Series, cache: &Path) -> Option<Kernel> {
-    fs::read_dir(cache)
-        .ok()?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| (series.matches)(name) && cache.join(name).join("vmlinuz").is_file())
-        .max_by_key(|name| version_key(name))
-        .map(|package| Kernel {
-            label: series.label,
-            vmlinuz: cache.join(&package).join("vmlinuz"),
-            package,
-        })
-}
-
-/// Numbers in a package name, in order: "linux-image-6.12.117+deb12-..." -> [6, 12, 117, 12, ...].
-fn version_key(name: &str) -> Vec<u64> {
-    name.split(|c: char| !c.is_ascii_digit())
-        .filter_map(|n| n.parse().ok())
-        .collect()
-}
-
-fn apt_search(series: &Series) -> Result<Vec<String>> {
-    let mut cmd = Command::new("apt-cache");
-    cmd.args(["search", "--names-only", series.search]);
-    let out = cmd
-        .output()
-        .with_context(|| format!("running {}", display(&cmd)))?;
-    if !out.status.success() {
-        bail!(
-            "{} failed: {}",
-            display(&cmd),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|name| (series.matches)(name))
-        .map(String::from)
-        .collect())
-}
-
-/// `apt-get download`s `package` into `cache` (unless a .deb of it is already there).
-fn download(package: &str, cache: &Path) -> Result<PathBuf> {
-    let find = || -> Option<PathBuf> {
-        fs::read_dir(cache)
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
-            })
-    };
-    if let Some(deb) = find() {
-        return Ok(deb);
-    }
-    let attempt = || -> Result<()> {
-        // The sandbox user _apt cannot write to root's cache folder: download as root.
-        run_checked(
-            Command::new("apt-get")
-                .args(["download", "-q", "-o", "APT::Sandbox::User=root", package])
-                .current_dir(cache),
-        )
-    };
-    if let Err(first) = attempt() {
-        // Stale lists name a version the archive no longer has.
-        eprintln!("xtask: vm: {first:#}; retrying after apt-get update");
-        run_checked(Command::new("apt-get").args(["update", "-q"]))?;
-        attempt().with_context(|| {
-            format!("downloading {package} from Debian's archive (is it reachable?)")
-        })?;
-    }
-    find().with_context(|| {
-        format!(
-            "apt-get download {package} succeeded but left no {package}_*.deb in {}",
-            cache.display()
-        )
-    })
-}
-
-/// Unpacks the .deb and keeps only boot/vmlinuz-* (as `dir`/vmlinuz) and its config.
-fn extract_vmlinuz(deb: &Path, dir: &Path) -> Result<()> {
-    let tmp = dir.with_extension("extract");
-    let _ = fs::remove_dir_all(&tmp);
-    run_checked(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp))?;
-    let boot = tmp.join("boot");
-    let mut vmlinuz = None;
-    let mut config = None;
-    for entry in fs::read_dir(&boot)
-        .with_context(|| format!("{} holds no boot/ folder", deb.display()))?
-        .flatten()
-    {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("vmlinuz-") {
-            vmlinuz = Some(entry.path());
-        } else if name.starts_with("config-") {
-            config = Some(entry.path());
-        }
-    }
-    let vmlinuz = vmlinuz.with_context(|| format!("{} holds no boot/vmlinuz-*", deb.display()))?;
-    fs::create_dir_all(dir)?;
-    if let Some(config) = config {
-        fs::copy(&config, dir.join("config"))?;
-    }
-    // Written last, under its final name only when complete: its presence means "cached".
-    fs::copy(&vmlinuz, dir.join("vmlinuz.part"))?;
-    fs::rename(dir.join("vmlinuz.part"), dir.join("vmlinuz"))?;
-    fs::remove_dir_all(&tmp)?;
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------

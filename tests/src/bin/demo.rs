@@ -217,7 +217,7 @@ fn run() -> Result<()> {
     let cgroup = MemCgroup::create(64 << 20)?;
     let fpm_oom = PhpFpm::start(PhpFpmOptions {
         memory_limit: Some("-1".into()),
-        cgroup: Some(cgroup.dir().to_path_buf()),
+        cgroups: vec![cgroup.dir().to_path_buf()],
         ..PhpFpmOptions::default()
     })?;
     let fpm_unix = PhpFpm::start(PhpFpmOptions {

@@ -70,6 +70,7 @@ fn main() -> ExitCode {
                 only.push(name.clone());
                 it.next();
             }
+            ("--serve", Some(addr)) => return serve(addr),
             ("--list", _) => {
                 for (name, _) in SCENARIOS {
                     println!("{name}");
@@ -79,7 +80,9 @@ fn main() -> ExitCode {
             _ => {
                 eprintln!(
                     "usage: rsttrace-vm-scenarios [--rsttrace PATH] [--only NAME]... [--list]\n\
-                     (PATH defaults to $RSTTRACE_BIN)"
+                     \x20      rsttrace-vm-scenarios --serve ADDR:PORT\n\
+                     (PATH defaults to $RSTTRACE_BIN; --serve runs the aborting server a guest \
+                     kernel plays the remote host with, see rsttrace_tests::abort_server)"
                 );
                 return ExitCode::from(2);
             }
@@ -95,6 +98,24 @@ fn main() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// `--serve ADDR`: the aborting server (rsttrace_tests::guest boots a kernel running it).
+fn serve(addr: &str) -> ExitCode {
+    let addr = match addr.parse() {
+        Ok(addr) => addr,
+        Err(e) => {
+            eprintln!("--serve {addr}: not an ADDR:PORT ({e})");
+            return ExitCode::from(2);
+        }
+    };
+    match rsttrace_tests::abort_server::serve(addr) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            println!("serve {addr}: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

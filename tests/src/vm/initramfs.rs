@@ -1,6 +1,7 @@
-//! The guest's initramfs: busybox, rsttrace, the scenario binary, the glibc pieces they link
-//! and an /init that runs them. Written as a cpio "newc" archive directly (entries owned by
-//! root, a /dev/console node, no staging folder or mknod needed), then gzipped.
+//! A guest's initramfs: busybox, the caller's /init script, programs (stripped, with the
+//! glibc pieces they link) and plain files such as kernel modules. Written as a cpio "newc"
+//! archive directly (entries owned by root, a /dev/console node, no staging folder or mknod
+//! needed), then gzipped. Used by `cargo xtask vm-test` and [`crate::guest`].
 use std::{
     collections::BTreeSet,
     fs,
@@ -11,47 +12,28 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{display, run_checked};
+use crate::command::{display, run};
 
 const BUSYBOX: &str = "/bin/busybox";
 
-/// The guest's /init: mounts what rsttrace needs, prints `rsttrace --check`, runs the
-/// scenarios and powers off. Console lines prefixed `vm: ` are read by xtask.
-const INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox --install -s
-export PATH=/sbin:/bin:/usr/sbin:/usr/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
-mount -t tmpfs tmpfs /tmp
-mount -t tracefs tracefs /sys/kernel/tracing || echo "vm: could not mount tracefs"
-mount -t cgroup2 cgroup2 /sys/fs/cgroup || echo "vm: could not mount cgroup2"
-ip link set lo up || ifconfig lo 127.0.0.1 up
-# Keep kernel messages (OOM reports...) from splitting the result lines; shown on failure.
-dmesg -n 1
-btf=no; [ -e /sys/kernel/btf/vmlinux ] && btf=yes
-echo "vm: kernel $(uname -r), $(nproc) cpu(s), BTF $btf"
-echo "vm: check begin"
-/rsttrace --check 2>&1
-echo "vm: check end (exit $?)"
-/rsttrace-vm-scenarios --rsttrace /rsttrace
-rc=$?
-if [ "$rc" != 0 ]; then
-    dmesg | tail -n 60 | sed 's/^/vm: dmesg: /'
-fi
-echo "vm: done (exit $rc)"
-poweroff -f
-"#;
+/// What goes into the archive besides busybox.
+pub struct Contents<'a> {
+    /// The /init script (run by the kernel as PID 1; `#!/bin/busybox sh`).
+    pub init: &'a str,
+    /// (path in the guest, program on the host): stripped of debug info, shared libraries
+    /// added at the paths `ldd` shows.
+    pub programs: &'a [(&'a str, &'a Path)],
+    /// (path in the guest, file on the host): copied as they are (mode 0644).
+    pub files: &'a [(String, PathBuf)],
+}
 
 /// Builds `out_dir`/initrd.gz; returns its path.
-pub fn build(out_dir: &Path, rsttrace: &Path, scenarios: &Path) -> Result<PathBuf> {
+pub fn build(out_dir: &Path, contents: &Contents<'_>) -> Result<PathBuf> {
     if !Path::new(BUSYBOX).is_file() {
         bail!("{BUSYBOX} is missing: run `cargo xtask setup` (or apt-get install busybox-static)");
     }
     let staging = out_dir.join("bin");
     fs::create_dir_all(&staging)?;
-    let rsttrace_small = stripped(rsttrace, &staging.join("rsttrace"))?;
-    let scenarios_small = stripped(scenarios, &staging.join("rsttrace-vm-scenarios"))?;
 
     let cpio_path = out_dir.join("initrd.cpio");
     let mut cpio = Cpio::new(BufWriter::new(
@@ -65,14 +47,19 @@ pub fn build(out_dir: &Path, rsttrace: &Path, scenarios: &Path) -> Result<PathBu
         cpio.dir(dir)?;
     }
     cpio.char_dev("dev/console", 0o600, 5, 1)?;
-    cpio.file("init", 0o755, INIT.as_bytes())?;
+    cpio.file("init", 0o755, contents.init.as_bytes())?;
     cpio.file("bin/busybox", 0o755, &read(Path::new(BUSYBOX))?)?;
-    cpio.file("rsttrace", 0o755, &read(&rsttrace_small)?)?;
-    cpio.file("rsttrace-vm-scenarios", 0o755, &read(&scenarios_small)?)?;
     // glibc is found at the paths ldd shows (no ld.so.cache: those are the default dirs).
     let mut libs = BTreeSet::new();
-    for bin in [rsttrace, scenarios] {
-        libs.extend(shared_libraries(bin)?);
+    for (name, program) in contents.programs {
+        let name = name.trim_start_matches('/');
+        let file_name = Path::new(name)
+            .file_name()
+            .context("a program path without a name")?;
+        let small = stripped(program, &staging.join(file_name))?;
+        cpio.parents(name)?;
+        cpio.file(name, 0o755, &read(&small)?)?;
+        libs.extend(shared_libraries(program)?);
     }
     for lib in &libs {
         let name = lib.to_string_lossy();
@@ -80,22 +67,32 @@ pub fn build(out_dir: &Path, rsttrace: &Path, scenarios: &Path) -> Result<PathBu
         cpio.parents(name)?;
         cpio.file(name, 0o755, &read(lib)?)?;
     }
+    for (name, file) in contents.files {
+        let name = name.trim_start_matches('/');
+        cpio.parents(name)?;
+        cpio.file(name, 0o644, &read(file)?)?;
+    }
     cpio.finish()?;
 
     let gz = out_dir.join("initrd.cpio.gz");
     let _ = fs::remove_file(&gz);
-    run_checked(
-        Command::new("gzip")
-            .args(["-6", "-n", "-f"])
-            .arg(&cpio_path),
-    )?;
+    run(Command::new("gzip")
+        .args(["-6", "-n", "-f"])
+        .arg(&cpio_path))?;
     let initrd = out_dir.join("initrd.gz");
     fs::rename(&gz, &initrd)?;
     let size = fs::metadata(&initrd).map(|m| m.len()).unwrap_or(0);
     eprintln!(
-        "xtask: vm: initramfs {} ({:.1} MiB: busybox, rsttrace, scenarios, {})",
+        "vm: initramfs {} ({:.1} MiB: busybox, {}, {} file(s), {})",
         initrd.display(),
         size as f64 / f64::from(1 << 20),
+        contents
+            .programs
+            .iter()
+            .map(|(name, _)| name.trim_start_matches('/'))
+            .collect::<Vec<_>>()
+            .join(", "),
+        contents.files.len(),
         libs.iter()
             .filter_map(|l| l.file_name())
             .map(|n| n.to_string_lossy().into_owned())
@@ -122,7 +119,7 @@ fn stripped(bin: &Path, to: &Path) -> Result<PathBuf> {
         Ok(s) if s.success() => Ok(to.to_path_buf()),
         _ => {
             eprintln!(
-                "xtask: vm: warning: could not strip {}; packing it whole",
+                "vm: warning: could not strip {}; packing it whole",
                 bin.display()
             );
             Ok(bin.to_path_buf())
