@@ -11,9 +11,9 @@
 //! Only whole lines (ending in `\n`) are returned; a line longer than [`Limits::max_line`] is
 //! returned cut to that length with `cut` set, the rest skipped up to its newline.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -204,10 +204,14 @@ impl Followed {
 
 impl Reader {
     fn open(path: &Path, at_end: bool) -> std::io::Result<Self> {
-        let mut file = File::open(path)?;
+        // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer. A pipe
+        // or a terminal (`error_log /dev/stderr`) cannot be followed by position anyway.
+        let mut file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)?;
         let meta = file.metadata()?;
         if !meta.is_file() {
-            // A pipe or a terminal (`error_log /dev/stderr`) cannot be followed by position.
             return Err(std::io::Error::other(
                 "not a regular file (nginx logs to a pipe or terminal here)",
             ));
@@ -281,5 +285,209 @@ impl Reader {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Self {
+            let p =
+                std::env::temp_dir().join(format!("rsttrace-follow-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).expect("temp dir");
+            Self(p)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Opens like nginx does (O_APPEND), so writes land at the end even after a truncate.
+    fn appender(path: &Path) -> File {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("open for append")
+    }
+
+    fn texts(lines: &[Line]) -> Vec<String> {
+        lines
+            .iter()
+            .map(|l| String::from_utf8_lossy(&l.bytes).into_owned())
+            .collect()
+    }
+
+    fn quick() -> Limits {
+        Limits {
+            drain_quiet: Duration::from_millis(50),
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn partial_writes_wait_for_their_newline() {
+        let dir = Dir::new("partial");
+        let path = dir.0.join("error.log");
+        let mut w = appender(&path);
+        w.write_all(b"old line\n").expect("write");
+        let mut f = Follower::new([path.clone()], StartAt::End, quick());
+        assert!(f.poll().is_empty(), "lines before the start are skipped");
+        w.write_all(b"first\nsec").expect("write");
+        assert_eq!(texts(&f.poll()), ["first"]);
+        assert!(f.poll().is_empty(), "half a line is not a line");
+        w.write_all(b"ond\n").expect("write");
+        let lines = f.poll();
+        assert_eq!(texts(&lines), ["second"]);
+        assert_eq!(lines[0].log_file, path);
+        assert!(!lines[0].cut);
+        let mut from_start = Follower::new([path], StartAt::Beginning, quick());
+        assert_eq!(texts(&from_start.poll()), ["old line", "first", "second"]);
+    }
+
+    #[test]
+    fn rename_rotation_drains_the_old_file_then_follows_the_new() {
+        let dir = Dir::new("rename");
+        let path = dir.0.join("error.log");
+        let mut nginx = appender(&path);
+        let mut f = Follower::new([path.clone()], StartAt::End, quick());
+        nginx.write_all(b"a\n").expect("write");
+        assert_eq!(texts(&f.poll()), ["a"]);
+        // logrotate: rename, create a new file; nginx writes to the old one until reopen.
+        std::fs::rename(&path, dir.0.join("error.log.1")).expect("rename");
+        let mut fresh = appender(&path);
+        nginx
+            .write_all(b"b (old file, before reopen)\n")
+            .expect("write");
+        assert_eq!(texts(&f.poll()), ["b (old file, before reopen)"]);
+        assert!(f.take_notices().contains(&Notice::Rotated(path.clone())));
+        nginx.write_all(b"c (old file, still)\n").expect("write");
+        fresh.write_all(b"d (new file)\n").expect("write");
+        assert_eq!(texts(&f.poll()), ["c (old file, still)", "d (new file)"]);
+        std::thread::sleep(Duration::from_millis(80));
+        f.poll();
+        nginx
+            .write_all(b"e (old file, after it went quiet)\n")
+            .expect("write");
+        fresh.write_all(b"f\n").expect("write");
+        assert_eq!(texts(&f.poll()), ["f"], "the quiet old file was closed");
+    }
+
+    #[test]
+    fn copytruncate_restarts_from_the_start() {
+        let dir = Dir::new("truncate");
+        let path = dir.0.join("error.log");
+        let mut nginx = appender(&path);
+        let mut f = Follower::new([path.clone()], StartAt::End, quick());
+        nginx.write_all(b"one\ntwo\nthree\npartial").expect("write");
+        assert_eq!(texts(&f.poll()), ["one", "two", "three"]);
+        // logrotate copytruncate: copy, then truncate in place; nginx's O_APPEND writes
+        // continue at the new end.
+        std::fs::copy(&path, dir.0.join("error.log.1")).expect("copy");
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open")
+            .set_len(0)
+            .expect("truncate");
+        nginx.write_all(b"four\n").expect("write");
+        assert_eq!(texts(&f.poll()), ["four"]);
+        assert!(f.take_notices().contains(&Notice::Truncated(path)));
+    }
+
+    #[test]
+    fn a_huge_line_is_cut_and_the_next_one_kept() {
+        let dir = Dir::new("huge");
+        let path = dir.0.join("error.log");
+        let mut w = appender(&path);
+        let limits = Limits {
+            max_line: 1024,
+            ..quick()
+        };
+        let mut f = Follower::new([path], StartAt::End, limits);
+        w.write_all(&vec![b'x'; 300_000]).expect("write");
+        let lines = f.poll();
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].cut && lines[0].bytes.len() == 1024);
+        w.write_all(&vec![b'y'; 300_000]).expect("write");
+        assert!(f.poll().is_empty(), "the rest of the cut line is skipped");
+        w.write_all(b"\nok\n").expect("write");
+        assert_eq!(texts(&f.poll()), ["ok"]);
+    }
+
+    #[test]
+    fn reads_per_poll_are_capped_and_binary_is_bounded() {
+        let dir = Dir::new("cap");
+        let path = dir.0.join("error.log");
+        let mut w = appender(&path);
+        let limits = Limits {
+            max_read_per_poll: 100_000,
+            max_line: 2048,
+            ..quick()
+        };
+        let mut f = Follower::new([path], StartAt::End, limits);
+        let line = [b'z'; 99];
+        for _ in 0..5000 {
+            w.write_all(&line).expect("write");
+            w.write_all(b"\n").expect("write");
+        }
+        let mut polls = 0;
+        let mut total = 0;
+        while total < 5000 {
+            let got = f.poll().len();
+            assert!(
+                got <= 1000,
+                "{got} lines in one poll: over the 100 kB budget"
+            );
+            total += got;
+            polls += 1;
+            assert!(polls < 20, "stalled at {total} lines");
+        }
+        assert_eq!((total, polls), (5000, 5));
+        // 1 MiB of binary without a newline: one cut line, nothing piles up.
+        let noise: Vec<u8> = (0..1_048_576u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+            .map(|b| if b == b'\n' { 0 } else { b })
+            .collect();
+        w.write_all(&noise).expect("write");
+        let mut cut = 0;
+        for _ in 0..12 {
+            for l in f.poll() {
+                assert!(l.bytes.len() <= 2048);
+                cut += usize::from(l.cut);
+            }
+        }
+        assert_eq!(cut, 1);
+    }
+
+    #[test]
+    fn files_that_appear_later_and_files_that_cannot_be_followed() {
+        let dir = Dir::new("later");
+        let later = dir.0.join("later.log");
+        let fifo = dir.0.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).expect("no NUL");
+        // SAFETY: c is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        let mut f = Follower::new([later.clone(), fifo.clone()], StartAt::End, quick());
+        let notices = f.take_notices();
+        assert!(
+            notices
+                .iter()
+                .any(|n| matches!(n, Notice::Unreadable { path, .. } if *path == fifo)),
+            "{notices:?}"
+        );
+        assert!(f.poll().is_empty());
+        std::fs::write(&later, b"created after start\n").expect("write");
+        assert_eq!(texts(&f.poll()), ["created after start"]);
     }
 }

@@ -32,4 +32,6 @@ pub use time::{LogTime, NginxTimeZone, UtcSeconds};
 pub use upstream::{verify_upstream, RequestContext, UpstreamAddr, UpstreamMatch};
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod real_lines;

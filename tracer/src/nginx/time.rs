@@ -91,7 +91,7 @@ impl LogTime {
     /// The UTC seconds this local time stands for in `tz`.
     pub fn to_utc(&self, tz: &NginxTimeZone) -> Option<UtcSeconds> {
         let ambiguous = tz.zone.to_ambiguous_timestamp(self.civil()?);
-        let earliest = ambiguous.clone().earlier().ok()?.as_second();
+        let earliest = ambiguous.earlier().ok()?.as_second();
         let latest = ambiguous.later().ok()?.as_second();
         Some(UtcSeconds { earliest, latest })
     }

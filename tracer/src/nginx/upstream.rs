@@ -20,6 +20,7 @@
 //! - an HTTP/0.9 request (no version) has no headers, so no host or referrer can follow;
 //! - the upstream value holds no space: nginx sends the upstream the raw URI only when it has
 //!   none (`valid_unparsed_uri`), else an escaped one.
+//!
 //! The true reading is always among the readings, so a forged upstream can at worst make the
 //! answer [`UpstreamMatch::Ambiguous`], never [`UpstreamMatch::Confirmed`].
 
