@@ -179,6 +179,8 @@ fn test(filter: Option<&str>) -> Result<()> {
         "scenarios",
         "--test",
         "reliability",
+        "--test",
+        "nginx_log",
         "--",
     ])
     .args(filter)

@@ -97,6 +97,10 @@ impl LogTime {
     }
 }
 
+/// How far (seconds) a line seen live may be from the moment it was read and still count as
+/// live: nginx's cached time lags a little, the follower polls every ~100 ms.
+const LIVE_SLACK_S: i64 = 120;
+
 /// The time zone an nginx process writes its log times in, and where it came from.
 #[derive(Debug, Clone)]
 pub struct NginxTimeZone {
@@ -152,6 +156,47 @@ impl NginxTimeZone {
             Err(_) if matches!(name, "UTC" | "GMT" | "UTC0" | "GMT0") => Ok(Self::utc(name)),
             Err(e) => bail!("TZ={value} is neither a zone file under {}/usr/share/zoneinfo nor a POSIX rule: {e}", root.display()),
         }
+    }
+
+    /// Checks the zone against a line read as soon as nginx wrote it (`seen_unix_s`: when it
+    /// was read). nginx moves its environment away to make room for its process title
+    /// (ngx_init_setproctitle, src/os/unix/ngx_setproctitle.c) and the title overwrites the
+    /// old place, so /proc/PID/environ of an nginx never shows its `TZ`: a `TZ` given to
+    /// nginx (`docker run -e TZ=...`, systemd `Environment=`) is only visible in its lines.
+    /// When this zone puts the line elsewhere than now, the zone becomes the fixed offset
+    /// (in 15-minute steps) that does; returns whether it changed. Call it with live lines
+    /// only (not a backlog read from a file's start).
+    pub fn calibrate(&mut self, time: &LogTime, seen_unix_s: i64) -> bool {
+        let Some(utc) = time.to_utc(self) else {
+            return false;
+        };
+        if (utc.earliest - LIVE_SLACK_S..=utc.latest + LIVE_SLACK_S).contains(&seen_unix_s) {
+            return false;
+        }
+        let Some(wall) = time.to_utc(&Self::utc("wall clock")) else {
+            return false;
+        };
+        let offset = wall.earliest - seen_unix_s;
+        let rounded = (offset + offset.signum() * 450) / 900 * 900;
+        if (offset - rounded).abs() > LIVE_SLACK_S {
+            return false;
+        }
+        let Some(fixed) = i32::try_from(rounded)
+            .ok()
+            .and_then(|s| jiff::tz::Offset::from_seconds(s).ok())
+        else {
+            return false;
+        };
+        self.zone = TimeZone::fixed(fixed);
+        let sign = if rounded < 0 { '-' } else { '+' };
+        let abs = rounded.abs();
+        self.source = format!(
+            "UTC{sign}{:02}:{:02} inferred from a line seen live (was {}; nginx hides its TZ)",
+            abs / 3600,
+            abs % 3600 / 60,
+            self.source
+        );
+        true
     }
 
     /// A TZif file at `path` inside `root` (symlinks resolved inside that root).
@@ -218,6 +263,24 @@ mod tests {
         assert_eq!(fold.latest - fold.earliest, 3600);
         assert!(fold.contains_ns(i128::from(fold.latest) * 1_000_000_000 + 999_999_999, 0));
         assert!(!fold.contains_ns(i128::from(fold.latest + 1) * 1_000_000_000, 0));
+    }
+
+    #[test]
+    fn calibration_from_live_lines() {
+        let mut tz = NginxTimeZone::utc("test");
+        let seen = 1_796_043_522; // 2026-11-30 12:58:42 UTC
+                                  // Consistent (1 s late): unchanged.
+        assert!(!tz.calibrate(&t("2026/11/30 12:58:41"), seen));
+        // 37 minutes off is no zone: a backlog line, unchanged.
+        assert!(!tz.calibrate(&t("2026/11/30 13:35:42"), seen));
+        // Tokyo's wall clock, read 2 s after it was written.
+        assert!(tz.calibrate(&t("2026/11/30 21:58:40"), seen));
+        assert!(tz.source.starts_with("UTC+09:00 inferred"), "{}", tz.source);
+        let s = t("2026/11/30 21:58:40").to_utc(&tz).expect("in range");
+        assert_eq!(s.earliest, seen - 2);
+        // Newfoundland, UTC-03:30.
+        assert!(tz.calibrate(&t("2026/11/30 09:28:42"), seen));
+        assert!(tz.source.starts_with("UTC-03:30"), "{}", tz.source);
     }
 
     #[test]
