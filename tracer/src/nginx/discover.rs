@@ -341,6 +341,13 @@ impl PidMap {
         Ok(())
     }
 
+    /// A map where every pid is its own (nginx in rsttrace's pid namespace), for recorded lines.
+    pub fn identity(pids: impl IntoIterator<Item = u32>) -> Self {
+        let map: HashMap<u32, u32> = pids.into_iter().map(|p| (p, p)).collect();
+        let master = map.keys().min().copied().unwrap_or(0);
+        Self { master, map }
+    }
+
     /// The pid here of the nginx process that logged `logged_pid`.
     pub fn host_pid(&self, logged_pid: u32) -> Option<u32> {
         self.map.get(&logged_pid).copied()
