@@ -14,6 +14,7 @@ pub mod host;
 pub mod kernel;
 pub mod loader;
 pub mod model;
+pub mod nginx;
 pub mod output;
 pub mod procfs;
 pub mod report;

@@ -176,6 +176,8 @@ fn test(filter: Option<&str>) -> Result<()> {
         "correctness",
         "--test",
         "topology",
+        "--test",
+        "nginx_log",
         "--",
     ])
     .args(filter)
