@@ -13,6 +13,7 @@ pub mod host;
 pub mod kernel;
 pub mod loader;
 pub mod model;
+pub mod netns;
 pub mod output;
 pub mod procfs;
 pub mod report;
