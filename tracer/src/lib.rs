@@ -15,6 +15,7 @@ pub mod kernel;
 pub mod loader;
 pub mod model;
 pub mod nginx;
+pub mod netns;
 pub mod output;
 pub mod procfs;
 pub mod report;
