@@ -19,6 +19,8 @@ pub struct Config {
     pub set_state_newstate: u32,
     pub set_state_protocol: u32,
     pub signal_sig: u32,
+    /// `group_dead` in sched:sched_process_exit (newer kernels).
+    pub exit_group_dead: u32,
     pub syscall_ret: u32,
     /// `fd` in syscalls:sys_enter_{recvfrom,readv,...,listen} records.
     pub sys_enter_fd: u32,
@@ -82,6 +84,15 @@ pub struct Config {
     pub dev_net: u32,
     /// sock.sk_err, sock.sk_protocol, and the addresses and ports of __sk_common.
     pub sock_err: u32,
+    pub sock_err_soft: u32,
+    /// sock.__sk_common.skc_state; sock.sk_error_queue.prev (its newest skb) and .qlen,
+    /// sk_buff.cb, and where the queued error's errno sits in that cb
+    /// (sock_exterr_skb.ee.ee_errno).
+    pub sock_state: u32,
+    pub sock_errqueue_tail: u32,
+    pub sock_errqueue_len: u32,
+    pub skb_cb: u32,
+    pub exterr_errno: u32,
     pub sock_protocol: u32,
     pub sock_daddr: u32,
     pub sock_rcv_saddr: u32,
@@ -101,6 +112,7 @@ impl Config {
         set_state_newstate: NO_OFFSET,
         set_state_protocol: NO_OFFSET,
         signal_sig: NO_OFFSET,
+        exit_group_dead: NO_OFFSET,
         syscall_ret: NO_OFFSET,
         sys_enter_fd: NO_OFFSET,
         regs_arg: [NO_OFFSET; 4],
@@ -143,6 +155,12 @@ impl Config {
         skb_dev: NO_OFFSET,
         dev_net: NO_OFFSET,
         sock_err: NO_OFFSET,
+        sock_err_soft: NO_OFFSET,
+        sock_state: NO_OFFSET,
+        sock_errqueue_tail: NO_OFFSET,
+        sock_errqueue_len: NO_OFFSET,
+        skb_cb: NO_OFFSET,
+        exterr_errno: NO_OFFSET,
         sock_protocol: NO_OFFSET,
         sock_daddr: NO_OFFSET,
         sock_rcv_saddr: NO_OFFSET,

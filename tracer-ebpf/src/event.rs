@@ -197,7 +197,10 @@ pub struct ProcessExit {
     pub header: Header,
     /// current->exit_code (a wait status).
     pub exit_code: i32,
-    pub _pad: u32,
+    /// 1 when this was the last thread of its process (the record's group_dead, 6.x), 0
+    /// when other threads live on, 2 when the kernel does not say.
+    pub group_dead: u8,
+    pub _pad: [u8; 3],
     /// Kernfs id of current's memory cgroup (= inode of its cgroupfs directory), 0 if unknown.
     pub memcg_id: u64,
 }

@@ -161,6 +161,11 @@ fn exit(e: &event::ProcessExit) -> KernelEvent {
         task: current_task(&e.header),
         exit_code: e.exit_code,
         memcg_id: e.memcg_id,
+        group_dead: match e.group_dead {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        },
     })
 }
 

@@ -271,7 +271,10 @@ pub static HOOKS: &[Hook] = &[
         required: false,
         purpose: "process deaths and exit codes",
         record: None,
-        configure: nothing,
+        configure: |f, c| {
+            c.exit_group_dead = offset(f, "group_dead");
+            Ok(())
+        },
     },
     Hook {
         program: "sched_process_fork",

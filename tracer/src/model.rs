@@ -135,9 +135,17 @@ pub struct ProcessExit {
     /// current->exit_code: a wait(2) status (signal in the low 7 bits, else code << 8).
     pub exit_code: i32,
     pub memcg_id: u64,
+    /// Whether the process died with this task (its last thread), when the kernel says.
+    pub group_dead: Option<bool>,
 }
 
 impl ProcessExit {
+    /// Whether this exit ends the process, not just one of its threads: the kernel's
+    /// group_dead where it has it, else the thread group leader's exit.
+    pub fn ends_process(&self) -> bool {
+        self.group_dead.unwrap_or(self.task.tid == self.task.pid)
+    }
+
     pub fn death(&self) -> Death {
         let sig = self.exit_code & 0x7f;
         if sig != 0 {

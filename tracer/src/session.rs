@@ -21,7 +21,7 @@ use crate::{
     loader,
     model::{KernelEvent, Verdict},
     output::{Format, Output},
-    report::{MemcgInfo, Resolve},
+    report::{MemcgInfo, NetnsJson, Resolve},
     timefmt::realtime_offset_ns,
     unix::ListenerScanner,
     watch::{self, Watch},
@@ -185,6 +185,40 @@ struct Resolver {
     /// Memory cgroups of processes seen exiting: a dead peer's /proc entry is gone by
     /// the time its verdict is rendered.
     exited: ExitedMemcgs,
+    /// Interfaces and veth peers of the host's network namespaces, asked rarely (for resets
+    /// no local socket sent), cached briefly.
+    namespaces: std::cell::RefCell<crate::netns::Namespaces>,
+    /// Cgroup paths by pid, read from /proc once per pid: a storm of resets from one
+    /// process must not cost a file read each.
+    cgroups: std::cell::RefCell<CgroupCache>,
+}
+
+/// pid -> cgroup path, bounded; an entry older than a few seconds is read again (a pid
+/// may be reused, a process moved).
+#[derive(Default)]
+struct CgroupCache {
+    by_pid: HashMap<u32, (Instant, Option<String>)>,
+}
+
+impl CgroupCache {
+    const MAX: usize = 4096;
+    const FRESH: Duration = Duration::from_secs(5);
+
+    fn get(&mut self, pid: u32, read: impl FnOnce() -> Option<String>) -> Option<String> {
+        let now = Instant::now();
+        if let Some((at, path)) = self.by_pid.get(&pid) {
+            if now.duration_since(*at) < Self::FRESH {
+                return path.clone();
+            }
+        }
+        if self.by_pid.len() >= Self::MAX {
+            self.by_pid
+                .retain(|_, (at, _)| now.duration_since(*at) < Self::FRESH);
+        }
+        let path = read();
+        self.by_pid.insert(pid, (now, path.clone()));
+        path
+    }
 }
 
 /// pid -> memory cgroup id of recent exits, bounded.
@@ -224,14 +258,27 @@ impl Resolve for Resolver {
     fn wall_time_ns(&self, ktime_ns: u64) -> i128 {
         i128::from(ktime_ns) + self.offset_ns
     }
+    fn interface(&self, netns: Option<u32>, ifindex: u32) -> Option<String> {
+        self.namespaces.borrow_mut().interface_name(netns, ifindex)
+    }
+    fn far_side(&self, netns: Option<u32>, ifindex: u32) -> Option<NetnsJson> {
+        let peer = self.namespaces.borrow_mut().veth_peer(netns, ifindex)?;
+        Some(NetnsJson {
+            inode: peer.inode,
+            pid: peer.pid,
+            name: peer.name,
+        })
+    }
     fn cgroup(&self, pid: u32) -> Option<String> {
-        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .ok()
-            .and_then(|text| crate::container::cgroup_path(&text))
-            .or_else(|| {
-                let id = *self.exited.by_pid.get(&pid)?;
-                self.memory.as_ref()?.path_of(id)
-            })
+        self.cgroups.borrow_mut().get(pid, || {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .ok()
+                .and_then(|text| crate::container::cgroup_path(&text))
+                .or_else(|| {
+                    let id = *self.exited.by_pid.get(&pid)?;
+                    self.memory.as_ref()?.path_of(id)
+                })
+        })
     }
 }
 
@@ -262,6 +309,8 @@ impl<'a> Session<'a> {
                 memory: MemoryHierarchy::locate(),
                 offset_ns: realtime_offset_ns(),
                 exited: ExitedMemcgs::default(),
+                namespaces: std::cell::RefCell::new(crate::netns::Namespaces::new()),
+                cgroups: std::cell::RefCell::new(CgroupCache::default()),
             },
             watch,
             output: Output::stdout(opts.format),
@@ -451,8 +500,8 @@ fn finish(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     attached: &loader::Attached,
 ) -> Result<()> {
-    let flushed = drain(session, ring, None)
-        .and_then(|_| session.expire(u64::MAX))
+    let flushed = drain_all(session, ring)
+        .and_then(|()| session.expire(u64::MAX))
         .and_then(|()| session.report_lost(attached.lost_total()))
         .and_then(|()| session.output.flush());
     match flushed {
@@ -469,13 +518,33 @@ fn finish(
     Ok(())
 }
 
-/// Reads every queued sample; true once --count is reached.
+/// At stop: what the kernel queued, up to 64 batches, so that a storm cannot keep rsttrace
+/// from stopping (what is left is counted as lost by nobody: the programs are detached
+/// right after, with the ring).
+fn drain_all(
+    session: &mut Session<'_>,
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+) -> io::Result<()> {
+    for _ in 0..64 {
+        drain(session, ring, None)?;
+    }
+    Ok(())
+}
+
+/// Samples read per turn of the event loop: in a storm the kernel may queue faster than
+/// one pass reads, and signals, ticks and the clean stop must still get their turn.
+const DRAIN_BATCH: usize = 8192;
+
+/// Reads the queued samples (at most DRAIN_BATCH); true once --count is reached.
 fn drain(
     session: &mut Session<'_>,
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     count: Option<u64>,
 ) -> io::Result<bool> {
-    while let Some(item) = ring.next() {
+    for _ in 0..DRAIN_BATCH {
+        let Some(item) = ring.next() else {
+            break;
+        };
         session.handle(&item)?;
         if session.count_reached(count) {
             return Ok(true);

@@ -177,6 +177,8 @@ fn test(filter: Option<&str>) -> Result<()> {
         "--test",
         "topology",
         "--test",
+        "network",
+        "--test",
         "nginx_log",
         "--",
     ])

@@ -177,26 +177,59 @@ fn report_rst(skb: *mut __sk_buff, seg: &Segment) {
 
 /// sk_error_report() on an inet socket: TCP errors that came without a RST (a RST's error
 /// is reported too, right after tcp:tcp_receive_reset; user space drops that duplicate).
+///
+/// An ICMP error for a connecting socket is first queued on its error queue and reported
+/// with sk_err still 0 (ip_icmp_error() -> sock_queue_err_skb()); when the socket is busy in
+/// connect() the error then only goes to sk_err_soft (tcp_v4_err(), net/ipv4/tcp_ipv4.c),
+/// which the process's getsockopt(SO_ERROR) takes before it closes the socket. So the
+/// queued error's errno is read here. User space keeps one report per socket.
 #[raw_tracepoint(tracepoint = "inet_sk_error_report")]
 pub fn inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
     let cfg = config();
     let sk: u64 = ctx.arg(0);
     // SAFETY: the tracepoint's socket, alive for this program's run; reads fault safely.
-    let (error, protocol, family) = unsafe {
+    let (protocol, family) = unsafe {
         (
-            read_field::<i32>(sk, cfg.sock_err).unwrap_or(0),
             read_field::<u16>(sk, cfg.sock_protocol).unwrap_or(0),
             read_field::<u16>(sk, cfg.sock_family).unwrap_or(0),
         )
     };
-    if (error != ECONNREFUSED && error != ETIMEDOUT)
-        || protocol != IPPROTO_TCP_U16
-        || (family != AF_INET && family != AF_INET6)
-    {
+    if protocol != IPPROTO_TCP_U16 || (family != AF_INET && family != AF_INET6) {
+        return 0;
+    }
+    let error = reported_error(&cfg, sk);
+    if error != ECONNREFUSED && error != ETIMEDOUT {
         return 0;
     }
     emit_refused(&cfg, sk, error, family);
     0
+}
+
+const TCP_SYN_SENT: u8 = 2;
+
+/// The error being reported: sk_err, else for a connecting socket the errno of the error
+/// just queued on its error queue.
+#[inline(always)]
+fn reported_error(cfg: &Config, sk: u64) -> i32 {
+    // SAFETY: reads of the live socket and of the skb at the tail of its error queue
+    // (queued in this very call chain); faults read as 0.
+    unsafe {
+        let hard = read_field::<i32>(sk, cfg.sock_err).unwrap_or(0);
+        if hard != 0 || read_field::<u8>(sk, cfg.sock_state) != Some(TCP_SYN_SENT) {
+            return hard;
+        }
+        if read_field::<u32>(sk, cfg.sock_errqueue_len).unwrap_or(0) == 0
+            || cfg.skb_cb == tracer_ebpf::NO_OFFSET
+        {
+            return 0;
+        }
+        let tail = read_field::<u64>(sk, cfg.sock_errqueue_tail).unwrap_or(0);
+        if tail == 0 {
+            return 0;
+        }
+        let cb = tail + cfg.skb_cb as u64;
+        read_field::<u32>(cb, cfg.exterr_errno).map_or(0, |e| e as i32)
+    }
 }
 
 #[inline(always)]

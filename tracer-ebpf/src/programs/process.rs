@@ -49,16 +49,19 @@ pub fn signal_generate(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Runs in the exiting task, before exit_files() closes its sockets (kernel/exit.c).
+/// Runs in the exiting task, before exit_files() closes its sockets (kernel/exit.c); for
+/// every thread, so the record's group_dead tells a process's death from a thread's end.
 #[tracepoint]
-pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let cfg = config();
     // SAFETY: current is a valid task_struct for the duration of the program.
     let exit_code = unsafe { read_field::<i32>(current_task(), cfg.task_exit_code) }.unwrap_or(0);
+    let group_dead = record_field::<u8>(&ctx, cfg.exit_group_dead).map_or(2, |d| u8::from(d != 0));
     let memcg_id = current_memcg_id(&cfg);
     emit::<event::ProcessExit>(&cfg, EventKind::Exit, |e| unsafe {
         (*e).exit_code = exit_code;
-        (*e)._pad = 0;
+        (*e).group_dead = group_dead;
+        (*e)._pad = [0; 3];
         (*e).memcg_id = memcg_id;
     });
     0

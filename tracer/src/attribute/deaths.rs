@@ -53,8 +53,12 @@ impl Deaths {
         list.push(sig);
     }
 
+    /// A task exited; only the end of a whole process is a death (a worker thread ending
+    /// explains nothing about its process's sockets).
     pub fn on_exit(&mut self, exit: ProcessExit) {
-        self.exits.insert(exit.task.pid, exit);
+        if exit.ends_process() {
+            self.exits.insert(exit.task.pid, exit);
+        }
     }
 
     pub fn on_oom_victim(&mut self, victim: OomVictim) {

@@ -12,10 +12,15 @@ use super::MAX_PENDING;
 /// tcp_done_with_error(), net/ipv4/tcp_input.c).
 const REPORT_FOLLOWS_RESET: u64 = 10_000_000;
 
+/// One socket reports its error several times (queued, then hard; again at disconnect).
+const REPORTS_OF_ONE_ERROR: u64 = 1_000_000_000;
+
 #[derive(Default)]
 pub struct Refusals {
     /// Receiving sockets of recent resets, with the reset's time.
     reset_socks: HashMap<u64, u64>,
+    /// Sockets whose refusal was reported, with its time.
+    reported: HashMap<u64, u64>,
 }
 
 impl Refusals {
@@ -29,8 +34,17 @@ impl Refusals {
 
     /// The refusal `e` reports, unless it is a reset's own error report.
     pub fn on_refused(&mut self, e: SocketRefused) -> Option<Refusal> {
-        if let Some(t) = self.reset_socks.remove(&e.sock) {
-            if e.time_ns.saturating_sub(t) <= REPORT_FOLLOWS_RESET {
+        if let Some(t) = self.reset_socks.get(&e.sock) {
+            if e.time_ns.saturating_sub(*t) <= REPORT_FOLLOWS_RESET {
+                return None;
+            }
+        }
+        if self.reported.len() >= MAX_PENDING {
+            self.reported
+                .retain(|_, t| e.time_ns.saturating_sub(*t) <= REPORTS_OF_ONE_ERROR);
+        }
+        if let Some(t) = self.reported.insert(e.sock, e.time_ns) {
+            if e.time_ns.saturating_sub(t) <= REPORTS_OF_ONE_ERROR {
                 return None;
             }
         }

@@ -113,6 +113,7 @@ fn exit(t: u64, exit_code: i32) -> KernelEvent {
         task: worker(),
         exit_code,
         memcg_id: 77,
+        group_dead: Some(true),
     })
 }
 
@@ -500,6 +501,7 @@ fn unix_listener_closed_with_queued_connections() {
             task: master.clone(),
             exit_code: 0,
             memcg_id: 0,
+            group_dead: Some(true),
         }),
         unix_error(300, None),
     ]);
@@ -1180,4 +1182,26 @@ fn a_reset_is_not_reported_again_as_a_refusal() {
         out.iter().all(|v| matches!(v, Verdict::Reset(_))),
         "{out:?}"
     );
+}
+
+#[test]
+fn a_thread_ending_is_no_death_of_its_process() {
+    // sched_process_exit fires for every thread: a worker thread of a live server ending
+    // must not explain the resets the server sends afterwards.
+    let a = only(vec![
+        KernelEvent::Exit(ProcessExit {
+            time_ns: 100,
+            task: Task {
+                pid: WORKER,
+                tid: WORKER + 1,
+                comm: "php-fpm8.2".into(),
+            },
+            exit_code: 0,
+            memcg_id: 77,
+            group_dead: Some(false),
+        }),
+        received(300),
+        sent(301, worker(), false, Some(ABORT_ON_CLOSE)),
+    ]);
+    assert_eq!(a.cause.kind(), CauseKind::Abort);
 }

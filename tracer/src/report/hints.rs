@@ -131,8 +131,8 @@ fn network_hint(n: &NetworkJson) -> String {
         ),
         "path_device" => {
             let hops = n.hops.map_or_else(
-                || "a device on the path".to_string(),
-                |h| format!("a device {h} hop(s) closer than the peer"),
+                || "A device on the path".to_string(),
+                |h| format!("A device {h} hop(s) closer than the peer"),
             );
             let mut hint = format!(
                 "{hops} forged the reset (TTL {} where the flow's is {}): a firewall's REJECT, or a load balancer or NAT expiring an idle flow; if it is an idle timeout, nginx's upstream keepalive_timeout (inside upstream{{}}, not the server one) must be below the device's. Most stateful firewalls and Linux conntrack drop silently at idle expiry rather than reset.",
@@ -140,16 +140,15 @@ fn network_hint(n: &NetworkJson) -> String {
                 n.expected_ttl.map_or_else(|| "?".to_string(), |t| t.to_string()),
             );
             if let Some(ns) = &n.forged_in_netns {
-                match ns.pid {
-                    Some(pid) => hint.push_str(&format!(
-                        " It was forged in network namespace {} on this host: `nsenter -n -t {pid} iptables -S`.",
-                        ns.inode
-                    )),
-                    None => hint.push_str(&format!(
-                        " It was forged in network namespace {} on this host.",
-                        ns.inode
-                    )),
-                }
+                let inspect = match (&ns.name, ns.pid) {
+                    (Some(name), _) => format!(": `ip netns exec {name} iptables -S`"),
+                    (None, Some(pid)) => format!(": `nsenter -n -t {pid} iptables -S`"),
+                    (None, None) => String::new(),
+                };
+                hint.push_str(&format!(
+                    " It was forged in network namespace {} on this host{inspect}.",
+                    ns.inode
+                ));
             }
             hint
         }
