@@ -672,3 +672,175 @@ fn a_reset_from_a_real_other_kernel_is_the_remote_host() {
     );
     tool.stop().expect("rsttrace exits 0");
 }
+
+/// The container's server (its PID 1): `/hog` allocates until the memory limit's OOM kill,
+/// `/slow` waits, anything else is closed at once with SO_LINGER 0 (an abort).
+const CONTAINER_SERVER: &str = r#"
+import socket, struct, sys, threading, time
+
+def handle(conn):
+    data = conn.recv(4096)
+    if b"/hog" in data:
+        print("hog", flush=True)
+        chunks = []
+        while True:
+            chunks.append(b"x" * (1 << 20))
+    if b"/slow" in data:
+        print("slow", flush=True)
+        time.sleep(60)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+    print("abort", flush=True)
+
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("0.0.0.0", 8200))
+listener.listen(64)
+print("listening", flush=True)
+while True:
+    conn, _ = listener.accept()
+    threading.Thread(target=handle, args=(conn,), daemon=True).start()
+"#;
+
+fn container_options(publish: Vec<rsttrace_tests::Publish>) -> rsttrace_tests::ContainerOptions {
+    rsttrace_tests::ContainerOptions {
+        command: ["/usr/bin/python3", "/app/server.py"]
+            .map(String::from)
+            .to_vec(),
+        files: vec![("server.py".into(), CONTAINER_SERVER.into())],
+        memory: Some(64 << 20),
+        publish,
+    }
+}
+
+fn host_get(nginx: &Nginx, path: &str) -> u16 {
+    http_request_at(nginx.addr(), "GET", path, b"", REQUEST_TIMEOUT)
+        .expect("a request nginx answers")
+        .0
+}
+
+/// The peer is the container's process, by its host pid, with its container id.
+fn assert_docker_peer(event: &Value, container: &rsttrace_tests::Container) {
+    assert_eq!(pid_of(&event["peer"]), Some(container.pid()), "{event}");
+    assert_eq!(event["peer"]["container"]["id"], container.id(), "{event}");
+    assert_eq!(event["peer"]["container"]["runtime"], "docker", "{event}");
+}
+
+/// Real Docker (Debian's docker.io): a container aborting, killed and OOM-killed, reached
+/// from nginx on the host at its bridge address, at a port published on the host's address
+/// (docker's DNAT), and through docker-proxy (a port published on 127.0.0.1). Runs last in
+/// this file (`z_`): dockerd rewrites the host's firewall, and stopping it restores that.
+#[test]
+fn z_docker_containers_killed_oom_killed_and_aborting() {
+    require_root();
+    let engine = rsttrace_tests::Docker::start().expect("starting dockerd");
+    let host = rsttrace_tests::docker::host_address().expect("the host's address");
+    let (dnat_port, proxy_port) = (rsttrace_tests::free_port(), rsttrace_tests::free_port());
+    let published = SocketAddr::new(host, dnat_port);
+    let proxied = SocketAddr::from(([127, 0, 0, 1], proxy_port));
+    let container = engine
+        .run(&container_options(vec![
+            rsttrace_tests::Publish {
+                host: published,
+                container_port: 8200,
+            },
+            rsttrace_tests::Publish {
+                host: proxied,
+                container_port: 8200,
+            },
+        ]))
+        .expect("running the container");
+    assert!(
+        container.wait_log("listening", REPORT_TIMEOUT),
+        "{}",
+        container.logs()
+    );
+    let hog = engine
+        .run(&container_options(Vec::new()))
+        .expect("running the second container");
+    assert!(hog.wait_log("listening", REPORT_TIMEOUT), "{}", hog.logs());
+    let bridge = SocketAddr::new(container.ip(), 8200);
+    let nginx = Nginx::start_with(
+        &[
+            Location::http("/bridge/", bridge),
+            Location::http("/dnat/", published),
+            Location::http("/proxy/", proxied),
+            Location::http("/hog/", SocketAddr::new(hog.ip(), 8200)),
+        ],
+        NginxOptions::default(),
+    )
+    .expect("starting nginx on the host");
+    let mut tool = Rsttrace::start(&[]).expect("starting rsttrace");
+
+    // (a) the bridge address and (b) the published port (DNAT): the container aborts.
+    for (path, remote) in [("/bridge/x", bridge), ("/dnat/x", published)] {
+        assert_eq!(host_get(&nginx, path), 502, "{path}");
+        let event = nginx_reset(&tool, remote);
+        assert_eq!(event["cause"], "abort", "{path}: {event}");
+        assert_docker_peer(&event, &container);
+    }
+    assert_error_log(&nginx, "(104: Connection reset by peer)");
+
+    // (c) docker-proxy relays: the container's reset lands on docker-proxy's upstream
+    // socket, and nginx sees docker-proxy close its side (a FIN).
+    assert_eq!(host_get(&nginx, "/proxy/x"), 502);
+    assert_error_log(&nginx, "upstream prematurely closed connection");
+    let event = tool
+        .wait_for(
+            |e| e["event"] == "reset" && e["receiver"]["comm"] == "docker-proxy",
+            REPORT_TIMEOUT,
+        )
+        .unwrap_or_else(|| panic!("no reset for docker-proxy:\n{}", tool.report()));
+    eprintln!("rsttrace: {event}");
+    assert_eq!(event["cause"], "abort", "{event}");
+    assert_docker_peer(&event, &container);
+
+    // Killed mid-request from the host, the request's body unread (else its socket would
+    // close with a FIN, not a RST).
+    let (addr, slow_path) = (nginx.addr(), "/bridge/slow".to_string());
+    let slow = std::thread::spawn(move || {
+        http_request_at(addr, "POST", &slow_path, &[b'x'; 1 << 20], REQUEST_TIMEOUT)
+    });
+    assert!(
+        container.wait_log("slow", REPORT_TIMEOUT),
+        "{}",
+        container.logs()
+    );
+    let killer = run_kill("-9", container.pid());
+    let _ = slow.join();
+    let event = tool
+        .wait_for(
+            |e| {
+                e["event"] == "reset"
+                    && e["cause"] == "signal"
+                    && e["remote"] == bridge.to_string().as_str()
+            },
+            REPORT_TIMEOUT,
+        )
+        .unwrap_or_else(|| panic!("no verdict for the killed container:\n{}", tool.report()));
+    eprintln!("rsttrace: {event}");
+    assert_eq!(pid_of(&event["signal"]["sender"]), Some(killer), "{event}");
+    assert_docker_peer(&event, &container);
+
+    // OOM-killed in the container's memory limit, the request's body unread.
+    let (status, _) = http_request_at(
+        nginx.addr(),
+        "POST",
+        "/hog/x",
+        &[b'x'; 1 << 20],
+        REQUEST_TIMEOUT,
+    )
+    .expect("a request nginx answers");
+    assert_eq!(status, 502);
+    let hog_remote = SocketAddr::new(hog.ip(), 8200);
+    let event = nginx_reset(&tool, hog_remote);
+    assert_eq!(event["cause"], "oom_kill", "{event}");
+    assert_eq!(event["oom"]["scope"], "cgroup", "{event}");
+    assert_docker_peer(&event, &hog);
+
+    tool.stop().expect("rsttrace exits 0");
+    drop((nginx, container, hog));
+    engine
+        .stop()
+        .expect("stopping dockerd and restoring the host");
+}
