@@ -844,3 +844,114 @@ fn z_docker_containers_killed_oom_killed_and_aborting() {
         .stop()
         .expect("stopping dockerd and restoring the host");
 }
+
+/// `bpftool cgroup tree ROOT`: (program id, name) of the root cgroup's ingress programs.
+fn ingress_programs(root: &std::path::Path) -> Vec<(u32, String)> {
+    let out = std::process::Command::new("bpftool")
+        .args(["cgroup", "tree"])
+        .arg(root)
+        .output()
+        .expect("running bpftool cgroup tree");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("ingress"))
+        .filter_map(|l| {
+            let mut cols = l.split_whitespace();
+            let id = cols.next()?.parse().ok()?;
+            Some((id, cols.last()?.to_string()))
+        })
+        .collect()
+}
+
+/// Ids of the BPF programs loaded right now (`bpftool prog show`).
+fn program_ids() -> std::collections::HashSet<u32> {
+    let out = std::process::Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("running bpftool prog show");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(':').next()?.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn the_root_cgroup_program_coexists_and_goes_with_a_killed_rsttrace() {
+    require_root();
+    let root = rsttrace_tests::foreign_bpf::cgroup2_root().expect("the cgroup2 root");
+    let foreign = rsttrace_tests::foreign_bpf::ForeignCgroupProgram::attach(&root)
+        .expect("attaching the other party's program");
+    let topo = Topology::create().expect("creating the topology");
+    let (gunicorn, nginx) = gunicorn_behind_nginx(&topo);
+    let before = program_ids();
+    let mut tool = Rsttrace::start(&[]).expect("starting rsttrace");
+    let ours: std::collections::HashSet<u32> = program_ids().difference(&before).copied().collect();
+    let attached = ingress_programs(foreign.root());
+    eprintln!("bpftool cgroup tree {}: {attached:?}", root.display());
+    let name = rsttrace_tests::foreign_bpf::FOREIGN_NAME;
+    assert!(attached.iter().any(|(_, n)| n == name), "{attached:?}");
+    let our_hook = attached
+        .iter()
+        .find(|(id, n)| n == "rst_evidence" && ours.contains(id))
+        .map(|(id, _)| *id)
+        .unwrap_or_else(|| panic!("rsttrace's ingress program is not attached: {attached:?}"));
+
+    // Traffic flows through both, and rsttrace's program sees the RST segment.
+    assert_eq!(get(topo.client(), &nginx, "/py/ok"), 200);
+    let py4 = gunicorn.addrs()[0];
+    let reject = topo
+        .client()
+        .iptables(Family::V4)
+        .reject_tcp_reset(
+            "OUTPUT",
+            &[
+                "-d",
+                &py4.ip().to_string(),
+                "-p",
+                "tcp",
+                "--dport",
+                &py4.port().to_string(),
+            ],
+        )
+        .expect("the client's own REJECT");
+    assert_eq!(get(topo.client(), &nginx, "/py/ok"), 502);
+    let event = nginx_reset(&tool, py4);
+    assert_eq!(event["network"]["origin"], "local_firewall", "{event}");
+    drop(reject);
+
+    // kill -9: no clean detach runs, yet the kernel drops rsttrace's links with its fds.
+    let pid = tool.pid();
+    run_kill("-9", pid);
+    assert!(
+        rsttrace_tests::wait_for_exit(pid, REPORT_TIMEOUT),
+        "rsttrace {pid} still runs"
+    );
+    let gone = rsttrace_tests::wait_until(REPORT_TIMEOUT, || {
+        let now = ingress_programs(foreign.root());
+        (!now.iter().any(|(id, _)| *id == our_hook)).then_some(now)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "rsttrace's program stayed attached: {:?}",
+            ingress_programs(foreign.root())
+        )
+    });
+    eprintln!("after kill -9 of rsttrace: {gone:?}");
+    assert!(
+        gone.iter().any(|(_, n)| n == name),
+        "the other program stays: {gone:?}"
+    );
+    let unloaded = rsttrace_tests::wait_until(REPORT_TIMEOUT, || {
+        program_ids().is_disjoint(&ours).then_some(())
+    });
+    assert!(
+        unloaded.is_some(),
+        "rsttrace's programs stayed loaded: {ours:?}"
+    );
+    assert_eq!(
+        get(topo.client(), &nginx, "/py/ok"),
+        200,
+        "traffic still flows"
+    );
+    let _ = tool.stop();
+}

@@ -15,6 +15,7 @@ pub mod command;
 mod container_cgroup;
 pub mod docker;
 pub mod fixtures;
+pub mod foreign_bpf;
 pub mod guest;
 mod gunicorn;
 mod http;
