@@ -331,7 +331,9 @@ pub struct RstSegment {
     /// TTL of the flow's earlier packets from the same peer (its SYN-ACK, or any segment
     /// of a connection older than rsttrace); 0 when none was seen.
     pub expected_ttl: u8,
-    pub _pad: u8,
+    /// Where `expected_ttl` comes from: [`baseline::FLOW`], or [`baseline::PEER`] (the
+    /// last SYN-ACK from the same address, for a flow that has none: a refused SYN).
+    pub baseline: u8,
     /// skb_iif: the interface the segment arrived on, in the receiver's namespace.
     pub ifindex: u32,
     /// The interface the flow's earlier packets arrived on (0: no baseline).
@@ -379,3 +381,23 @@ pub struct Baseline {
 }
 
 pub const BASELINE_SLOTS: u32 = 16384;
+
+/// The TTL of the last SYN-ACK from a peer address, for a RST whose own flow has no
+/// baseline (one answering a SYN), in a direct-mapped cache by address hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PeerBaseline {
+    pub addr: [u8; 16],
+    pub ttl: u8,
+    pub _pad: [u8; 3],
+    pub ifindex: u32,
+}
+
+pub const PEER_BASELINE_SLOTS: u32 = 4096;
+
+/// Where a RST's expected TTL comes from.
+pub mod baseline {
+    pub const NONE: u8 = 0;
+    pub const FLOW: u8 = 1;
+    pub const PEER: u8 = 2;
+}

@@ -16,7 +16,7 @@ use crate::{
         Layouts,
     },
     model::{
-        KernelEvent, OomVictim, ProcessExit, ProcessFork, ResetReceived, ResetSent, Role,
+        Baseline, KernelEvent, OomVictim, ProcessExit, ProcessFork, ResetReceived, ResetSent, Role,
         RstSegment, SignalGenerated, SocketError, SocketRefused, Task, UnixListen, UnixPeer,
     },
 };
@@ -217,7 +217,11 @@ fn rst_segment(e: &event::RstSegment) -> Result<KernelEvent> {
         ttl: e.ttl,
         ip_id: (e.family == AF_INET).then_some(e.ip_id),
         ifindex: e.ifindex,
-        expected: (e.expected_ttl != 0).then_some((e.expected_ttl, e.expected_ifindex)),
+        expected: (e.expected_ttl != 0).then_some(Baseline {
+            ttl: e.expected_ttl,
+            ifindex: e.expected_ifindex,
+            same_flow: e.baseline == tracer_ebpf::event::baseline::FLOW,
+        }),
     }))
 }
 

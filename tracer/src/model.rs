@@ -94,8 +94,18 @@ pub struct RstSegment {
     pub ip_id: Option<u16>,
     /// The interface it arrived on, in the receiver's namespace.
     pub ifindex: u32,
-    /// The TTL and interface of the flow's earlier segments from the peer.
-    pub expected: Option<(u8, u32)>,
+    /// The TTL the peer's segments arrive with, and the interface they came in on.
+    pub expected: Option<Baseline>,
+}
+
+/// What a RST's TTL is compared with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Baseline {
+    pub ttl: u8,
+    pub ifindex: u32,
+    /// From the flow's own earlier segments (true), or from the last SYN-ACK of the same
+    /// peer address (false: the RST answered a SYN, its flow had none).
+    pub same_flow: bool,
 }
 
 /// A TCP socket's error reported without a reset (ICMP port unreachable, timeout).

@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: real nginx in front of real php-fpm and gunicorn on loopback, broken
 //! one way after another, with nginx's error.log line and rsttrace's explanation side by side.
 use std::{
+    net::SocketAddr,
     process::ExitCode,
     time::{Duration, Instant},
 };
@@ -8,8 +9,9 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use rsttrace_tests::{
     fixtures::{php_script, run_kill, wait_for_php_worker, GUNICORN_APP},
-    free_port, require_root, spawn_http_request, wait_until, Gunicorn, GunicornOptions, Location,
-    MemCgroup, Nginx, PhpFpm, PhpFpmOptions, Rsttrace,
+    free_port, http_request_at, require_root, spawn_http_request, wait_until, AbortServer,
+    ContainerCgroup, ContainerLayout, Family, Gunicorn, GunicornOptions, Location, MemCgroup,
+    Nginx, NginxOptions, PhpFpm, PhpFpmOptions, Placement, Rsttrace, Topology,
 };
 use serde_json::Value;
 
@@ -32,6 +34,10 @@ struct Expect {
     cause: &'static str,
     peer: Option<u32>,
     signal_sender: Option<u32>,
+    /// The network origin, for resets no local process sent.
+    origin: Option<&'static str>,
+    /// The peer's container id.
+    container: Option<String>,
 }
 
 impl Expect {
@@ -40,7 +46,19 @@ impl Expect {
             cause,
             peer: None,
             signal_sender: None,
+            origin: None,
+            container: None,
         }
+    }
+
+    fn origin(mut self, origin: &'static str) -> Self {
+        self.origin = Some(origin);
+        self
+    }
+
+    fn container(mut self, id: &str) -> Self {
+        self.container = Some(id.to_string());
+        self
     }
 
     fn peer(mut self, pid: u32) -> Self {
@@ -68,6 +86,20 @@ impl Expect {
                 e["peer"], self.peer
             ));
         }
+        if self.origin.is_some() && e["network"]["origin"].as_str() != self.origin {
+            return Some(format!(
+                "network origin {} (the demo's router forged it: {:?})",
+                e["network"]["origin"], self.origin
+            ));
+        }
+        if self.container.is_some()
+            && e["peer"]["container"]["id"].as_str() != self.container.as_deref()
+        {
+            return Some(format!(
+                "container {} (the demo's is {:?})",
+                e["peer"]["container"], self.container
+            ));
+        }
         if self.signal_sender.is_some() && pid(&e["signal"]["sender"]) != self.signal_sender {
             return Some(format!(
                 "signal sender {} (the signal came from {:?})",
@@ -91,15 +123,20 @@ impl Stage<'_> {
     fn show(&mut self, what: &str, expect: Expect) -> Result<()> {
         println!("\n=== {what}");
         let deadline = Instant::now() + WAIT;
+        let workers = self.nginx.worker_pids();
         let new_resets = loop {
             let events = self.tool.events();
             let resets: Vec<Value> = events[self.seen_events..]
                 .iter()
                 .filter(|e| {
-                    // nginx's upstream connections (resets from its own clients are another
-                    // matter: receiver_role "server").
+                    // This demo's nginx's upstream connections (resets from its own clients
+                    // are another matter: receiver_role "server"; other nginx on the host
+                    // are not ours).
+                    let receiver = e["receiver"]["pid"]
+                        .as_u64()
+                        .and_then(|p| u32::try_from(p).ok());
                     e["event"] == "reset"
-                        && e["receiver"]["comm"] == "nginx"
+                        && receiver.is_some_and(|p| workers.contains(&p))
                         && e["receiver_role"] != "server"
                 })
                 .cloned()
@@ -172,6 +209,21 @@ fn evidence(e: &Value) -> String {
     }
     if let Some(code) = e["exit_code"].as_i64() {
         parts.push(format!("exit_code={code}"));
+    }
+    if let Some(id) = e["peer"]["container"]["id"].as_str() {
+        parts.push(format!("container={}", &id[..12.min(id.len())]));
+    }
+    if e["network"].is_object() {
+        let n = &e["network"];
+        parts.push(format!(
+            "origin={} ttl={}/{}",
+            n["origin"].as_str().unwrap_or("?"),
+            n["ttl"],
+            n["expected_ttl"]
+        ));
+        if let Some(ns) = n["forged_in_netns"]["name"].as_str() {
+            parts.push(format!("forged_in={ns}"));
+        }
     }
     if e["oom"].is_object() {
         parts.push(format!(
@@ -317,6 +369,85 @@ fn run() -> Result<()> {
         Expect::cause("no_socket"),
     )?;
 
+    drop(tool);
+    network_act()?;
+
     println!("\nDone: every reset nginx saw from its upstreams was explained, and matched what the demo did. Stopping everything.");
+    Ok(())
+}
+
+/// The network: nginx in a namespace of its own, a router namespace, upstreams in a
+/// backend namespace; a container's process aborts, then the router forges a reset.
+fn network_act() -> Result<()> {
+    println!("\n--- The network: nginx in its own namespace, a router namespace, upstreams in a backend namespace");
+    let topo = Topology::create()?;
+    let container = ContainerCgroup::create(ContainerLayout::Docker, None)?;
+    let abort = AbortServer::start(
+        SocketAddr::new(topo.backend_ip(Family::V4), 8200),
+        &Placement {
+            netns: Some(topo.backend().clone()),
+            cgroups: container.dirs().to_vec(),
+        },
+    )?;
+    let gunicorn = Gunicorn::start(
+        GUNICORN_APP,
+        GunicornOptions {
+            listen: vec![topo.backend_ip(Family::V4)],
+            netns: Some(topo.backend().clone()),
+            ..GunicornOptions::default()
+        },
+    )?;
+    let nginx = Nginx::start_with(
+        &[
+            Location::http("/container/", abort.addr()),
+            Location::http("/py/", gunicorn.addrs()[0]),
+        ],
+        NginxOptions {
+            netns: Some(topo.client().clone()),
+            upstream_keepalive: Some(4),
+            ..NginxOptions::default()
+        },
+    )?;
+    let tool = Rsttrace::start(&[])?;
+    let mut stage = Stage {
+        nginx: &nginx,
+        tool: &tool,
+        seen_events: 0,
+        seen_log: nginx.error_log_contents().lines().count(),
+    };
+    let client = topo.client().clone();
+    let request = |path: &'static str| {
+        let (client, addr) = (client.clone(), nginx.addr());
+        std::thread::spawn(move || {
+            let _ = client.enter(move || http_request_at(addr, "GET", path, b"", WAIT));
+        })
+    };
+
+    let _ = request("/container/x").join();
+    stage.show(
+        &format!(
+            "a process in a container (cgroup {}) aborts nginx's connection from another namespace (pid {})",
+            container.path(),
+            abort.pid()
+        ),
+        Expect::cause("abort")
+            .peer(abort.pid())
+            .container(container.id()),
+    )?;
+
+    let _ = request("/py/pid").join();
+    let port = gunicorn.addrs()[0].port().to_string();
+    let _reject = topo
+        .router()
+        .iptables(Family::V4)
+        .reject_tcp_reset("FORWARD", &["-p", "tcp", "--dport", &port])?;
+    let _ = request("/py/pid").join();
+    stage.show(
+        &format!(
+            "the router namespace {} rejects nginx's segments with a forged reset",
+            topo.router().name()
+        ),
+        Expect::cause("network").origin("path_device"),
+    )?;
     Ok(())
 }

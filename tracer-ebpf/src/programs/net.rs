@@ -15,7 +15,9 @@ use aya_ebpf::{
     programs::{RawTracePointContext, SkBuffContext},
 };
 use tracer_ebpf::{
-    event::{self, Baseline, EventKind, BASELINE_SLOTS},
+    event::{
+        self, baseline, Baseline, EventKind, PeerBaseline, BASELINE_SLOTS, PEER_BASELINE_SLOTS,
+    },
     Config,
 };
 
@@ -24,6 +26,10 @@ use super::{config, emit, lookup_owner, read_field, sock_netns};
 /// Per-flow TTL baselines, by socket cookie (see event::Baseline).
 #[map]
 static BASELINES: Array<Baseline> = Array::with_max_entries(BASELINE_SLOTS, 0);
+
+/// Per-peer-address TTL baselines, from SYN-ACKs (see event::PeerBaseline).
+#[map]
+static PEER_BASELINES: Array<PeerBaseline> = Array::with_max_entries(PEER_BASELINE_SLOTS, 0);
 
 const ETH_P_IP_BE: u32 = 0x0008;
 const ETH_P_IPV6_BE: u32 = 0xdd86;
@@ -45,6 +51,48 @@ struct Segment {
     tcp: usize,
     ttl: u8,
     flags: u8,
+}
+
+impl Segment {
+    /// The source address (IPv4 in the first 4 bytes).
+    #[inline(always)]
+    fn source(&self) -> [u8; 16] {
+        let mut addr = [0u8; 16];
+        // SAFETY: within the IP header segment() bounds-checked.
+        unsafe {
+            if self.family == AF_INET {
+                addr[..4].copy_from_slice(&*((self.ip + 12) as *const [u8; 4]));
+            } else {
+                addr = *((self.ip + 8) as *const [u8; 16]);
+            }
+        }
+        addr
+    }
+
+    /// The destination address (IPv4 in the first 4 bytes).
+    #[inline(always)]
+    fn destination(&self) -> [u8; 16] {
+        let mut addr = [0u8; 16];
+        // SAFETY: as above.
+        unsafe {
+            if self.family == AF_INET {
+                addr[..4].copy_from_slice(&*((self.ip + 16) as *const [u8; 4]));
+            } else {
+                addr = *((self.ip + 24) as *const [u8; 16]);
+            }
+        }
+        addr
+    }
+}
+
+/// The peer-address cache slot of `addr` (FNV-1a over its bytes).
+#[inline(always)]
+fn peer_slot(addr: &[u8; 16]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in addr {
+        h = (h ^ *b as u32).wrapping_mul(0x0100_0193);
+    }
+    h % PEER_BASELINE_SLOTS
 }
 
 #[cgroup_skb(ingress)]
@@ -130,6 +178,17 @@ fn learn_baseline(skb: *mut __sk_buff, seg: &Segment) {
         (*slot).ttl = seg.ttl;
         (*slot).ifindex = ifindex;
     }
+    if syn_ack {
+        let addr = seg.source();
+        if let Some(peer) = PEER_BASELINES.get_ptr_mut(peer_slot(&addr)) {
+            // SAFETY: as above; the address check exposes a mixed entry.
+            unsafe {
+                (*peer).addr = addr;
+                (*peer).ttl = seg.ttl;
+                (*peer).ifindex = ifindex;
+            }
+        }
+    }
 }
 
 #[inline(always)]
@@ -137,34 +196,33 @@ fn report_rst(skb: *mut __sk_buff, seg: &Segment) {
     let cfg = config();
     // SAFETY: the helper takes the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(skb as *mut core::ffi::c_void) };
-    let baseline = BASELINES
+    let (saddr, daddr) = (seg.source(), seg.destination());
+    let flow = BASELINES
         .get((cookie % BASELINE_SLOTS as u64) as u32)
-        .copied()
-        .filter(|b| b.cookie == cookie);
-    // SAFETY: ctx field read; packet bytes within the bounds segment() proved: 20 bytes
-    // of TCP header, the IP header before it.
+        .filter(|b| b.cookie == cookie)
+        .map(|b| (b.ttl, b.ifindex, baseline::FLOW));
+    let expected = flow.or_else(|| {
+        PEER_BASELINES
+            .get(peer_slot(&saddr))
+            .filter(|p| p.addr == saddr)
+            .map(|p| (p.ttl, p.ifindex, baseline::PEER))
+    });
+    // SAFETY: ctx field read; packet bytes within the bounds segment() proved.
     let ifindex = unsafe { (*skb).ingress_ifindex };
-    let mut saddr = [0u8; 16];
-    let mut daddr = [0u8; 16];
-    let mut ip_id = 0;
-    unsafe {
-        if seg.family == AF_INET {
-            ip_id = u16::from_be(*((seg.ip + 4) as *const u16));
-            saddr[..4].copy_from_slice(&*((seg.ip + 12) as *const [u8; 4]));
-            daddr[..4].copy_from_slice(&*((seg.ip + 16) as *const [u8; 4]));
-        } else {
-            saddr = *((seg.ip + 8) as *const [u8; 16]);
-            daddr = *((seg.ip + 24) as *const [u8; 16]);
-        }
-    }
+    let ip_id = if seg.family == AF_INET {
+        // SAFETY: within the IPv4 header segment() bounds-checked.
+        unsafe { u16::from_be(*((seg.ip + 4) as *const u16)) }
+    } else {
+        0
+    };
     emit::<event::RstSegment>(&cfg, EventKind::RstSegment, |e| unsafe {
         (*e).cookie = cookie;
         (*e).family = seg.family;
         (*e).tcp_flags = seg.flags;
         (*e).ttl = seg.ttl;
-        (*e).expected_ttl = baseline.map_or(0, |b| b.ttl);
-        (*e).expected_ifindex = baseline.map_or(0, |b| b.ifindex);
-        (*e)._pad = 0;
+        (*e).expected_ttl = expected.map_or(0, |b| b.0);
+        (*e).expected_ifindex = expected.map_or(0, |b| b.1);
+        (*e).baseline = expected.map_or(baseline::NONE, |b| b.2);
         (*e).ifindex = ifindex;
         (*e).sport = u16::from_be(*(seg.tcp as *const u16));
         (*e).dport = u16::from_be(*((seg.tcp + 2) as *const u16));

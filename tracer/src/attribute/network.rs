@@ -82,7 +82,7 @@ pub fn evidence(seg: RstSegment) -> NetworkEvidence {
     } else {
         match seg.expected {
             None => Origin::Unknown,
-            Some((ttl, _)) if ttl == seg.ttl => Origin::RemoteHost,
+            Some(b) if b.ttl == seg.ttl => Origin::RemoteHost,
             Some(_) => Origin::PathDevice,
         }
     };

@@ -1092,7 +1092,11 @@ fn segment(t: u64, ttl: u8, expected: Option<u8>, ifindex: u32, ip_id: u16) -> K
         ttl,
         ip_id: Some(ip_id),
         ifindex,
-        expected: expected.map(|e| (e, 3)),
+        expected: expected.map(|ttl| crate::model::Baseline {
+            ttl,
+            ifindex: 3,
+            same_flow: true,
+        }),
     })
 }
 

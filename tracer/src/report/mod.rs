@@ -102,6 +102,10 @@ pub struct NetworkJson {
     pub ttl: u8,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expected_ttl: Option<u8>,
+    /// Where expected_ttl comes from: "flow" (the connection's own earlier segments) or
+    /// "peer_address" (the last SYN-ACK from that address: the RST answered a SYN).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<&'static str>,
     /// How many hops closer than the peer a path device forged it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hops: Option<u8>,
@@ -138,7 +142,7 @@ fn tcp_flags(flags: u8) -> String {
 
 fn network_json(e: &NetworkEvidence, netns: Option<u32>, r: &dyn Resolve) -> NetworkJson {
     let seg = &e.segment;
-    let expected = seg.expected.map(|(ttl, _)| ttl);
+    let expected = seg.expected.map(|b| b.ttl);
     let mut note = None;
     let hops = match (e.origin, expected) {
         (Origin::PathDevice, Some(exp)) => {
@@ -162,6 +166,9 @@ fn network_json(e: &NetworkEvidence, netns: Option<u32>, r: &dyn Resolve) -> Net
         origin: e.origin.as_str(),
         ttl: seg.ttl,
         expected_ttl: expected,
+        baseline: seg
+            .expected
+            .map(|b| if b.same_flow { "flow" } else { "peer_address" }),
         hops,
         ip_id: seg.ip_id,
         tcp_flags: tcp_flags(seg.tcp_flags),
