@@ -69,6 +69,12 @@ struct Args {
     /// rsttrace then loses unix-socket resets, `seen_by_receiver` and accept-side owners.
     #[arg(long)]
     no_syscall_hooks: bool,
+    /// Attach no packet hook. rsttrace otherwise runs a small program on every TCP segment
+    /// the host receives (cgroup_skb at the cgroup2 root) to read the TTL and device of
+    /// resets; without it, resets still get a verdict but `network` has no hops, origin
+    /// or forging namespace.
+    #[arg(long)]
+    no_network_hooks: bool,
     /// Print what this kernel supports and which hook serves each capability, then exit.
     #[arg(long)]
     check: bool,
@@ -159,6 +165,7 @@ impl Args {
             count: self.count,
             buffer_bytes: self.buffer_size,
             no_syscall_hooks: self.no_syscall_hooks,
+            no_network_hooks: self.no_network_hooks,
             debug_events: self.debug_events,
             syscall_hooks: self.syscall_hooks,
             syscall_args_at_entry: self.syscall_args_at_entry,

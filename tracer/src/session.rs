@@ -16,6 +16,7 @@ use crate::{
     attribute::Attributor,
     cgroup::MemoryHierarchy,
     decode::Decoder,
+    hooks::Capability,
     host::{is_root, local_addresses, monotonic_ns},
     kernel::{short_reason_name, KernelFacts},
     loader,
@@ -67,6 +68,7 @@ pub struct Options {
     /// Ring buffer size in bytes.
     pub buffer_bytes: u32,
     pub no_syscall_hooks: bool,
+    pub no_network_hooks: bool,
     pub debug_events: bool,
     pub syscall_hooks: bool,
     pub syscall_args_at_entry: bool,
@@ -93,6 +95,9 @@ pub fn prepare(opts: &Options) -> Result<KernelFacts, Failure> {
     }
     if opts.no_syscall_hooks {
         facts.drop_syscall_hooks();
+    }
+    if opts.no_network_hooks {
+        facts.drop_capability(Capability::NetworkEvidence, "--no-network-hooks");
     }
     Ok(facts)
 }

@@ -244,6 +244,15 @@ impl KernelFacts {
         }
     }
 
+    /// Attach none of the hooks serving `capability` (`--no-network-hooks`).
+    pub fn drop_capability(&mut self, capability: Capability, why: &'static str) {
+        for s in &mut self.hooks {
+            if s.hook.capability == capability && s.status == Status::Attach {
+                s.status = Status::NotNeeded(why);
+            }
+        }
+    }
+
     /// Whether receivers' failing socket calls are traced (seen_by_receiver, unix resets).
     pub fn traces_receiver_errors(&self) -> bool {
         self.attached()
