@@ -14,6 +14,8 @@ mod nginx;
 mod php_fpm;
 mod process;
 mod rsttrace;
+pub mod storm;
+mod stream;
 mod tempdir;
 mod tracefs;
 
@@ -23,9 +25,10 @@ pub use http::{http_request, spawn_http_request};
 pub use nginx::{Location, Nginx, Upstream};
 pub use php_fpm::{PhpFpm, PhpFpmOptions, Pm};
 pub use process::{
-    children_of, free_port, is_alive, proc_comm, require_root, send_signal, wait_for_exit,
-    wait_for_file, wait_listening, wait_until,
+    children_of, free_port, is_alive, peak_rss_bytes, proc_comm, require_root, send_signal,
+    wait_for_exit, wait_for_file, wait_listening, wait_until,
 };
-pub use rsttrace::{Rsttrace, RSTTRACE_BIN_ENV};
+pub use rsttrace::{Rsttrace, RSTTRACE_BIN_ENV, RSTTRACE_RELEASE_BIN_ENV};
+pub use stream::StreamingRsttrace;
 pub use tempdir::TempDir;
 pub use tracefs::{KernelResetTrace, TraceEvent};
