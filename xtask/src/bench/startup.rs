@@ -15,6 +15,8 @@ use super::Ctx;
 
 pub const METHOD: &str = "Start-up: wall time from spawn() to the moment the bench reads rsttrace's `attached` line on its stderr pipe (all hooks attached, reporting); for bpftrace, to its BEGIN printf line on stdout (printed after `Attaching N probes...` once every probe is attached). Runs alternate between the two.";
 
+const SETTLE_BEFORE_STOP: Duration = Duration::from_millis(200);
+
 pub struct Startup {
     pub rsttrace_s: Vec<f64>,
     pub rsttrace_self_ms: Vec<f64>,
@@ -53,6 +55,11 @@ fn rsttrace(ctx: &Ctx) -> Result<(Duration, Option<f64>)> {
     let rx = read_lines(proc.take_stderr().context("rsttrace's stderr pipe")?);
     let line = wait_line(&rx, "attached", ATTACH_TIMEOUT, "rsttrace")?;
     let wall = line.at.duration_since(t0);
+    // rsttrace prints `attached` before its event loop installs the SIGINT/SIGTERM handlers
+    // (tracer/src/session.rs): a stop signal in that window kills it (status 130) or, if it
+    // lands while tokio subscribes its listener, is lost and rsttrace runs on. Stop it once
+    // that window has passed; the figure is the time to `attached`, not to here.
+    std::thread::sleep(SETTLE_BEFORE_STOP);
     proc.stop(STOP_TIMEOUT)?;
     // "rsttrace: attached 9 hooks in 36 ms (ready 50 ms after start); ..."
     let ready_ms = line
