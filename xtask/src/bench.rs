@@ -41,17 +41,18 @@ use tracers::{FileTracer, BPFTRACE_SCRIPT};
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:
-  cargo xtask bench                      the full table (about 12 minutes), README updated
+  cargo xtask bench                      the full table (about 10 minutes), README updated
   cargo xtask bench --quick              a rough table in about 2 minutes (README untouched)
   cargo xtask bench --rsttrace-arg=--no-syscall-hooks   measure that mode")]
 pub struct BenchArgs {
     /// Few and short rounds, for development: figures are rough, the README is not updated.
     #[arg(long)]
     pub quick: bool,
-    /// Alternating storm rounds (each: nothing, floor, rsttrace, bpftrace) [default: 10, quick 3].
+    /// Storm rounds, each one alternating pair (nothing / mode) for the floor, rsttrace and
+    /// bpftrace: the number of pairs a figure is the median of [default: 10, quick 3].
     #[arg(long)]
     pub storm_rounds: Option<u32>,
-    /// Length of each storm run, in seconds [default: 3, quick 1].
+    /// Length of each storm run, in seconds [default: 2, quick 1].
     #[arg(long)]
     pub storm_secs: Option<u64>,
     /// Upper bound of resets per storm run.
@@ -63,10 +64,11 @@ pub struct BenchArgs {
     /// Let the scheduler place the storm generator anywhere.
     #[arg(long)]
     pub no_pin: bool,
-    /// Alternating steady-load rounds per path (each: nothing, floor, rsttrace) [default: 10, quick 3].
+    /// Steady-load rounds per path, each one alternating pair (nothing / mode) for the floor
+    /// and rsttrace [default: 10, quick 3].
     #[arg(long)]
     pub load_rounds: Option<u32>,
-    /// Length of each wrk run, in seconds [default: 3, quick 1].
+    /// Length of each wrk run, in seconds [default: 2, quick 1].
     #[arg(long)]
     pub load_secs: Option<u64>,
     /// Rounds with the kernel's per-program statistics on, per workload [default: 2, quick 1].
@@ -109,11 +111,11 @@ impl Settings {
         let s = Self {
             quick: a.quick,
             storm_rounds: pick(a.storm_rounds, 10, 3),
-            storm_secs: a.storm_secs.unwrap_or(if a.quick { 1 } else { 3 }),
+            storm_secs: a.storm_secs.unwrap_or(if a.quick { 1 } else { 2 }),
             storm_max_resets: a.storm_max_resets,
             storm_cpu: (!a.no_pin).then_some(a.storm_cpu),
             load_rounds: pick(a.load_rounds, 10, 3),
-            load_secs: a.load_secs.unwrap_or(if a.quick { 1 } else { 3 }),
+            load_secs: a.load_secs.unwrap_or(if a.quick { 1 } else { 2 }),
             stats_rounds: pick(a.stats_rounds, 2, 1),
             startup_runs: pick(a.startup_runs, 7, 3),
             paced_secs: if a.quick { 2 } else { 5 },
@@ -136,10 +138,10 @@ impl Settings {
 
     fn describe(&self) -> String {
         format!(
-            "Reset storm: {} alternating rounds of {} s per mode (none, floor, rsttrace, bpftrace); \
-             steady load: {} rounds of {} s per mode (none, floor, rsttrace) and path, wrk -t1 -c{}; \
-             {} rounds with the kernel's statistics on per workload; {} start-ups each. \
-             Figures are medians over rounds, (min–max) beside them.",
+            "Reset storm: {} alternating pairs of {} s runs (nothing / mode) for each of floor, \
+             rsttrace, bpftrace; steady load: {} pairs of {} s runs for each of floor, rsttrace and \
+             each path, wrk -t1 -c{}; {} rounds with the kernel's statistics on per workload and \
+             mode; {} start-ups each. Figures are medians over pairs, (min–max) beside them.",
             self.storm_rounds,
             self.storm_secs,
             self.load_rounds,
@@ -254,14 +256,14 @@ fn measure(ctx: &Ctx) -> Result<Measured> {
     eprintln!("bench: start-up ({} runs each)", s.startup_runs);
     let startup = startup::measure(ctx)?;
     eprintln!(
-        "bench: reset storm ({} rounds x {} s x 4 modes)",
+        "bench: reset storm ({} rounds x 3 pairs, {} s runs)",
         s.storm_rounds, s.storm_secs
     );
     let storm = storm::measure(ctx)?;
     eprintln!("bench: reset-to-line latency");
     let latency = latency::measure(ctx)?;
     eprintln!(
-        "bench: steady load ({} rounds x {} s x 3 modes x 3 paths)",
+        "bench: steady load ({} rounds x 2 pairs x 3 paths, {} s runs)",
         s.load_rounds, s.load_secs
     );
     let load = load::measure(ctx)?;

@@ -17,7 +17,7 @@ use super::table::{HookRow, Verdict};
 use super::tracers::{Mode, Running};
 use super::{bpf, Ctx};
 
-pub const METHOD: &str = "Per hook: in rounds of their own (the ratio rounds run with statistics off) the bench holds bpf(BPF_ENABLE_STATS, BPF_STATS_RUN_TIME), which is scoped to its file descriptor, while rsttrace (or the floor) runs beside one workload run, and reads run_cnt and run_time_ns of every program rsttrace holds from /proc/PID/fdinfo before and after. ns/run = run time / runs; runs/unit = runs / resets made or requests completed (hooks are host-wide: other activity on the machine counts too); ns/unit = their product; `all programs` is the run time of every program per unit. `rsttrace user space` is its process CPU per unit in the ratio rounds. Floor ns/run is the count-only program on the same hook.";
+pub const METHOD: &str = "Per hook: in rounds of their own (the ratio rounds run with statistics off) the bench holds bpf(BPF_ENABLE_STATS, BPF_STATS_RUN_TIME), which is scoped to its file descriptor, while rsttrace (or the floor) runs beside one workload run, and reads run_cnt and run_time_ns of every program rsttrace holds from /proc/PID/fdinfo before and after. ns/run = run time / runs; runs/unit = runs / resets made or requests completed (hooks are host-wide: other activity on the machine counts too); ns/unit = their product; `all programs` is the run time of every program per unit. `rsttrace user space` is its process CPU per unit in the ratio rounds. Floor ns/run is the count-only program on the same hook in the same kind of round; a hook's ns/run budget is counted over it (the kernel's run time includes a clock read and the call, ~100 ns on this VM), and a hook with fewer than 0.01 runs per unit is not on the workload's path (context).";
 
 /// Below this many runs per unit of work a hook is not on the workload's path.
 const MIN_RUNS_PER_UNIT: f64 = 0.01;
@@ -156,10 +156,15 @@ impl HookCost {
 
     /// All of rsttrace's BPF time per unit, per round.
     pub fn bpf_ns_per_unit(&self) -> Option<Spread> {
+        self.ns_per_unit(Mode::Rsttrace)
+    }
+
+    /// The run time of every program of `mode` per unit, per round.
+    fn ns_per_unit(&self, mode: Mode) -> Option<Spread> {
         let per_round: Vec<f64> = self
             .rounds
             .iter()
-            .filter(|r| r.mode == Mode::Rsttrace && r.units > 0)
+            .filter(|r| r.mode == mode && r.units > 0)
             .map(|r| r.programs.iter().map(|p| p.ns as f64).sum::<f64>() / r.units as f64)
             .collect();
         Spread::of(&per_round)
@@ -187,6 +192,19 @@ impl HookCost {
                 )
             })
             .collect();
+        let floor_total = self.ns_per_unit(Mode::Floor);
+        rows.push(HookRow {
+            workload: self.workload.clone(),
+            unit: self.unit.name(),
+            program: "all floor programs".into(),
+            hook: "-".into(),
+            ns_per_run: None,
+            runs_per_unit: None,
+            ns_per_unit: floor_total.map(|s| s.median),
+            floor_ns_per_run: None,
+            budget: "-".into(),
+            verdict: Verdict::Context,
+        });
         let total = self.bpf_ns_per_unit();
         let limit = match self.unit {
             Unit::Reset => budget::BPF_NS_PER_RESET,
@@ -234,7 +252,7 @@ impl HookCost {
             verdict: if runs_median < MIN_RUNS_PER_UNIT {
                 Verdict::Context
             } else {
-                Verdict::of(budget.allows(ns.map_or(0.0, |n| n.median), runs_median))
+                Verdict::of(budget.allows(ns.map_or(0.0, |n| n.median), floor_ns, runs_median))
             },
         }
     }

@@ -11,11 +11,11 @@ use serde_json::{json, Value};
 use super::budget::{self, Unit};
 use super::cpu::{self, Snapshot};
 use super::hookcost::HookCost;
-use super::pairs::{self, Sample};
+use super::pairs::{self, Sample, Slot};
 use super::servers::{self, Servers, Target};
 use super::stats::{show, Spread};
 use super::table::{HookRow, Row, Verdict};
-use super::tracers::{rotation, Mode, Running};
+use super::tracers::{Mode, Running};
 use super::Ctx;
 
 pub const METHOD: &str = "Steady load: wrk -t1 -c8 through nginx (one worker, no upstream keepalive: one upstream connection per request) to php-fpm (static, 2 workers; TCP and unix pools) and gunicorn (2 sync workers), beside nothing, the floor and rsttrace (unfiltered, --format json to a file) in an order rotating every round. CPU cost ratio = (CPU of wrk [getrusage of the reaped child] + every nginx, php-fpm and gunicorn process + ksoftirqd [their CPU clocks] + rsttrace from attach until drained) per request / the same with nothing attached in that round.";
@@ -54,10 +54,12 @@ pub fn measure(ctx: &Ctx) -> Result<Load> {
     for t in &paths {
         servers::wrk(&t.url, 1, &ctx.tmp).with_context(|| format!("warming up {}", t.name))?;
     }
-    for round in 0..ctx.settings.load_rounds {
+    let slots = pairs::schedule(&MODES[1..], ctx.settings.load_rounds);
+    let per_round = slots.len() / ctx.settings.load_rounds.max(1) as usize;
+    for round in slots.chunks(per_round.max(1)) {
         for (path, target) in paths.iter().zip(targets.iter_mut()) {
-            for mode in rotation(&MODES, round) {
-                run_once(ctx, &servers, path, mode, round, target)?;
+            for &slot in round {
+                run_once(ctx, &servers, path, slot, target)?;
             }
         }
     }
@@ -74,10 +76,10 @@ fn run_once(
     ctx: &Ctx,
     servers: &Servers,
     path: &Target,
-    mode: Mode,
-    round: u32,
+    slot: Slot,
     target: &mut TargetLoad,
 ) -> Result<()> {
+    let mode = slot.mode;
     let running = Running::start(ctx, mode, &format!("load-{}", mode.name()))?;
     let mut pids = servers.pids();
     pids.extend(cpu::ksoftirqd_pids());
@@ -92,7 +94,8 @@ fn run_once(
         t.remove_files();
     }
     let sample = Sample {
-        round,
+        round: slot.round,
+        pair: slot.pair,
         mode,
         units: wrk.requests,
         secs: wrk.requests as f64 / wrk.requests_per_sec.max(f64::MIN_POSITIVE),
@@ -100,8 +103,9 @@ fn run_once(
         tracer_cpu_s: tracer_cpu.as_secs_f64(),
     };
     eprintln!(
-        "bench:   round {:>2} {:<24} {:<8} {:>7.0} req/s  {:>6.1} us CPU/request",
-        round + 1,
+        "bench:   round {:>2} pair {:>2} {:<24} {:<8} {:>7.0} req/s  {:>6.1} us CPU/request",
+        slot.round + 1,
+        slot.pair + 1,
         path.name,
         mode.name(),
         wrk.requests_per_sec,

@@ -14,10 +14,10 @@ use serde_json::{json, Value};
 use super::budget::{self, Unit};
 use super::cpu::{self, Snapshot};
 use super::hookcost::HookCost;
-use super::pairs::{self, Sample};
+use super::pairs::{self, Sample, Slot};
 use super::stats::{endpoint_port, show, Spread};
 use super::table::{HookRow, Row, Verdict};
-use super::tracers::{rotation, Mode, Running};
+use super::tracers::{Mode, Running};
 use super::Ctx;
 
 pub const METHOD: &str = "Reset storm: one thread (pinned) connects to a 127.0.0.1 listener, accepts, writes 1 byte, sets SO_LINGER 0 on the accepted socket and closes it with the byte unread (kernel RST, TCP_ABORT_ON_CLOSE); a reset counts as made only when the client's read fails with ECONNRESET, and the kernel's TcpExt TCPAbortOnClose delta is kept beside it. Each round runs it beside nothing, the floor, rsttrace (unfiltered, --format json to a file) and bpftrace (printing pid/comm/ports/reason of both reset tracepoints to a file), in an order rotating every round. CPU cost ratio = (generator thread CPU + ksoftirqd CPU + tracer process CPU from attach until drained) per reset / the same with nothing attached in that round; CPU from the scheduler's clocks (CLOCK_THREAD_CPUTIME_ID, clock_getcpuclockid). Reported = rsttrace reset lines whose remote port is the generator's listener; lost = sum of its `lost` events.";
@@ -63,29 +63,29 @@ pub fn measure(ctx: &Ctx) -> Result<Storm> {
         ..plan.clone()
     })?;
     let mut runs = Vec::new();
-    for round in 0..ctx.settings.storm_rounds {
-        for mode in rotation(&MODES, round) {
-            let run = run_once(ctx, &plan, mode, round)?;
-            eprintln!(
-                "bench:   round {:>2} {:<8} {:>7.0} resets/s  {:>5.2} us CPU/reset  made {}{}{}",
-                round + 1,
-                mode.name(),
-                run.sample.rate().unwrap_or(0.0),
-                run.sample.cost_per_unit().unwrap_or(0.0) * 1e6,
-                run.made,
-                run.reported
-                    .map(|r| format!("  reported {r}"))
-                    .unwrap_or_default(),
-                run.lost.map(|l| format!("  lost {l}")).unwrap_or_default(),
-            );
-            runs.push(run);
-        }
+    for slot in pairs::schedule(&MODES[1..], ctx.settings.storm_rounds) {
+        let run = run_once(ctx, &plan, slot)?;
+        eprintln!(
+            "bench:   round {:>2} pair {:>2} {:<8} {:>7.0} resets/s  {:>5.2} us CPU/reset  made {}{}{}",
+            slot.round + 1,
+            slot.pair + 1,
+            slot.mode.name(),
+            run.sample.rate().unwrap_or(0.0),
+            run.sample.cost_per_unit().unwrap_or(0.0) * 1e6,
+            run.made,
+            run.reported
+                .map(|r| format!("  reported {r}"))
+                .unwrap_or_default(),
+            run.lost.map(|l| format!("  lost {l}")).unwrap_or_default(),
+        );
+        runs.push(run);
     }
     let hooks = HookCost::measure(ctx, "storm", Unit::Reset, || Ok(storm::run(&plan)?.made))?;
     Ok(Storm { runs, hooks })
 }
 
-fn run_once(ctx: &Ctx, plan: &Plan, mode: Mode, round: u32) -> Result<StormRun> {
+fn run_once(ctx: &Ctx, plan: &Plan, slot: Slot) -> Result<StormRun> {
+    let mode = slot.mode;
     let running = Running::start(ctx, mode, &format!("storm-{}", mode.name()))?;
     let softirqd = cpu::ksoftirqd_pids();
     let soft_before = Snapshot::take(&softirqd);
@@ -97,7 +97,8 @@ fn run_once(ctx: &Ctx, plan: &Plan, mode: Mode, round: u32) -> Result<StormRun> 
     let floor_runs = running.floor().map(|f| f.count()).transpose()?;
     let mut run = StormRun {
         sample: Sample {
-            round,
+            round: slot.round,
+            pair: slot.pair,
             mode,
             units: outcome.made,
             secs: outcome.elapsed.as_secs_f64(),
