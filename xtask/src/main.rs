@@ -47,8 +47,9 @@ enum Task {
     /// Start nginx + php-fpm + gunicorn on loopback, break them one way after another and
     /// show rsttrace's explanation next to nginx's error.log line.
     Demo,
-    /// Measure rsttrace's overhead side by side with no tracer and with bpftrace: a reset
-    /// storm, steady load through nginx, start-up time, peak memory, reset-to-line latency.
+    /// Measure what rsttrace costs: CPU per reset (storm) and per proxied request (steady
+    /// load through nginx) against nothing, the floor (count-only programs on the same hooks)
+    /// and bpftrace, per-hook kernel statistics, start-up, peak memory, reset-to-line latency.
     Bench(bench::BenchArgs),
     /// Boot Debian's 6.1 and 6.12 kernels under qemu (and use the host's) and run real resets
     /// on loopback against rsttrace in each: a kernel x scenario matrix plus `--check` output.
