@@ -25,6 +25,8 @@ mod php_fpm;
 mod process;
 mod pyserver;
 mod rsttrace;
+pub mod storm;
+mod stream;
 mod tempdir;
 mod tracefs;
 pub mod vm;
@@ -40,10 +42,11 @@ pub use netns::{Family, FirewallSnapshot, IptRule, Iptables, Netns, OwnedNetns, 
 pub use nginx::{Location, Nginx, NginxOptions, Upstream};
 pub use php_fpm::{PhpFpm, PhpFpmOptions, Pm};
 pub use process::{
-    children_of, free_port, is_alive, proc_comm, require_root, send_signal, wait_for_exit,
-    wait_for_file, wait_listening, wait_listening_at, wait_until, Placement,
+    children_of, free_port, is_alive, peak_rss_bytes, proc_comm, require_root, send_signal,
+    wait_for_exit, wait_for_file, wait_listening, wait_listening_at, wait_until, Placement,
 };
 pub use pyserver::PyProgram;
-pub use rsttrace::{Rsttrace, RSTTRACE_BIN_ENV};
+pub use rsttrace::{Rsttrace, RSTTRACE_BIN_ENV, RSTTRACE_RELEASE_BIN_ENV};
+pub use stream::StreamingRsttrace;
 pub use tempdir::TempDir;
 pub use tracefs::{KernelResetTrace, TraceEvent};

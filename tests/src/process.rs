@@ -127,6 +127,19 @@ pub fn children_of(ppid: u32) -> Vec<u32> {
     pids
 }
 
+/// Peak resident set (VmHWM) of a live process, in bytes.
+pub fn peak_rss_bytes(pid: u32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .with_context(|| format!("no VmHWM in /proc/{pid}/status"))?;
+    Ok(kib * 1024)
+}
+
 /// kill(pid, sig).
 pub fn send_signal(pid: u32, sig: i32) -> Result<()> {
     let raw = libc::pid_t::try_from(pid).context("pid out of range")?;

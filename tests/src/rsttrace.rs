@@ -14,6 +14,9 @@ use crate::tempdir::TempDir;
 
 /// The environment variable naming the rsttrace binary (set by `cargo xtask test`).
 pub const RSTTRACE_BIN_ENV: &str = "RSTTRACE_BIN";
+/// The environment variable naming the release build (set by `cargo xtask test`), for tests
+/// that hold the product's own CPU and memory figures (the million-reset run).
+pub const RSTTRACE_RELEASE_BIN_ENV: &str = "RSTTRACE_RELEASE_BIN";
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 

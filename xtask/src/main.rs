@@ -40,7 +40,7 @@ enum Task {
         args: Vec<String>,
     },
     /// Setup, formatting and lint checks, unit tests, then the root integration tests
-    /// against real nginx, php-fpm and gunicorn.
+    /// against real nginx, php-fpm and gunicorn, and a million real resets (release build).
     Test {
         /// Only run integration tests whose name contains this filter.
         filter: Option<String>,
@@ -48,8 +48,9 @@ enum Task {
     /// Start nginx + php-fpm + gunicorn on loopback, break them one way after another and
     /// show rsttrace's explanation next to nginx's error.log line.
     Demo,
-    /// Measure rsttrace's overhead side by side with no tracer and with bpftrace: a reset
-    /// storm, steady load through nginx, start-up time, peak memory, reset-to-line latency.
+    /// Measure what rsttrace costs: CPU per reset (storm) and per proxied request (steady
+    /// load through nginx) against nothing, the floor (count-only programs on the same hooks)
+    /// and bpftrace, per-hook kernel statistics, start-up, peak memory, reset-to-line latency.
     Bench(bench::BenchArgs),
     /// Boot Debian's 6.1 and 6.12 kernels under qemu (and use the host's) and run real resets
     /// on loopback against rsttrace in each: a kernel x scenario matrix plus `--check` output.
@@ -156,8 +157,10 @@ fn test(filter: Option<&str>) -> Result<()> {
     ]))?;
     // Unit tests (attribution engine on recorded sequences, decoders, CLI): no root needed.
     run_checked(cargo().args(["test", "--workspace", "--exclude", "rsttrace-tests"]))?;
-    // Root integration tests: real nginx, php-fpm and gunicorn, broken for real.
+    // Root integration tests: real nginx, php-fpm and gunicorn, broken for real; and a
+    // million real resets against the release build (the product's own CPU and memory).
     let bin = build(false)?;
+    let release = build(true)?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc_geteuid() } != 0 {
         bail!("the integration tests attach eBPF programs and start servers: run `cargo xtask test` as root");
@@ -180,12 +183,20 @@ fn test(filter: Option<&str>) -> Result<()> {
         "network",
         "--test",
         "nginx_log",
+        "--test",
+        "million",
         "--",
     ])
     .args(filter)
     .args(["--test-threads=1", "--nocapture"])
-    .env("RSTTRACE_BIN", &bin);
+    .env("RSTTRACE_BIN", &bin)
+    .env("RSTTRACE_RELEASE_BIN", &release);
+    let started = std::time::Instant::now();
     run_checked(&mut cmd)?;
+    eprintln!(
+        "xtask: integration tests took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
 
     // The same resets on Debian's 6.1 and 6.12 kernels (qemu) and on this one: `vm-test`.
     vm::vm_test()?;

@@ -1,141 +1,215 @@
-//! Steady load: wrk through a real nginx to php-fpm (TCP and unix pools) and to gunicorn,
-//! started by the integration-test harness (stopped on drop), with and without rsttrace.
+//! Figure: steady load through nginx. wrk drives nginx -> php-fpm (TCP), nginx -> php-fpm
+//! (unix socket) and nginx -> gunicorn beside nothing, the floor and rsttrace; the cost is
+//! the CPU of wrk, nginx and the upstreams (and ksoftirqd) per request plus rsttrace's own,
+//! over the same with nothing attached.
 
-use std::fs::{self, File};
-use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
+use std::fs;
 
-use anyhow::{bail, Context as _, Result};
-use rsttrace_tests::{Gunicorn, GunicornOptions, Location, Nginx, PhpFpm, PhpFpmOptions, Pm};
+use anyhow::{Context as _, Result};
+use serde_json::{json, Value};
 
-use super::tracers::Proc;
+use super::budget::{self, Unit};
+use super::cpu::{self, Snapshot};
+use super::hookcost::HookCost;
+use super::pairs::{self, Sample, Slot};
+use super::servers::{self, Servers, Target};
+use super::stats::{show, Spread};
+use super::table::{HookRow, Row, Verdict};
+use super::tracers::{Mode, Running};
+use super::Ctx;
 
-const WSGI_APP: &str = r#"
-def application(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"hello\n"]
-"#;
-const PHP_SCRIPT: &str = "<?php\necho \"hello\\n\";\n";
-/// wrk's own connections to nginx (nginx opens a new upstream connection per request).
-pub const WRK_CONNECTIONS: u32 = 8;
-const WRK_THREADS: u32 = 1;
+pub const METHOD: &str = "Steady load: wrk -t1 -c8 through nginx (one worker, no upstream keepalive: one upstream connection per request) to php-fpm (static, 2 workers; TCP and unix pools) and gunicorn (2 sync workers), beside nothing, the floor and rsttrace (unfiltered, --format json to a file) in an order rotating every round. CPU cost ratio = (CPU of wrk [getrusage of the reaped child] + every nginx, php-fpm and gunicorn process + ksoftirqd [their CPU clocks] + rsttrace from attach until drained) per request / the same with nothing attached in that round.";
 
-/// The servers under load; dropping it stops them (harness Drop).
-pub struct Servers {
-    // Drop order: nginx before its upstreams.
-    nginx: Nginx,
-    _gunicorn: Gunicorn,
-    _fpm: PhpFpm,
-}
+const MODES: [Mode; 3] = [Mode::None, Mode::Floor, Mode::Rsttrace];
 
-/// One upstream path through nginx.
-pub struct Target {
+/// One upstream path's runs and statistics rounds.
+pub struct TargetLoad {
     pub name: &'static str,
-    pub url: String,
+    pub samples: Vec<Sample>,
+    /// Server processes that exited during a run (their last CPU slice is then missing).
+    pub gone: usize,
+    /// Reset lines rsttrace printed during the load (none expected).
+    pub resets_reported: u64,
+    pub hooks: Option<HookCost>,
 }
 
-impl Servers {
-    pub fn start() -> Result<Self> {
-        let fpm = PhpFpm::start(PhpFpmOptions {
-            pm: Pm::Static,
-            max_children: 2,
-            unix_socket: true,
-            ..PhpFpmOptions::default()
-        })
-        .context("starting php-fpm")?;
-        fpm.write_script("hello.php", PHP_SCRIPT)?;
-        let gunicorn = Gunicorn::start(
-            WSGI_APP,
-            GunicornOptions {
-                workers: 2,
-                ..GunicornOptions::default()
-            },
-        )
-        .context("starting gunicorn")?;
-        let nginx = Nginx::start(&[
-            Location::php(&fpm),
-            Location::php_unix(&fpm),
-            Location::py(gunicorn.port()),
-        ])
-        .context("starting nginx")?;
-        Ok(Self {
-            nginx,
-            _gunicorn: gunicorn,
-            _fpm: fpm,
-        })
-    }
+pub struct Load {
+    pub targets: Vec<TargetLoad>,
+}
 
-    pub fn targets(&self) -> Vec<Target> {
-        let base = format!("http://127.0.0.1:{}", self.nginx.port());
+pub fn measure(ctx: &Ctx) -> Result<Load> {
+    let servers = Servers::start()?;
+    let paths = servers.targets();
+    let mut targets: Vec<TargetLoad> = paths
+        .iter()
+        .map(|t| TargetLoad {
+            name: t.name,
+            samples: Vec::new(),
+            gone: 0,
+            resets_reported: 0,
+            hooks: None,
+        })
+        .collect();
+    // Warm-up (not reported), which also proves every path answers 200.
+    for t in &paths {
+        servers::wrk(&t.url, 1, &ctx.tmp).with_context(|| format!("warming up {}", t.name))?;
+    }
+    let slots = pairs::schedule(&MODES[1..], ctx.settings.load_rounds);
+    let per_round = slots.len() / ctx.settings.load_rounds.max(1) as usize;
+    for round in slots.chunks(per_round.max(1)) {
+        for (path, target) in paths.iter().zip(targets.iter_mut()) {
+            for &slot in round {
+                run_once(ctx, &servers, path, slot, target)?;
+            }
+        }
+    }
+    for (path, target) in paths.iter().zip(targets.iter_mut()) {
+        target.hooks = Some(HookCost::measure(ctx, path.name, Unit::Request, || {
+            Ok(servers::wrk(&path.url, ctx.settings.load_secs, &ctx.tmp)?.requests)
+        })?);
+    }
+    drop(servers);
+    Ok(Load { targets })
+}
+
+fn run_once(
+    ctx: &Ctx,
+    servers: &Servers,
+    path: &Target,
+    slot: Slot,
+    target: &mut TargetLoad,
+) -> Result<()> {
+    let mode = slot.mode;
+    let running = Running::start(ctx, mode, &format!("load-{}", mode.name()))?;
+    let mut pids = servers.pids();
+    pids.extend(cpu::ksoftirqd_pids());
+    let before = Snapshot::take(&pids);
+    let wrk = servers::wrk(&path.url, ctx.settings.load_secs, &ctx.tmp)
+        .with_context(|| format!("{} beside {}", path.name, mode.name()))?;
+    let (servers_cpu, gone) = Snapshot::take(&pids).since(&before);
+    let tracer_cpu = running.settled_cpu()?;
+    if let Some(t) = running.stop(ctx, "steady load")? {
+        let out = fs::read_to_string(&t.stdout).unwrap_or_default();
+        target.resets_reported += out.matches("\"event\":\"reset\"").count() as u64;
+        t.remove_files();
+    }
+    let sample = Sample {
+        round: slot.round,
+        pair: slot.pair,
+        mode,
+        units: wrk.requests,
+        secs: wrk.requests as f64 / wrk.requests_per_sec.max(f64::MIN_POSITIVE),
+        workload_cpu_s: (servers_cpu + wrk.cpu).as_secs_f64(),
+        tracer_cpu_s: tracer_cpu.as_secs_f64(),
+    };
+    eprintln!(
+        "bench:   round {:>2} pair {:>2} {:<24} {:<8} {:>7.0} req/s  {:>6.1} us CPU/request",
+        slot.round + 1,
+        slot.pair + 1,
+        path.name,
+        mode.name(),
+        wrk.requests_per_sec,
+        sample.cost_per_unit().unwrap_or(0.0) * 1e6,
+    );
+    target.gone += gone;
+    target.samples.push(sample);
+    Ok(())
+}
+
+impl TargetLoad {
+    fn rows(&self) -> Vec<Row> {
+        let cost = Spread::of(&pairs::cost_ratios(&self.samples, Mode::Rsttrace));
+        let rate = Spread::of(&pairs::rate_ratios(&self.samples, Mode::Rsttrace));
+        let floor = Spread::of(&pairs::cost_ratios(&self.samples, Mode::Floor));
+        let us = |m: Mode| pairs::spread_of(&self.samples, m, |s| Some(s.cost_per_unit()? * 1e6));
+        let rps = |m: Mode| pairs::spread_of(&self.samples, m, Sample::rate);
         vec![
-            Target {
-                name: "nginx -> php-fpm (tcp)",
-                url: format!("{base}/php/hello.php"),
-            },
-            Target {
-                name: "nginx -> php-fpm (unix)",
-                url: format!("{base}/php-unix/hello.php"),
-            },
-            Target {
-                name: "nginx -> gunicorn",
-                url: format!("{base}/py/hello"),
-            },
+            Row::new(
+                format!("load_cost {}", self.name),
+                format!("steady load {}: CPU cost ratio rsttrace / none, per request", self.name),
+                show(cost, 3),
+            )
+            .spread(cost)
+            .target(
+                format!("<= {:.2}", budget::LOAD_COST_RATIO),
+                cost.map(|c| c.median <= budget::LOAD_COST_RATIO),
+            ),
+            Row::new(
+                format!("load_rate {}", self.name),
+                format!("steady load {}: req/s ratio rsttrace / none", self.name),
+                show(rate, 3),
+            )
+            .spread(rate)
+            .target(
+                format!(">= {:.2}", budget::LOAD_RATE_RATIO),
+                rate.map(|r| r.median >= budget::LOAD_RATE_RATIO),
+            ),
+            Row::new(
+                format!("load_floor {}", self.name),
+                format!(
+                    "steady load {}: floor cost ratio; CPU us/request and req/s (none / floor / rsttrace)",
+                    self.name
+                ),
+                format!(
+                    "{}; {}; {}",
+                    show(floor, 3),
+                    MODES.map(|m| show(us(m), 1)).join(" / "),
+                    MODES.map(|m| show(rps(m), 0)).join(" / ")
+                ),
+            )
+            .spread(floor),
         ]
     }
+
+    fn hook_rows(&self) -> Vec<HookRow> {
+        let mut rows = self.hooks.as_ref().map(HookCost::rows).unwrap_or_default();
+        let user = pairs::spread_of(&self.samples, Mode::Rsttrace, |s| {
+            (s.units > 0).then(|| s.tracer_cpu_s * 1e9 / s.units as f64)
+        });
+        rows.push(HookRow {
+            workload: self.name.to_string(),
+            unit: Unit::Request.name(),
+            program: "rsttrace user space".into(),
+            hook: "-".into(),
+            ns_per_run: None,
+            runs_per_unit: None,
+            ns_per_unit: user.map(|u| u.median),
+            floor_ns_per_run: None,
+            budget: "-".into(),
+            verdict: Verdict::Context,
+        });
+        rows
+    }
 }
 
-/// What one wrk run measured.
-#[derive(Debug, Clone, Copy)]
-pub struct WrkResult {
-    pub requests_per_sec: f64,
-    pub requests: u64,
-}
+impl Load {
+    pub fn rows(&self) -> Vec<Row> {
+        self.targets.iter().flat_map(TargetLoad::rows).collect()
+    }
 
-/// Runs `wrk -t1 -c8 -dSECSs URL`; fails on any non-2xx answer or socket error, so a broken
-/// upstream cannot pass as a fast one.
-pub fn wrk(url: &str, secs: u32, tmp: &Path) -> Result<WrkResult> {
-    let out_path = tmp.join("wrk.out");
-    let out =
-        File::create(&out_path).with_context(|| format!("creating {}", out_path.display()))?;
-    let err = out.try_clone().context("duplicating wrk's output file")?;
-    let mut cmd = Command::new("wrk");
-    cmd.arg(format!("-t{WRK_THREADS}"))
-        .arg(format!("-c{WRK_CONNECTIONS}"))
-        .arg(format!("-d{secs}s"))
-        .args(["--timeout", "5s"])
-        .arg(url)
-        .stdout(out)
-        .stderr(err);
-    let mut proc = Proc::spawn("wrk", &mut cmd)?;
-    let limit = Duration::from_secs(u64::from(secs) + 30);
-    let Some(status) = proc.wait_timeout(limit)? else {
-        bail!("wrk {url} did not finish within {limit:?}");
-    };
-    let text = fs::read_to_string(&out_path).context("reading wrk's output")?;
-    if !status.success() {
-        bail!("wrk {url} failed ({status}):\n{text}");
+    pub fn hook_rows(&self) -> Vec<HookRow> {
+        self.targets
+            .iter()
+            .flat_map(TargetLoad::hook_rows)
+            .collect()
     }
-    if text.contains("Non-2xx or 3xx responses") || text.contains("Socket errors") {
-        bail!("wrk {url}: the upstream returned errors, the figure would be meaningless:\n{text}");
+
+    pub fn json(&self) -> Value {
+        Value::Array(
+            self.targets
+                .iter()
+                .map(|t| {
+                    json!({
+                        "target": t.name,
+                        "samples": t.samples.iter().map(Sample::json).collect::<Vec<_>>(),
+                        "cost_ratios": MODES.map(|m| json!({m.name(): pairs::cost_ratios(&t.samples, m)})),
+                        "rate_ratios": MODES.map(|m| json!({m.name(): pairs::rate_ratios(&t.samples, m)})),
+                        "server_processes_gone": t.gone,
+                        "resets_reported_during_load": t.resets_reported,
+                        "hooks": t.hooks.as_ref().map(HookCost::json),
+                    })
+                })
+                .collect(),
+        )
     }
-    let requests_per_sec = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .with_context(|| format!("no `Requests/sec:` in wrk's output:\n{text}"))?;
-    // "  12345 requests in 5.00s, 1.23MB read"
-    let requests = text
-        .lines()
-        .find(|l| l.contains(" requests in "))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .with_context(|| format!("no request count in wrk's output:\n{text}"))?;
-    if requests == 0 {
-        bail!("wrk {url} completed no request:\n{text}");
-    }
-    Ok(WrkResult {
-        requests_per_sec,
-        requests,
-    })
 }

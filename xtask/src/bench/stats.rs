@@ -1,6 +1,6 @@
-//! Medians, percentiles and the clocks the benchmark compares.
+//! Medians, spreads, percentiles and the time format the benchmark compares.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use serde_json::{json, Value};
 
 /// Median of `values` (mean of the middle two for an even count); `None` when empty.
 pub fn median(values: &[f64]) -> Option<f64> {
@@ -28,13 +28,43 @@ pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
     Some(v[rank.clamp(1, v.len()) - 1])
 }
 
-/// CLOCK_REALTIME in nanoseconds since the Unix epoch (the clock rsttrace's `time` uses).
-pub fn realtime_ns() -> i128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .ok()
-        .and_then(|d| i128::try_from(d.as_nanos()).ok())
-        .unwrap_or(0)
+/// A median with the range it was taken from: figures are printed with their spread.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub n: usize,
+}
+
+impl Spread {
+    /// `None` when there is no finite value.
+    pub fn of(values: &[f64]) -> Option<Self> {
+        let finite: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        Some(Self {
+            median: median(&finite)?,
+            min: finite.iter().copied().fold(f64::INFINITY, f64::min),
+            max: finite.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            n: finite.len(),
+        })
+    }
+
+    /// `1.234 (1.101–1.400)`
+    pub fn show(&self, digits: usize) -> String {
+        format!(
+            "{:.digits$} ({:.digits$}–{:.digits$})",
+            self.median, self.min, self.max
+        )
+    }
+
+    pub fn json(&self) -> Value {
+        json!({"median": self.median, "min": self.min, "max": self.max, "n": self.n})
+    }
+}
+
+/// `Spread::show`, or `n/a`.
+pub fn show(spread: Option<Spread>, digits: usize) -> String {
+    spread.map_or_else(|| "n/a".into(), |s| s.show(digits))
 }
 
 /// Parses rsttrace's `time` (`2026-11-22T22:45:37.792763761Z`: RFC 3339, UTC, 0–9 fraction
@@ -101,6 +131,14 @@ mod tests {
         assert_eq!(percentile(&v, 99.0), Some(99.0));
         assert_eq!(percentile(&v, 100.0), Some(100.0));
         assert_eq!(percentile(&[7.0], 99.0), Some(7.0));
+    }
+
+    #[test]
+    fn spreads() {
+        let s = Spread::of(&[1.2, f64::NAN, 1.0, 1.1]).expect("finite values");
+        assert_eq!((s.median, s.min, s.max, s.n), (1.1, 1.0, 1.2, 3));
+        assert_eq!(s.show(2), "1.10 (1.00–1.20)");
+        assert_eq!(Spread::of(&[]), None);
     }
 
     #[test]

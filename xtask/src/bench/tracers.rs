@@ -1,6 +1,7 @@
-//! The tracers under comparison (rsttrace, bpftrace) and the processes the benchmark starts:
-//! every child is owned by a [`Proc`], which stops it on drop (and the kernel kills it if
-//! xtask itself dies: PR_SET_PDEATHSIG).
+//! The modes under comparison (nothing, the floor, rsttrace, bpftrace) and the processes the
+//! benchmark starts: every child is owned by a [`Proc`], which stops it on drop (and the
+//! kernel kills it if xtask itself dies: PR_SET_PDEATHSIG); the floor's programs are file
+//! descriptors of the bench itself, so they go when it goes.
 
 use std::fs::{self, File};
 use std::io::{BufRead as _, BufReader, Read};
@@ -13,7 +14,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
-use super::stats::realtime_ns;
+use rsttrace_tests::storm::realtime_ns;
+
+use super::cpu;
+use super::floor::Floor;
+use super::Ctx;
 
 /// How long a tracer may take to attach before the benchmark gives up on it.
 pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -206,10 +211,10 @@ pub struct FileTracer {
 impl FileTracer {
     /// `rsttrace --format json` (no filter: every reset on the host, full attribution),
     /// stdout to `DIR/TAG.out`; ready once stderr says `attached`.
-    pub fn rsttrace(bin: &Path, dir: &Path, tag: &str) -> Result<Self> {
-        let mut cmd = rsttrace_command(bin);
+    pub fn rsttrace(ctx: &Ctx, tag: &str) -> Result<Self> {
+        let mut cmd = ctx.rsttrace_command();
         cmd.args(["--format", "json"]);
-        Self::start("rsttrace", cmd, dir, tag, Stream::Stderr, "attached")
+        Self::start("rsttrace", cmd, &ctx.tmp, tag, Stream::Stderr, "attached")
     }
 
     /// `bpftrace SCRIPT`, stdout to `DIR/TAG.out`; ready once stdout has BEGIN's `ready`
@@ -290,96 +295,105 @@ enum Stream {
     Stderr,
 }
 
-/// Peak resident set (VmHWM) of a live process, in bytes.
-pub fn peak_rss_bytes(pid: u32) -> Result<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .with_context(|| format!("no VmHWM in /proc/{pid}/status"))?;
-    Ok(kib * 1024)
+/// What runs beside the workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Nothing attached: the baseline.
+    None,
+    /// Count-only programs on rsttrace's hooks.
+    Floor,
+    Rsttrace,
+    /// bpftrace printing the raw facts of both reset tracepoints.
+    Bpftrace,
 }
 
-/// User + system CPU time a live process has used, in seconds.
-pub fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // Fields after "(comm)": state is field 3; utime and stime are fields 14 and 15.
-    let rest = stat
-        .rfind(')')
-        .and_then(|i| stat.get(i + 1..))
-        .context("malformed /proc/PID/stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> Result<f64> {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .with_context(|| format!("field {} of /proc/{pid}/stat", i + 3))
-    };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let hz = if hz > 0 { hz as f64 } else { 100.0 };
-    Ok((ticks(11)? + ticks(12)?) / hz)
-}
-
-/// One start-up measurement of rsttrace: wall time from spawn to its `attached` line on
-/// stderr, and the `ready N ms after start` it reports itself.
-pub struct RsttraceStartup {
-    pub wall: Duration,
-    pub self_reported_ready_ms: Option<f64>,
-}
-
-pub fn startup_rsttrace(bin: &Path) -> Result<RsttraceStartup> {
-    let mut cmd = rsttrace_command(bin);
-    cmd.args(["--format", "json"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let t0 = Instant::now();
-    let mut proc = Proc::spawn("rsttrace", &mut cmd)?;
-    let stderr = proc.take_stderr().context("rsttrace's stderr pipe")?;
-    let rx = read_lines(stderr);
-    let line = wait_line(&rx, "attached", ATTACH_TIMEOUT, "rsttrace")?;
-    let wall = line.at.duration_since(t0);
-    proc.stop(STOP_TIMEOUT)?;
-    // "rsttrace: attached 9 hooks in 36 ms (ready 50 ms after start); ..."
-    let self_reported_ready_ms = line
-        .text
-        .split_once("(ready ")
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .and_then(|v| v.parse().ok());
-    Ok(RsttraceStartup {
-        wall,
-        self_reported_ready_ms,
-    })
-}
-
-/// Wall time from spawning bpftrace to its BEGIN line (printed after `Attaching N probes...`
-/// once every probe is attached).
-pub fn startup_bpftrace(script: &Path) -> Result<Duration> {
-    let mut cmd = Command::new("bpftrace");
-    cmd.arg(script).stdout(Stdio::piped()).stderr(Stdio::null());
-    let t0 = Instant::now();
-    let mut proc = Proc::spawn("bpftrace", &mut cmd)?;
-    let stdout = proc.take_stdout().context("bpftrace's stdout pipe")?;
-    let rx = read_lines(stdout);
-    wait_line(&rx, "Attaching", ATTACH_TIMEOUT, "bpftrace")?;
-    let line = wait_line(&rx, "ready", ATTACH_TIMEOUT, "bpftrace")?;
-    let wall = line.at.duration_since(t0);
-    proc.stop(STOP_TIMEOUT)?;
-    Ok(wall)
-}
-
-/// Extra arguments every rsttrace the bench starts gets (`--rsttrace-arg`), set once.
-pub static RSTTRACE_EXTRA_ARGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-
-/// `bin` with the bench-wide extra arguments.
-pub fn rsttrace_command(bin: &Path) -> Command {
-    let mut cmd = Command::new(bin);
-    if let Some(extra) = RSTTRACE_EXTRA_ARGS.get() {
-        cmd.args(extra);
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::None => "none",
+            Mode::Floor => "floor",
+            Mode::Rsttrace => "rsttrace",
+            Mode::Bpftrace => "bpftrace",
+        }
     }
-    cmd
+}
+
+/// `modes` in the order round `round` runs them: rotated each round, so no mode always runs
+/// first (warmest) or right after a given other.
+pub fn rotation(modes: &[Mode], round: u32) -> Vec<Mode> {
+    let k = round as usize % modes.len().max(1);
+    modes[k..].iter().chain(&modes[..k]).copied().collect()
+}
+
+/// A mode, attached and ready, with its CPU clock read right after attaching.
+pub struct Running {
+    pub mode: Mode,
+    inner: Inner,
+    cpu_at_attach: Duration,
+}
+
+enum Inner {
+    Nothing,
+    Floor(Floor),
+    Process(FileTracer),
+}
+
+impl Running {
+    pub fn start(ctx: &Ctx, mode: Mode, tag: &str) -> Result<Self> {
+        let inner = match mode {
+            Mode::None => Inner::Nothing,
+            Mode::Floor => Inner::Floor(Floor::attach(&ctx.hooks)?),
+            Mode::Rsttrace => Inner::Process(FileTracer::rsttrace(ctx, tag)?),
+            Mode::Bpftrace => Inner::Process(FileTracer::bpftrace(&ctx.script, &ctx.tmp, tag)?),
+        };
+        let mut running = Self {
+            mode,
+            inner,
+            cpu_at_attach: Duration::ZERO,
+        };
+        if let Some(pid) = running.pid() {
+            running.cpu_at_attach = cpu::process_cpu(pid)?;
+        }
+        Ok(running)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        match &self.inner {
+            Inner::Process(t) => Some(t.proc.pid()),
+            _ => None,
+        }
+    }
+
+    pub fn floor(&self) -> Option<&Floor> {
+        match &self.inner {
+            Inner::Floor(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// The tracer process's CPU since it attached, read once it has drained what the
+    /// workload produced (zero for no tracer and for the floor, which has no user space).
+    pub fn settled_cpu(&self) -> Result<Duration> {
+        match self.pid() {
+            Some(pid) => Ok(cpu::settle(pid)?.saturating_sub(self.cpu_at_attach)),
+            None => Ok(Duration::ZERO),
+        }
+    }
+
+    /// Stops it (SIGINT, clean exit required); rsttrace's peak RSS is recorded in `ctx` first.
+    /// Returns the stopped tracer, whose output files the caller reads and removes.
+    pub fn stop(self, ctx: &Ctx, what: &str) -> Result<Option<FileTracer>> {
+        match self.inner {
+            Inner::Nothing | Inner::Floor(_) => Ok(None),
+            Inner::Process(mut t) => {
+                if self.mode == Mode::Rsttrace {
+                    ctx.memory
+                        .borrow_mut()
+                        .record(what, cpu::peak_rss_bytes(t.proc.pid())?);
+                }
+                t.stop(self.mode.name())?;
+                Ok(Some(t))
+            }
+        }
+    }
 }
