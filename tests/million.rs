@@ -192,6 +192,12 @@ fn check(tenths: &[Tenth], tally: &Tally, made: u64, kernel_aborts: u64, peak_rs
     let reported: u64 = tally.of(tenths).map(|p| p.ours).sum();
     assert_eq!(reported + tally.lost, made, "reported + lost != made");
     assert_eq!(tally.lost, 0, "samples lost at the default buffer");
+    // Every one is the generator's own close() of a socket with unread data.
+    let abort: u64 = tally.of(tenths).map(|p| p.abort_by_us).sum();
+    assert_eq!(
+        abort, reported,
+        "reported resets not explained as this process's abort (samples above)"
+    );
     assert!(
         peak_rss <= MAX_PEAK_RSS,
         "rsttrace's peak RSS {peak_rss} bytes is over {MAX_PEAK_RSS}"

@@ -79,6 +79,50 @@ fn sigint_and_sigterm_detach_every_program() {
     }
 }
 
+/// Whoever waits for `attached` and stops rsttrace at once (a script, a unit's ExecStop)
+/// must get the clean exit, never the signal's default action: the handlers are in place
+/// before rsttrace says it is attached. stderr is read through a pipe, line by line, so
+/// that the signal follows the word as closely as a script's would.
+#[test]
+fn stopped_the_moment_it_says_attached_it_exits_cleanly() {
+    require_root();
+    let bin = std::env::var(RSTTRACE_BIN_ENV).expect("RSTTRACE_BIN (run through cargo xtask test)");
+    for round in 0..10 {
+        let signal = if round % 2 == 0 {
+            libc::SIGINT
+        } else {
+            libc::SIGTERM
+        };
+        let mut child = Command::new(&bin)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting rsttrace");
+        let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
+        let mut said = String::new();
+        loop {
+            let mut line = String::new();
+            let n = stderr
+                .read_line(&mut line)
+                .expect("reading rsttrace's stderr");
+            assert!(n > 0, "rsttrace ended before attaching:\n{said}");
+            said.push_str(&line);
+            if line.split_whitespace().any(|w| w == "attached") {
+                break;
+            }
+        }
+        // SAFETY: kill has no memory preconditions; the pid is our own child's.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+        let status = child.wait().expect("waiting for rsttrace");
+        assert!(
+            status.success() && rest.contains("detached"),
+            "round {round}: signal {signal} right after `attached` gave {status}:\n{said}{rest}"
+        );
+    }
+}
+
 #[test]
 fn two_instances_side_by_side_both_report() {
     require_root();

@@ -107,16 +107,22 @@ pub fn run(facts: &KernelFacts, opts: &Options, started: Instant) -> Result<(), 
     let watch = watch_from(opts)?;
     let (attached, events) =
         loader::attach(facts, opts.buffer_bytes).fail_with(FailureKind::Runtime)?;
-    announce(facts, opts, &watch, &attached, started);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the event loop")
         .fail_with(FailureKind::Runtime)?;
+    // The handlers exist before "attached" is said: whoever waits for that line and then
+    // stops rsttrace must get a clean detach, not the default action of the signal.
+    let signals = {
+        let _context = runtime.enter();
+        Signals::install().fail_with(FailureKind::Runtime)?
+    };
+    announce(facts, opts, &watch, &attached, started);
     let mut session = Session::new(facts, opts, watch);
     session.seed_listeners();
     runtime
-        .block_on(event_loop(session, attached, events, opts))
+        .block_on(event_loop(session, attached, events, signals, opts))
         .fail_with(FailureKind::Runtime)
 }
 
@@ -440,10 +446,27 @@ enum Stop {
     PipeClosed,
 }
 
+/// The signals that stop rsttrace cleanly.
+struct Signals {
+    sigint: tokio::signal::unix::Signal,
+    sigterm: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Within the runtime's context.
+    fn install() -> Result<Self> {
+        Ok(Self {
+            sigint: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            sigterm: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+        })
+    }
+}
+
 async fn event_loop(
     mut session: Session<'_>,
     attached: loader::Attached,
     events: aya::maps::RingBuf<aya::maps::MapData>,
+    signals: Signals,
     opts: &Options,
 ) -> Result<()> {
     let count = opts.count;
@@ -451,8 +474,10 @@ async fn event_loop(
     // this AsyncFd until the loop ends).
     let mut ring = unsafe { AsyncFd::register(events) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let Signals {
+        mut sigint,
+        mut sigterm,
+    } = signals;
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut expire_tick = tokio::time::interval(Duration::from_millis(10));
@@ -464,7 +489,7 @@ async fn event_loop(
                 let mut guard = guard.context("waiting on the ring buffer")?;
                 let r = drain(&mut session, guard.get_inner_mut(), count);
                 guard.clear_ready();
-                r
+                r.map(|d| d.done)
             }
             _ = tick.tick() => {
                 session.rescan_listeners();
@@ -472,10 +497,14 @@ async fn event_loop(
             }
             // Samples are mostly submitted without waking us (see Config::ring_wakeup_bytes):
             // drain on this tick, then release verdicts whose wait is over.
-            _ = expire_tick.tick() => drain(&mut session, ring.get_mut(), count).and_then(|done| {
-                session
-                    .expire(monotonic_ns())
-                    .map(|()| done || session.count_reached(count))
+            // Only once the ring is empty: the send of a reset waiting here may still be
+            // queued behind a full batch, and the clock has moved on meanwhile (events are
+            // released by their own times as they are read).
+            _ = expire_tick.tick() => drain(&mut session, ring.get_mut(), count).and_then(|d| {
+                if d.emptied {
+                    session.expire(monotonic_ns())?;
+                }
+                Ok(d.done || session.count_reached(count))
             }),
             _ = sigint.recv() => Ok(true),
             _ = sigterm.recv() => Ok(true),
@@ -531,7 +560,9 @@ fn drain_all(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
 ) -> io::Result<()> {
     for _ in 0..64 {
-        drain(session, ring, None)?;
+        if drain(session, ring, None)?.emptied {
+            break;
+        }
     }
     Ok(())
 }
@@ -540,20 +571,37 @@ fn drain_all(
 /// one pass reads, and signals, ticks and the clean stop must still get their turn.
 const DRAIN_BATCH: usize = 8192;
 
-/// Reads the queued samples (at most DRAIN_BATCH); true once --count is reached.
+/// What one pass over the ring did.
+struct Drained {
+    /// --count is reached.
+    done: bool,
+    /// The ring had nothing more to read.
+    emptied: bool,
+}
+
+/// Reads the queued samples (at most DRAIN_BATCH).
 fn drain(
     session: &mut Session<'_>,
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     count: Option<u64>,
-) -> io::Result<bool> {
+) -> io::Result<Drained> {
     for _ in 0..DRAIN_BATCH {
         let Some(item) = ring.next() else {
-            break;
+            return Ok(Drained {
+                done: false,
+                emptied: true,
+            });
         };
         session.handle(&item)?;
         if session.count_reached(count) {
-            return Ok(true);
+            return Ok(Drained {
+                done: true,
+                emptied: false,
+            });
         }
     }
-    Ok(false)
+    Ok(Drained {
+        done: false,
+        emptied: false,
+    })
 }
