@@ -33,11 +33,17 @@ pub struct Attached {
 /// Socket syscall exits first read their arguments from the saved registers
 /// (bpf_task_pt_regs, 5.15+); a kernel that refuses that gets the portable variant, with
 /// enter hooks recording the arguments.
-pub fn attach(facts: &KernelFacts, ring_bytes: u32) -> Result<(Attached, RingBuf<MapData>)> {
+pub fn attach(
+    facts: &KernelFacts,
+    ring_bytes: u32,
+    preload: Preload,
+) -> Result<(Attached, RingBuf<MapData>)> {
     let mut config = facts.config;
     config.ring_wakeup_bytes = ring_bytes / 4;
+    let mut loader = Some(preload.take());
     if config.regs_arg[0] != NO_OFFSET {
-        match attach_with(facts, config, ring_bytes, false) {
+        let first = loader.take().unwrap_or_else(EbpfLoader::new);
+        match attach_with(first, facts, &config, ring_bytes, false) {
             Ok(attached) => return Ok(attached),
             Err(err) => {
                 eprintln!(
@@ -48,21 +54,45 @@ pub fn attach(facts: &KernelFacts, ring_bytes: u32) -> Result<(Attached, RingBuf
             }
         }
     }
-    attach_with(facts, config, ring_bytes, true)
+    let loader = loader.take().unwrap_or_else(EbpfLoader::new);
+    attach_with(loader, facts, &config, ring_bytes, true)
 }
 
-fn attach_with(
+/// aya's EbpfLoader::new() parses all of vmlinux BTF (aya 0.14, aya-rs/aya#1172) although
+/// rsttrace needs none of it there (`.btf(None)` below): tens of milliseconds of start-up
+/// spent on a second core while the kernel's facts are resolved on the first.
+pub struct Preload(Option<std::thread::JoinHandle<EbpfLoader<'static>>>);
+
+impl Preload {
+    pub fn start() -> Self {
+        Self(
+            std::thread::Builder::new()
+                .name("preload".into())
+                .spawn(EbpfLoader::new)
+                .ok(),
+        )
+    }
+
+    fn take(self) -> EbpfLoader<'static> {
+        self.0
+            .and_then(|handle| handle.join().ok())
+            .unwrap_or_else(EbpfLoader::new)
+    }
+}
+
+fn attach_with<'a>(
+    mut loader: EbpfLoader<'a>,
     facts: &KernelFacts,
-    config: Config,
+    config: &'a Config,
     ring_bytes: u32,
     argument_recorders: bool,
 ) -> Result<(Attached, RingBuf<MapData>)> {
     let started = Instant::now();
-    let mut ebpf = EbpfLoader::new()
+    let mut ebpf = loader
         // Offsets come from our own BTF parse (kernel.rs); the programs use no CO-RE
         // relocations, so aya need not parse vmlinux BTF a second time.
         .btf(None)
-        .override_global(CONFIG_GLOBAL, &config, true)
+        .override_global(CONFIG_GLOBAL, config, true)
         .map_max_entries(EVENTS_MAP, ring_bytes)
         .load(PROGRAMS)
         .map_err(|e| explain_load_error(e.into()))?;

@@ -7,7 +7,7 @@ use std::{
 
 use clap::{Parser, ValueEnum};
 use rsttrace::{
-    check, output,
+    check, loader, output,
     session::{self, Failure, FailureKind, Options},
 };
 
@@ -130,6 +130,7 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let args = Args::parse();
     let opts = args.options();
+    let preload = (!args.check).then(loader::Preload::start);
     let result = session::prepare(&opts).and_then(|facts| {
         if args.check {
             let (report, usable) = check::report(&facts);
@@ -137,7 +138,8 @@ fn main() -> ExitCode {
             let _ = io::stdout().write_all(report.as_bytes());
             return Ok(if usable { EXIT_OK } else { EXIT_UNSUPPORTED });
         }
-        session::run(&facts, &opts, started).map(|()| EXIT_OK)
+        let preload = preload.unwrap_or_else(loader::Preload::start);
+        session::run(&facts, &opts, started, preload).map(|()| EXIT_OK)
     });
     match result {
         Ok(code) => ExitCode::from(code),

@@ -103,10 +103,15 @@ pub fn prepare(opts: &Options) -> Result<KernelFacts, Failure> {
 }
 
 /// Attaches, reports every reset until stopped, detaches.
-pub fn run(facts: &KernelFacts, opts: &Options, started: Instant) -> Result<(), Failure> {
+pub fn run(
+    facts: &KernelFacts,
+    opts: &Options,
+    started: Instant,
+    preload: loader::Preload,
+) -> Result<(), Failure> {
     let watch = watch_from(opts)?;
     let (attached, events) =
-        loader::attach(facts, opts.buffer_bytes).fail_with(FailureKind::Runtime)?;
+        loader::attach(facts, opts.buffer_bytes, preload).fail_with(FailureKind::Runtime)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

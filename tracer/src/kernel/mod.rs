@@ -13,7 +13,7 @@ use anyhow::{bail, Result};
 use tracer_ebpf::{event::EventKind, Config, NO_OFFSET};
 
 use crate::hooks::{Attach, Capability, Hook, Tier, HOOKS};
-use btf::{enum_names, enum_value, open_vmlinux_btf, struct_offset};
+use btf::Vmlinux;
 use tracefs::{RecordFormat, Tracefs};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -112,6 +112,16 @@ const STRUCT_OFFSETS: &[(&str, OffsetSlot)] = &[
     }),
 ];
 
+/// Other types looked up in BTF (besides those in STRUCT_OFFSETS).
+const BTF_NAMES_TOO: &[&str] = &[
+    "css_set",
+    "cgroup_subsys_id",
+    "socket_alloc",
+    "inode",
+    "pt_regs",
+    "sk_rst_reason",
+];
+
 impl KernelFacts {
     pub fn resolve() -> Result<Self> {
         let tracefs = Tracefs::locate()?;
@@ -121,7 +131,12 @@ impl KernelFacts {
                  built with CONFIG_DEBUG_INFO_BTF=y (the default on Debian 11+, Ubuntu 20.10+, RHEL 8.2+)"
             );
         }
-        let btf = open_vmlinux_btf()?;
+        let btf = Vmlinux::open(
+            STRUCT_OFFSETS
+                .iter()
+                .filter_map(|(path, _)| path.split('.').next())
+                .chain(BTF_NAMES_TOO.iter().copied()),
+        )?;
 
         let mut config = Config::EMPTY;
         let mut layouts = Layouts::default();
@@ -150,14 +165,14 @@ impl KernelFacts {
 
         let mut degraded = Vec::new();
         for (path, slot) in STRUCT_OFFSETS {
-            *slot(&mut config) = struct_offset(&btf, path).unwrap_or_else(|| {
+            *slot(&mut config) = btf.struct_offset(path).unwrap_or_else(|| {
                 degraded.push((*path).to_string());
                 NO_OFFSET
             });
         }
         config.css_set_memcg = match (
-            struct_offset(&btf, "css_set.subsys"),
-            enum_value(&btf, "cgroup_subsys_id", "memory_cgrp_id"),
+            btf.struct_offset("css_set.subsys"),
+            btf.enum_value("cgroup_subsys_id", "memory_cgrp_id"),
         ) {
             (None, _) => {
                 degraded.push("css_set.subsys".into());
@@ -172,8 +187,8 @@ impl KernelFacts {
 
         // A socket's inode sits after it in its struct socket_alloc (SOCK_INODE()).
         config.socket_ino = match (
-            struct_offset(&btf, "socket_alloc.vfs_inode"),
-            struct_offset(&btf, "inode.i_ino"),
+            btf.struct_offset("socket_alloc.vfs_inode"),
+            btf.struct_offset("inode.i_ino"),
         ) {
             (Some(inode), Some(ino)) => inode.saturating_add(ino),
             _ => {
@@ -186,7 +201,7 @@ impl KernelFacts {
         // si, dx, r10), so the exit hooks need no enter hook on every recv/send.
         if cfg!(target_arch = "x86_64") {
             let regs = ["pt_regs.di", "pt_regs.si", "pt_regs.dx", "pt_regs.r10"]
-                .map(|f| struct_offset(&btf, f).unwrap_or(NO_OFFSET));
+                .map(|f| btf.struct_offset(f).unwrap_or(NO_OFFSET));
             if !regs.contains(&NO_OFFSET) {
                 config.regs_arg = regs;
             }
@@ -195,7 +210,7 @@ impl KernelFacts {
         Ok(Self {
             config,
             layouts,
-            reset_reasons: enum_names(&btf, "sk_rst_reason"),
+            reset_reasons: btf.enum_names("sk_rst_reason"),
             hooks,
             degraded,
             cgroup2,
