@@ -42,7 +42,7 @@ pub fn attach(
     config.ring_wakeup_bytes = ring_bytes / 4;
     let mut loader = Some(preload.take());
     if config.regs_arg[0] != NO_OFFSET {
-        let first = loader.take().unwrap_or_else(EbpfLoader::new);
+        let first = loader.take().unwrap_or_default();
         match attach_with(first, facts, &config, ring_bytes, false) {
             Ok(attached) => return Ok(attached),
             Err(err) => {
@@ -54,7 +54,7 @@ pub fn attach(
             }
         }
     }
-    let loader = loader.take().unwrap_or_else(EbpfLoader::new);
+    let loader = loader.take().unwrap_or_default();
     attach_with(loader, facts, &config, ring_bytes, true)
 }
 
@@ -76,7 +76,7 @@ impl Preload {
     fn take(self) -> EbpfLoader<'static> {
         self.0
             .and_then(|handle| handle.join().ok())
-            .unwrap_or_else(EbpfLoader::new)
+            .unwrap_or_default()
     }
 }
 
