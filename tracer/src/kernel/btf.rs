@@ -75,6 +75,24 @@ impl Vmlinux {
             .find_map(|(v, n)| (n == member).then_some(v))
     }
 
+    /// How many arguments raw tracepoint `event` passes (its `btf_trace_<event>` typedef,
+    /// a pointer to a function whose first parameter is the context), when BTF has it and
+    /// `btf_trace_<event>` was among `wanted`.
+    pub fn raw_tracepoint_args(&self, event: &str) -> Option<usize> {
+        let typedef = self
+            .named
+            .get(&format!("btf_trace_{event}"))?
+            .iter()
+            .find(|t| matches!(t, Type::Typedef(_)))?;
+        let Type::Ptr(ptr) = self.btf.resolve_chained_type(typedef.as_btf_type()?).ok()? else {
+            return None;
+        };
+        match self.btf.resolve_chained_type(&ptr).ok()? {
+            Type::FuncProto(f) => Some(f.parameters.len().saturating_sub(1)),
+            _ => None,
+        }
+    }
+
     /// Every member of enum `enum_name` by value.
     pub fn enum_names(&self, enum_name: &str) -> HashMap<u32, String> {
         let mut out = HashMap::new();

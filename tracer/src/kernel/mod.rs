@@ -131,11 +131,20 @@ impl KernelFacts {
                  built with CONFIG_DEBUG_INFO_BTF=y (the default on Debian 11+, Ubuntu 20.10+, RHEL 8.2+)"
             );
         }
+
+        let raw_tracepoints: Vec<String> = HOOKS
+            .iter()
+            .filter_map(|h| match h.attach {
+                Attach::RawTracepoint { event, .. } => Some(format!("btf_trace_{event}")),
+                _ => None,
+            })
+            .collect();
         let btf = Vmlinux::open(
             STRUCT_OFFSETS
                 .iter()
                 .filter_map(|(path, _)| path.split('.').next())
-                .chain(BTF_NAMES_TOO.iter().copied()),
+                .chain(BTF_NAMES_TOO.iter().copied())
+                .chain(raw_tracepoints.iter().map(String::as_str)),
         )?;
 
         let mut config = Config::EMPTY;
@@ -147,13 +156,11 @@ impl KernelFacts {
                 Attach::Tracepoint { category, event } => {
                     probe_tracepoint(hook, category, event, &tracefs, &mut config, &mut layouts)?
                 }
-                Attach::RawTracepoint { category, event } => {
-                    if tracefs.exists(category, event) {
-                        Status::Attach
-                    } else {
-                        Status::Missing
-                    }
-                }
+                Attach::RawTracepoint {
+                    category,
+                    event,
+                    args,
+                } => probe_raw_tracepoint(&tracefs, &btf, category, event, args),
                 Attach::CgroupSkbIngress => match &cgroup2 {
                     Some(_) => Status::Attach,
                     None => Status::Unfit("no cgroup2 mount in /proc/self/mountinfo".into()),
@@ -288,6 +295,26 @@ fn is_syscall(hook: &Hook) -> bool {
 
 /// Whether a tracepoint hook exists here and fits its program; fills the offsets and
 /// record layout it needs.
+/// A raw tracepoint's program reads its arguments by position: one whose prototype has
+/// another arity on this kernel is not attached (its arguments would be misread).
+fn probe_raw_tracepoint(
+    tracefs: &Tracefs,
+    btf: &Vmlinux,
+    category: &str,
+    event: &str,
+    args: usize,
+) -> Status {
+    if !tracefs.exists(category, event) {
+        return Status::Missing;
+    }
+    match btf.raw_tracepoint_args(event) {
+        Some(n) if n != args => Status::Unfit(format!(
+            "it passes {n} arguments here, the program expects {args}"
+        )),
+        _ => Status::Attach,
+    }
+}
+
 fn probe_tracepoint(
     hook: &'static Hook,
     category: &str,
