@@ -14,7 +14,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel, generated,
     },
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use tracer_ebpf::{
@@ -38,6 +38,63 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// struct sock * -> who owns it (see SockOwner for how stale records are avoided).
 #[map]
 static SOCK_OWNERS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(65536, 0);
+
+/// TCP sockets whose owner the task using them was already recorded for, by slot: the
+/// socket-call hooks run on every send and receive of the host, and this answers most of
+/// them without reading the socket or the owner map. A slot holds one (socket, tgid) pair;
+/// tcp:tcp_destroy_sock clears it, since the socket's address is reused at once. Unix
+/// sockets are never cached: nothing reports their release, and a reused address would
+/// hide a new socket's owner (see SockOwner::ino). Global, not per CPU, so that the
+/// destruction clears whichever CPU learnt it; racing writes at worst cost a lookup.
+#[map]
+static LEARNED: Array<Learned> = Array::with_max_entries(LEARNED_SLOTS, 0);
+
+const LEARNED_SLOTS: u32 = 4096;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Learned {
+    sk: u64,
+    tgid: u32,
+    _pad: u32,
+}
+
+/// tcp_sock objects are ~2 KiB apart in their slab: the bits above that vary.
+#[inline(always)]
+fn learned_slot(sk: u64) -> u32 {
+    ((sk >> 11) ^ (sk >> 23)) as u32 & (LEARNED_SLOTS - 1)
+}
+
+#[inline(always)]
+fn already_learned(sk: u64, tgid: u32) -> bool {
+    LEARNED
+        .get(learned_slot(sk))
+        .is_some_and(|l| l.sk == sk && l.tgid == tgid)
+}
+
+#[inline(always)]
+fn mark_learned(sk: u64, tgid: u32) {
+    if let Some(slot) = LEARNED.get_ptr_mut(learned_slot(sk)) {
+        // SAFETY: a map value pointer, valid for this program run; a racing writer on
+        // another CPU can only make the next lookup miss.
+        unsafe {
+            (*slot).sk = sk;
+            (*slot).tgid = tgid;
+        }
+    }
+}
+
+#[inline(always)]
+fn forget_learned(sk: u64) {
+    if let Some(slot) = LEARNED.get_ptr_mut(learned_slot(sk)) {
+        // SAFETY: as in mark_learned.
+        unsafe {
+            if (*slot).sk == sk {
+                (*slot).sk = 0;
+            }
+        }
+    }
+}
 
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;

@@ -3,13 +3,18 @@
 //! every receive and send without any syscall tracepoint; `syscalls` serves older kernels.
 use core::ffi::c_void;
 
-use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
+};
 use tracer_ebpf::{
     event::{self, source, EventKind},
     Config, AF_UNIX, ECONNRESET,
 };
 
-use super::{config, copy_bytes, emit, learn_owner, lookup_unix_peer_owner, read_field};
+use super::{
+    already_learned, config, copy_bytes, emit, learn_owner, lookup_unix_peer_owner, mark_learned,
+    read_field,
+};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -74,6 +79,11 @@ fn socket_io(ctx: &RawTracePointContext, source: u16) {
     if sk == 0 {
         return;
     }
+    let failed = ret as i64 == -ECONNRESET;
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !failed && already_learned(sk, tgid) {
+        return;
+    }
     let cfg = config();
     // SAFETY: the call's socket, alive for this program's run; a fault gives 0.
     let family = unsafe { read_field::<u16>(sk, cfg.sock_family) }.unwrap_or(0);
@@ -89,10 +99,13 @@ fn socket_io(ctx: &RawTracePointContext, source: u16) {
     if !stream {
         return;
     }
-    if ret as i64 != -ECONNRESET {
+    if !failed {
         // Who uses a socket is learnt from its first read or write: accepted sockets are
         // read by their process before anything else happens on them.
         learn_owner(cfg, sk, family, tracer_ebpf::role::UNKNOWN);
+        if family != AF_UNIX {
+            mark_learned(sk, tgid);
+        }
         return;
     }
     emit_socket_error(cfg, sk, family, ret as i64, source);

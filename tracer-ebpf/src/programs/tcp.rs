@@ -13,8 +13,8 @@ use tracer_ebpf::{
 };
 
 use super::{
-    config, copy_bytes, current_owner, current_task, emit, lookup_owner, read_field, record_field,
-    record_len, sock_netns, SOCK_OWNERS,
+    config, copy_bytes, current_owner, current_task, emit, forget_learned, lookup_owner,
+    mark_learned, read_field, record_field, record_len, sock_netns, SOCK_OWNERS,
 };
 
 const TCP_ESTABLISHED: i32 = 1;
@@ -133,7 +133,9 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     if connecting {
-        let _ = SOCK_OWNERS.insert(&sk, &current_owner(role::CLIENT, 0, 0), 0);
+        let owner = current_owner(role::CLIENT, 0, 0);
+        let _ = SOCK_OWNERS.insert(&sk, &owner, 0);
+        mark_learned(sk, owner.tgid);
     } else {
         // An owner recorded by accept() on the syscall path stays; a destroyed socket's
         // record at this address goes.
@@ -159,6 +161,7 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
+    forget_learned(sk);
     if let Some(owner) = SOCK_OWNERS.get_ptr_mut(&sk) {
         // SAFETY: map value pointer from the kernel, valid for this program run.
         unsafe { (*owner).destroyed_ns = bpf_ktime_get_ns() };
