@@ -13,6 +13,7 @@ mod http;
 mod nginx;
 mod php_fpm;
 mod process;
+mod python;
 mod rsttrace;
 mod tempdir;
 mod tracefs;
@@ -23,9 +24,10 @@ pub use http::{http_request, spawn_http_request};
 pub use nginx::{Location, Nginx, Upstream};
 pub use php_fpm::{PhpFpm, PhpFpmOptions, Pm};
 pub use process::{
-    children_of, free_port, is_alive, proc_comm, require_root, send_signal, wait_for_exit,
-    wait_for_file, wait_listening, wait_until,
+    children_of, effective_capabilities, free_port, is_alive, proc_comm, require_root, send_signal,
+    wait_for_exit, wait_for_file, wait_listening, wait_until,
 };
+pub use python::{PythonPeer, PYTHON};
 pub use rsttrace::{Rsttrace, RSTTRACE_BIN_ENV};
 pub use tempdir::TempDir;
 pub use tracefs::{KernelResetTrace, TraceEvent};

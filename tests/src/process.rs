@@ -1,6 +1,7 @@
 //! Processes: root check, ports, /proc look-ups, bounded waits, and the guard that owns a
 //! started server.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -110,6 +111,33 @@ pub fn children_of(ppid: u32) -> Vec<u32> {
         .collect();
     pids.sort_unstable();
     pids
+}
+
+/// The effective capabilities of a process by name (`CAP_BPF`...), as capsh decodes the
+/// CapEff mask of /proc/PID/status.
+pub fn effective_capabilities(pid: u32) -> Result<BTreeSet<String>> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .context("no CapEff line")?
+        .trim();
+    let out = Command::new("capsh")
+        .arg(format!("--decode={mask}"))
+        .output()
+        .context("running capsh (libcap2-bin)")?;
+    // "0x000000c000081004=cap_dac_read_search,cap_net_admin,..."
+    let decoded = String::from_utf8_lossy(&out.stdout);
+    let (_, names) = decoded
+        .trim()
+        .split_once('=')
+        .with_context(|| format!("capsh said {decoded:?}"))?;
+    Ok(names
+        .split(',')
+        .filter(|n| !n.is_empty())
+        .map(str::to_uppercase)
+        .collect())
 }
 
 /// kill(pid, sig).

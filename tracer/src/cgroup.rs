@@ -18,13 +18,20 @@ pub struct MemoryHierarchy {
 }
 
 impl MemoryHierarchy {
-    /// The mount that carries the memory controller, from /proc/self/mountinfo.
-    pub fn locate() -> Option<Self> {
+    /// The mount that carries the memory controller, from /proc/self/mountinfo; with
+    /// `under`, only mounts at or below that folder: the host's tree mounted into a
+    /// container, whose own /sys/fs/cgroup (in a cgroup namespace) shows only its own
+    /// subtree and would leave other containers' cgroups unnamed.
+    pub fn locate(under: Option<&Path>) -> Option<Self> {
         let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
-        Self::from_mountinfo(&info, |p| p.join("cgroup.controllers"))
+        Self::from_mountinfo(&info, under, |p| p.join("cgroup.controllers"))
     }
 
-    fn from_mountinfo(info: &str, controllers: impl Fn(&Path) -> PathBuf) -> Option<Self> {
+    fn from_mountinfo(
+        info: &str,
+        under: Option<&Path>,
+        controllers: impl Fn(&Path) -> PathBuf,
+    ) -> Option<Self> {
         let mut v2_root = None;
         for line in info.lines() {
             // 36 25 0:31 / /sys/fs/cgroup/memory rw,relatime shared:12 - cgroup cgroup rw,memory
@@ -32,6 +39,9 @@ impl MemoryHierarchy {
                 continue;
             };
             let mount_point = left.split_whitespace().nth(4)?;
+            if under.is_some_and(|dir| !Path::new(mount_point).starts_with(dir)) {
+                continue;
+            }
             let mut r = right.split_whitespace();
             let fstype = r.next()?;
             let _source = r.next();
@@ -154,10 +164,28 @@ mod tests {
         let info = "25 1 0:22 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n\
                     30 25 0:26 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n\
                     33 25 0:29 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
-        let h = MemoryHierarchy::from_mountinfo(info, |_| PathBuf::from("/nonexistent"))
+        let h = MemoryHierarchy::from_mountinfo(info, None, |_| PathBuf::from("/nonexistent"))
             .expect("hierarchy");
         assert_eq!(h.root, PathBuf::from("/sys/fs/cgroup/memory"));
         assert!(!h.v2);
+    }
+
+    #[test]
+    fn only_mounts_under_the_given_root() {
+        // A container in its own cgroup namespace: the runtime's /sys/fs/cgroup (its own
+        // subtree) is listed before the host's tree mounted at /host/sys/fs/cgroup.
+        let info = "40 30 0:29 / /sys/fs/cgroup/memory ro - cgroup cgroup rw,memory\n\
+                    51 30 0:29 /../.. /host/sys/fs/cgroup/memory ro - cgroup cgroup rw,memory\n";
+        let none = |_: &Path| PathBuf::from("/nonexistent");
+        let host =
+            MemoryHierarchy::from_mountinfo(info, Some(Path::new("/host/sys/fs/cgroup")), none)
+                .expect("hierarchy");
+        assert_eq!(host.root, PathBuf::from("/host/sys/fs/cgroup/memory"));
+        let own = MemoryHierarchy::from_mountinfo(info, None, none).expect("hierarchy");
+        assert_eq!(own.root, PathBuf::from("/sys/fs/cgroup/memory"));
+        assert!(
+            MemoryHierarchy::from_mountinfo(info, Some(Path::new("/elsewhere")), none).is_none()
+        );
     }
 
     #[test]
@@ -167,7 +195,7 @@ mod tests {
         fs::write(dir.join("cgroup.controllers"), "cpu io memory pids\n").expect("write");
         let info = "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
         let d = dir.clone();
-        let h = MemoryHierarchy::from_mountinfo(info, move |_| d.join("cgroup.controllers"))
+        let h = MemoryHierarchy::from_mountinfo(info, None, move |_| d.join("cgroup.controllers"))
             .expect("hierarchy");
         assert!(h.v2);
         assert_eq!(h.root, PathBuf::from("/sys/fs/cgroup"));

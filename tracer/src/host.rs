@@ -46,7 +46,68 @@ pub fn monotonic_ns() -> u64 {
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+/// The initial cgroup namespace's inode, fixed by the kernel (PROC_CGROUP_INIT_INO in
+/// include/linux/proc_ns.h): pid 1's namespace cannot always be read to compare with.
+const INIT_CGROUP_NAMESPACE: &str = "cgroup:[4026531835]";
+
+/// Whether this process runs in a cgroup namespace other than the host's (false when
+/// that cannot be read).
+pub fn in_own_cgroup_namespace() -> bool {
+    std::fs::read_link("/proc/self/ns/cgroup")
+        .is_ok_and(|ns| ns.as_os_str() != INIT_CGROUP_NAMESPACE)
+}
+
+/// Capability numbers (include/uapi/linux/capability.h).
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// The capabilities rsttrace cannot run without that this process lacks (empty when it
+/// can run): loading programs and maps needs CAP_BPF, attaching tracepoint programs and
+/// reading kernel memory from them needs CAP_PERFMON (kernel/bpf/syscall.c,
+/// bpf_prog_load); CAP_SYS_ADMIN, which kernels before 5.8 required, still stands in for
+/// both. Checked on the effective set, not on the uid: a root in a container may lack
+/// them, and a non-root service may hold them (systemd AmbientCapabilities=).
+pub fn missing_capabilities() -> std::io::Result<Vec<&'static str>> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    Ok(missing_from(effective_set(&status).ok_or_else(|| {
+        std::io::Error::other("no readable CapEff line in /proc/self/status")
+    })?))
+}
+
+fn effective_set(status: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+fn missing_from(effective: u64) -> Vec<&'static str> {
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    if has(CAP_SYS_ADMIN) {
+        return Vec::new();
+    }
+    [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|(cap, _)| !has(*cap))
+        .map(|(_, name)| name)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_from_proc_status() {
+        // Root's full set, then a service holding CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN,
+        // CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH only, then nobody.
+        let status = |eff: &str| format!("Name:\tx\nCapPrm:\t0\nCapEff:\t{eff}\nCapBnd:\t0\n");
+        let root = effective_set(&status("000001fffeffffff")).expect("parsed");
+        assert!(missing_from(root).is_empty());
+        let service = effective_set(&status("000000c000081004")).expect("parsed");
+        assert!(missing_from(service).is_empty());
+        assert_eq!(missing_from(0), ["CAP_BPF", "CAP_PERFMON"]);
+        assert_eq!(missing_from(1 << CAP_BPF), ["CAP_PERFMON"]);
+        assert!(missing_from(1 << CAP_SYS_ADMIN).is_empty());
+        assert_eq!(effective_set("Name:\tx\n"), None);
+    }
 }

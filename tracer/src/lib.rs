@@ -8,6 +8,7 @@ pub mod attribute;
 pub mod cgroup;
 pub mod check;
 pub mod decode;
+pub mod generate;
 pub mod hooks;
 pub mod host;
 pub mod kernel;

@@ -12,7 +12,7 @@ use tracer_ebpf::{Config, CONFIG_GLOBAL, EVENTS_MAP, LOST_MAP, NO_OFFSET};
 
 use crate::{
     hooks::{Attach, Hook, Tier},
-    kernel::KernelFacts,
+    kernel::{is_syscall, KernelFacts},
 };
 
 /// The compiled kernel programs (tracer-ebpf, built by build.rs for bpfel).
@@ -23,6 +23,9 @@ pub struct Attached {
     _ebpf: Ebpf,
     lost: PerCpuArray<MapData, u64>,
     pub hooks: usize,
+    /// Of those, syscall tracepoints: while any is attached, every syscall of every
+    /// process takes the kernel's traced path (TIF_SYSCALL_TRACEPOINT).
+    pub syscall_hooks: usize,
     pub elapsed_ms: u128,
 }
 
@@ -65,13 +68,14 @@ fn attach_with(
         .load(PROGRAMS)
         .map_err(|e| explain_load_error(e.into()))?;
 
-    let mut hooks = 0;
+    let (mut hooks, mut syscall_hooks) = (0, 0);
     for hook in facts.attached() {
         if !argument_recorders && hook.tier == Tier::ArgumentRecorder {
             continue;
         }
         attach_hook(&mut ebpf, hook)?;
         hooks += 1;
+        syscall_hooks += usize::from(is_syscall(hook));
     }
 
     let events = RingBuf::try_from(
@@ -87,6 +91,7 @@ fn attach_with(
             _ebpf: ebpf,
             lost,
             hooks,
+            syscall_hooks,
             elapsed_ms: started.elapsed().as_millis(),
         },
         events,

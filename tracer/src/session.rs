@@ -3,6 +3,7 @@
 use std::{
     collections::HashMap,
     io,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -16,7 +17,7 @@ use crate::{
     attribute::Attributor,
     cgroup::MemoryHierarchy,
     decode::Decoder,
-    host::{is_root, local_addresses, monotonic_ns},
+    host::{in_own_cgroup_namespace, local_addresses, missing_capabilities, monotonic_ns},
     kernel::{short_reason_name, KernelFacts},
     loader,
     model::{Attribution, KernelEvent},
@@ -67,6 +68,9 @@ pub struct Options {
     /// Ring buffer size in bytes.
     pub buffer_bytes: u32,
     pub no_syscall_hooks: bool,
+    /// Where the host's cgroup file systems are mounted (`--cgroup-root`), if not at
+    /// /sys/fs/cgroup.
+    pub cgroup_root: Option<PathBuf>,
     pub debug_events: bool,
     pub syscall_hooks: bool,
     pub syscall_args_at_entry: bool,
@@ -75,15 +79,21 @@ pub struct Options {
 /// Checks that rsttrace can run here and resolves this kernel's facts, with the options
 /// that change which hooks are used applied.
 pub fn prepare(opts: &Options) -> Result<KernelFacts, Failure> {
-    if !is_root() {
+    let missing = missing_capabilities()
+        .context("reading this process's capabilities")
+        .fail_with(FailureKind::Unsupported)?;
+    if !missing.is_empty() {
         return Err(Failure {
             kind: FailureKind::Unsupported,
             error: anyhow::anyhow!(
-                "rsttrace reads tracefs and attaches eBPF programs to kernel tracepoints: \
-                 run it as root (sudo rsttrace ...)"
+                "rsttrace loads eBPF programs and attaches them to kernel tracepoints: it needs \
+                 CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN), and lacks {}. Run it as root \
+                 (sudo rsttrace ...) or grant them (systemd: AmbientCapabilities=, see rsttrace(8))",
+                missing.join(" and ")
             ),
         });
     }
+    check_cgroup_root(opts.cgroup_root.as_deref())?;
     let mut facts = KernelFacts::resolve().fail_with(FailureKind::Unsupported)?;
     if opts.syscall_args_at_entry {
         facts.config.regs_arg = [tracer_ebpf::NO_OFFSET; 4];
@@ -95,6 +105,31 @@ pub fn prepare(opts: &Options) -> Result<KernelFacts, Failure> {
         facts.drop_syscall_hooks();
     }
     Ok(facts)
+}
+
+/// A `--cgroup-root` must hold the host's memory controller; without one, a cgroup
+/// namespace of our own hides every other container's cgroup: say so.
+fn check_cgroup_root(root: Option<&Path>) -> Result<(), Failure> {
+    match root {
+        Some(dir) if MemoryHierarchy::locate(Some(dir)).is_none() => Err(Failure {
+            kind: FailureKind::Usage,
+            error: anyhow::anyhow!(
+                "--cgroup-root {}: no cgroup file system with the memory controller is \
+                 mounted at or under it (mount the host's /sys/fs/cgroup there)",
+                dir.display()
+            ),
+        }),
+        None if in_own_cgroup_namespace() => {
+            eprintln!(
+                "rsttrace: warning: rsttrace runs in a cgroup namespace of its own, so \
+                 /sys/fs/cgroup shows only its own subtree: an OOM kill in another cgroup's \
+                 limit cannot be told from a global one. Mount the host's /sys/fs/cgroup \
+                 (e.g. at /host/sys/fs/cgroup) and pass --cgroup-root"
+            );
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Attaches, reports every reset until stopped, detaches.
@@ -175,6 +210,30 @@ fn announce(
         attached.elapsed_ms,
         started.elapsed().as_millis(),
     );
+    announce_syscall_cost(facts, opts, attached.syscall_hooks);
+}
+
+/// Syscall tracepoints cost every process on the host, not just the traced ones: say so
+/// whenever rsttrace imposes that, and say what is lost when it is told not to.
+fn announce_syscall_cost(facts: &KernelFacts, opts: &Options, count: usize) {
+    if count > 0 {
+        let why = if opts.syscall_hooks {
+            "--syscall-hooks"
+        } else {
+            "this kernel has no sock:sock_recv_length"
+        };
+        eprintln!(
+            "rsttrace: warning: {count} syscall tracepoints in use ({why}): every syscall of \
+             every process on this host takes the kernel's slower traced path while rsttrace \
+             runs (~50 ns each); --no-syscall-hooks avoids that, without unix-socket resets \
+             and seen_by_receiver"
+        );
+    } else if facts.syscall_hooks_dropped() {
+        eprintln!(
+            "rsttrace: note: --no-syscall-hooks on a kernel without sock:sock_recv_length: \
+             unix-socket resets, seen_by_receiver and accept-side socket owners are not reported"
+        );
+    }
 }
 
 /// Names and paths the renderer needs that the pure engine does not have.
@@ -222,7 +281,7 @@ impl<'a> Session<'a> {
             decoder: Decoder::new(&facts.layouts),
             resolver: Resolver {
                 reasons: facts.reset_reasons.clone(),
-                memory: MemoryHierarchy::locate(),
+                memory: MemoryHierarchy::locate(opts.cgroup_root.as_deref()),
                 offset_ns: realtime_offset_ns(),
             },
             watch,

@@ -1,8 +1,9 @@
-//! Developer and user entry point: `cargo xtask setup|build|run|test|demo|bench`.
+//! Developer and user entry point: `cargo xtask setup|build|run|test|demo|bench|package`.
 //!
 //! Everything a fresh machine lacks is installed by `setup`, idempotently; `test` and
 //! `demo` call it first, so a newcomer runs one command.
 mod bench;
+mod package;
 mod setup;
 mod vm;
 
@@ -50,6 +51,10 @@ enum Task {
     /// Measure rsttrace's overhead side by side with no tracer and with bpftrace: a reset
     /// storm, steady load through nginx, start-up time, peak memory, reset-to-line latency.
     Bench(bench::BenchArgs),
+    /// Build the release binary and target/package/rsttrace_VERSION_ARCH.deb (dpkg-deb):
+    /// the binary in /usr/sbin, rsttrace(8), bash/zsh/fish completions, README, copyright,
+    /// and a systemd unit running it with capabilities instead of root.
+    Package,
     /// Boot Debian's 6.1 and 6.12 kernels under qemu (and use the host's) and run real resets
     /// on loopback against rsttrace in each: a kernel x scenario matrix plus `--check` output.
     VmTest,
@@ -79,6 +84,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test { filter } => test(filter.as_deref()),
         Task::Demo => demo(),
         Task::Bench(args) => bench::bench(&args),
+        Task::Package => package::package().map(|_| ()),
         Task::VmTest => {
             setup::setup()?;
             vm::vm_test()
@@ -163,27 +169,22 @@ fn test(filter: Option<&str>) -> Result<()> {
     ]))?;
     // Unit tests (attribution engine on recorded sequences, decoders, CLI): no root needed.
     run_checked(cargo().args(["test", "--workspace", "--exclude", "rsttrace-tests"]))?;
-    // Root integration tests: real nginx, php-fpm and gunicorn, broken for real.
+    // Root integration tests: real nginx, php-fpm and gunicorn, broken for real; the .deb
+    // installed and run with the service's capabilities; the DaemonSet's pod emulated.
     let bin = build(false)?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc_geteuid() } != 0 {
         bail!("the integration tests attach eBPF programs and start servers: run `cargo xtask test` as root");
     }
+    let deb = package::package()?;
     let mut cmd = cargo();
-    cmd.args([
-        "test",
-        "--package",
-        "rsttrace-tests",
-        "--lib",
-        "--test",
-        "scenarios",
-        "--test",
-        "reliability",
-        "--",
-    ])
-    .args(filter)
-    .args(["--test-threads=1", "--nocapture"])
-    .env("RSTTRACE_BIN", &bin);
+    cmd.args(["test", "--package", "rsttrace-tests", "--lib"])
+        .args(["--test", "scenarios", "--test", "reliability"])
+        .args(["--test", "package", "--test", "daemonset", "--"])
+        .args(filter)
+        .args(["--test-threads=1", "--nocapture"])
+        .env("RSTTRACE_BIN", &bin)
+        .env("RSTTRACE_DEB", &deb);
     run_checked(&mut cmd)?;
 
     // The same resets on Debian's 6.1 and 6.12 kernels (qemu) and on this one: `vm-test`.

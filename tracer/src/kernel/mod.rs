@@ -185,6 +185,13 @@ impl KernelFacts {
         }
     }
 
+    /// Whether `--no-syscall-hooks` took away hooks this kernel had no stand-in for.
+    pub fn syscall_hooks_dropped(&self) -> bool {
+        self.hooks
+            .iter()
+            .any(|s| s.status == Status::NotNeeded("--no-syscall-hooks"))
+    }
+
     /// Whether receivers' failing socket calls are traced (seen_by_receiver, unix resets).
     pub fn traces_receiver_errors(&self) -> bool {
         self.attached()
@@ -199,7 +206,7 @@ impl KernelFacts {
 }
 
 /// Whether the hook is a syscall tracepoint.
-fn is_syscall(hook: &Hook) -> bool {
+pub fn is_syscall(hook: &Hook) -> bool {
     matches!(hook.tier, Tier::Syscall | Tier::ArgumentRecorder)
 }
 
