@@ -16,8 +16,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use rsttrace_tests::{
-    effective_capabilities, memory_hierarchy, require_root, CgroupVersion, MemCgroup, PythonPeer,
-    Rsttrace, TempDir, PYTHON, RSTTRACE_BIN_ENV,
+    capabilities, memory_hierarchy, require_root, CgroupVersion, MemCgroup, PythonPeer, Rsttrace,
+    TempDir, PYTHON, RSTTRACE_BIN_ENV,
 };
 use serde_json::Value;
 
@@ -254,8 +254,15 @@ fn assert_pod_view(pod: &Pod, spec: &PodSpec) {
         .iter()
         .map(|c| format!("CAP_{c}"))
         .collect();
-    let caps = effective_capabilities(pid).expect("rsttrace's capabilities");
-    assert_eq!(caps, wanted, "capabilities differ from the manifest's");
+    let bounding = capabilities(pid, "CapBnd").expect("rsttrace's bounding set");
+    assert_eq!(bounding, wanted, "capabilities differ from the manifest's");
+    // Attached: what only attaching needs is given up.
+    let effective = capabilities(pid, "CapEff").expect("rsttrace's capabilities");
+    let kept = BTreeSet::from([
+        "CAP_DAC_READ_SEARCH".to_string(),
+        "CAP_SYS_PTRACE".to_string(),
+    ]);
+    assert_eq!(effective, kept, "after attaching");
 }
 
 #[test]

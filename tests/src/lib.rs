@@ -24,7 +24,7 @@ pub use http::{http_request, spawn_http_request};
 pub use nginx::{Location, Nginx, Upstream};
 pub use php_fpm::{PhpFpm, PhpFpmOptions, Pm};
 pub use process::{
-    children_of, effective_capabilities, free_port, is_alive, proc_comm, require_root, send_signal,
+    capabilities, children_of, free_port, is_alive, proc_comm, require_root, send_signal,
     wait_for_exit, wait_for_file, wait_listening, wait_until,
 };
 pub use python::{PythonPeer, PYTHON};

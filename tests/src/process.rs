@@ -113,15 +113,15 @@ pub fn children_of(ppid: u32) -> Vec<u32> {
     pids
 }
 
-/// The effective capabilities of a process by name (`CAP_BPF`...), as capsh decodes the
-/// CapEff mask of /proc/PID/status.
-pub fn effective_capabilities(pid: u32) -> Result<BTreeSet<String>> {
+/// A capability set of a process by name (`CAP_BPF`...), as capsh decodes its mask in
+/// /proc/PID/status: `set` is `CapEff`, `CapBnd`...
+pub fn capabilities(pid: u32, set: &str) -> Result<BTreeSet<String>> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     let mask = status
         .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .context("no CapEff line")?
+        .find_map(|l| l.strip_prefix(set)?.strip_prefix(':'))
+        .with_context(|| format!("no {set} line"))?
         .trim();
     let out = Command::new("capsh")
         .arg(format!("--decode={mask}"))

@@ -15,6 +15,7 @@ pub mod kernel;
 pub mod loader;
 pub mod model;
 pub mod output;
+pub mod privileges;
 pub mod procfs;
 pub mod report;
 pub mod session;

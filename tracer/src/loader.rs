@@ -13,6 +13,7 @@ use tracer_ebpf::{Config, CONFIG_GLOBAL, EVENTS_MAP, LOST_MAP, NO_OFFSET};
 use crate::{
     hooks::{Attach, Hook, Tier},
     kernel::{is_syscall, KernelFacts},
+    privileges::restrictive_perf_event_paranoid,
 };
 
 /// The compiled kernel programs (tracer-ebpf, built by build.rs for bpfel).
@@ -40,6 +41,8 @@ pub fn attach(facts: &KernelFacts, ring_bytes: u32) -> Result<(Attached, RingBuf
     if config.regs_arg[0] != NO_OFFSET {
         match attach_with(facts, config, ring_bytes, false) {
             Ok(attached) => return Ok(attached),
+            // Other programs would be refused just the same.
+            Err(err) if is_permission_error(&err) => return Err(explain_refusal(err)),
             Err(err) => {
                 eprintln!(
                     "rsttrace: note: reading syscall arguments from registers is not possible \
@@ -49,7 +52,7 @@ pub fn attach(facts: &KernelFacts, ring_bytes: u32) -> Result<(Attached, RingBuf
             }
         }
     }
-    attach_with(facts, config, ring_bytes, true)
+    attach_with(facts, config, ring_bytes, true).map_err(explain_refusal)
 }
 
 fn attach_with(
@@ -127,6 +130,26 @@ impl Attached {
             .get(&0, 0)
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
+    }
+}
+
+fn is_permission_error(err: &anyhow::Error) -> bool {
+    let text = format!("{err:#}");
+    text.contains("Permission denied") || text.contains("Operation not permitted")
+}
+
+/// A refused attach on a kernel whose perf_event_paranoid level (Debian's and Ubuntu's 3
+/// or 4) keeps perf_event_open() to CAP_SYS_ADMIN: say so, since the error alone
+/// (EACCES) names neither the sysctl nor the capability.
+fn explain_refusal(err: anyhow::Error) -> anyhow::Error {
+    match restrictive_perf_event_paranoid() {
+        Some(level) if is_permission_error(&err) => err.context(format!(
+            "kernel.perf_event_paranoid is {level}: at that level Debian's and Ubuntu's kernels \
+             let only CAP_SYS_ADMIN call perf_event_open(), which attaching a tracepoint uses \
+             (CAP_PERFMON is not enough). Grant rsttrace CAP_SYS_ADMIN (the packaged service \
+             does), or set the sysctl to 2"
+        )),
+        _ => err,
     }
 }
 

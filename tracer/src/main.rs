@@ -36,8 +36,10 @@ Output:
 
 Privileges:
   Root, or these capabilities: CAP_BPF and CAP_PERFMON (load and attach the programs),
-  CAP_DAC_READ_SEARCH (tracefs is readable by root only), CAP_SYS_PTRACE (other users'
-  /proc/PID/fd: who owns a unix listener).
+  CAP_SYS_ADMIN too where kernel.perf_event_paranoid is above 2 (Debian's and Ubuntu's
+  kernels), CAP_DAC_READ_SEARCH (tracefs is root's only), CAP_SYS_PTRACE (other users'
+  /proc/PID/fd: who owns a unix listener). Once attached, rsttrace gives up all but the
+  last two.
 
 Exit status:
   0 stopped normally (Ctrl-C, SIGTERM, --duration, --count, reader closed the pipe);

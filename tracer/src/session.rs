@@ -17,11 +17,12 @@ use crate::{
     attribute::Attributor,
     cgroup::MemoryHierarchy,
     decode::Decoder,
-    host::{in_own_cgroup_namespace, local_addresses, missing_capabilities, monotonic_ns},
+    host::{in_own_cgroup_namespace, local_addresses, monotonic_ns},
     kernel::{short_reason_name, KernelFacts},
     loader,
     model::{Attribution, KernelEvent},
     output::{Format, Output},
+    privileges::{drop_attach_capabilities, missing_capabilities},
     report::{MemcgInfo, Resolve},
     timefmt::realtime_offset_ns,
     unix::ListenerScanner,
@@ -137,6 +138,12 @@ pub fn run(facts: &KernelFacts, opts: &Options, started: Instant) -> Result<(), 
     let watch = watch_from(opts)?;
     let (attached, events) =
         loader::attach(facts, opts.buffer_bytes).fail_with(FailureKind::Runtime)?;
+    // Still one thread: the event loop's runtime is built below.
+    if let Err(e) = drop_attach_capabilities() {
+        eprintln!(
+            "rsttrace: warning: could not give up the capabilities only attaching needs: {e}"
+        );
+    }
     announce(facts, opts, &watch, &attached, started);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
