@@ -133,7 +133,8 @@ impl Attached {
     }
 }
 
-fn is_permission_error(err: &anyhow::Error) -> bool {
+/// Whether the kernel refused (EPERM, EACCES): a matter of privileges, not of a fault.
+pub fn is_permission_error(err: &anyhow::Error) -> bool {
     let text = format!("{err:#}");
     text.contains("Permission denied") || text.contains("Operation not permitted")
 }

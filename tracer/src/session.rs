@@ -136,8 +136,16 @@ fn check_cgroup_root(root: Option<&Path>) -> Result<(), Failure> {
 /// Attaches, reports every reset until stopped, detaches.
 pub fn run(facts: &KernelFacts, opts: &Options, started: Instant) -> Result<(), Failure> {
     let watch = watch_from(opts)?;
-    let (attached, events) =
-        loader::attach(facts, opts.buffer_bytes).fail_with(FailureKind::Runtime)?;
+    // A refusal is a host that cannot run rsttrace as configured (exit 3: systemd's unit
+    // does not restart on it), not a fault.
+    let (attached, events) = loader::attach(facts, opts.buffer_bytes).map_err(|error| Failure {
+        kind: if loader::is_permission_error(&error) {
+            FailureKind::Unsupported
+        } else {
+            FailureKind::Runtime
+        },
+        error,
+    })?;
     // Still one thread: the event loop's runtime is built below.
     if let Err(e) = drop_attach_capabilities() {
         eprintln!(

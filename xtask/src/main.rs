@@ -55,6 +55,9 @@ enum Task {
     /// the binary in /usr/sbin, rsttrace(8), bash/zsh/fish completions, README, copyright,
     /// and a systemd unit running it with capabilities instead of root.
     Package,
+    /// Boot Debian 12 (its 6.1 kernel, systemd as PID 1) under qemu with the .deb: install
+    /// it, start the service, make a reset, check the journal and the service's credentials.
+    ServiceTest,
     /// Boot Debian's 6.1 and 6.12 kernels under qemu (and use the host's) and run real resets
     /// on loopback against rsttrace in each: a kernel x scenario matrix plus `--check` output.
     VmTest,
@@ -85,6 +88,10 @@ fn run(cli: Cli) -> Result<()> {
         Task::Demo => demo(),
         Task::Bench(args) => bench::bench(&args),
         Task::Package => package::package().map(|_| ()),
+        Task::ServiceTest => {
+            setup::setup()?;
+            vm::service::service_test(&package::package()?)
+        }
         Task::VmTest => {
             setup::setup()?;
             vm::vm_test()
@@ -189,7 +196,8 @@ fn test(filter: Option<&str>) -> Result<()> {
 
     // The same resets on Debian's 6.1 and 6.12 kernels (qemu) and on this one: `vm-test`.
     vm::vm_test()?;
-    Ok(())
+    // The packaged service under systemd on Debian 12's kernel: `service-test`.
+    vm::service::service_test(&deb)
 }
 
 fn demo() -> Result<()> {

@@ -13,6 +13,7 @@
 //! `RSTTRACE_VM_BIN=PATH` tests that rsttrace binary instead of building target/debug/rsttrace
 //! (a release build, a candidate fix built elsewhere). Console logs: target/vm/.
 mod initramfs;
+pub mod service;
 
 use std::{
     collections::BTreeMap,
