@@ -29,7 +29,7 @@ const FILES: &[(&str, &str)] = &[
         "RSTTRACE_OPTIONS, the service's options",
     ),
     (
-        "/usr/share/doc/rsttrace/README.md",
+        "/usr/share/doc/rsttrace/README.md.gz",
         "every JSON field, the causes, the limits",
     ),
     (
