@@ -152,17 +152,38 @@ pub fn run(facts: &KernelFacts, opts: &Options, started: Instant) -> Result<(), 
             "rsttrace: warning: could not give up the capabilities only attaching needs: {e}"
         );
     }
-    announce(facts, opts, &watch, &attached, started);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the event loop")
         .fail_with(FailureKind::Runtime)?;
+    // Before "attached" is announced: a stop signal right after it (systemctl stop, a
+    // test) must detach cleanly, not meet the default action and kill rsttrace.
+    let stop = {
+        let _runtime = runtime.enter();
+        StopSignals::install().fail_with(FailureKind::Runtime)?
+    };
+    announce(facts, opts, &watch, &attached, started);
     let mut session = Session::new(facts, opts, watch);
     session.seed_listeners();
     runtime
-        .block_on(event_loop(session, attached, events, opts))
+        .block_on(event_loop(session, attached, events, opts, stop))
         .fail_with(FailureKind::Runtime)
+}
+
+/// SIGINT and SIGTERM, caught.
+struct StopSignals {
+    sigint: tokio::signal::unix::Signal,
+    sigterm: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> Result<Self> {
+        Ok(Self {
+            sigint: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            sigterm: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+        })
+    }
 }
 
 fn watch_from(opts: &Options) -> Result<Watch, Failure> {
@@ -415,14 +436,17 @@ async fn event_loop(
     attached: loader::Attached,
     events: aya::maps::RingBuf<aya::maps::MapData>,
     opts: &Options,
+    stop: StopSignals,
 ) -> Result<()> {
     let count = opts.count;
     // SAFETY: the ring buffer owns its fd and outlives the registration (both live in
     // this AsyncFd until the loop ends).
     let mut ring = unsafe { AsyncFd::register(events) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let StopSignals {
+        mut sigint,
+        mut sigterm,
+    } = stop;
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut expire_tick = tokio::time::interval(Duration::from_millis(10));
