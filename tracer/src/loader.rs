@@ -12,7 +12,8 @@ use tracer_ebpf::{Config, CONFIG_GLOBAL, EVENTS_MAP, LOST_MAP, NO_OFFSET};
 
 use crate::{
     hooks::{Attach, Hook, Tier},
-    kernel::KernelFacts,
+    kernel::{is_syscall, KernelFacts},
+    privileges::restrictive_perf_event_paranoid,
 };
 
 /// The compiled kernel programs (tracer-ebpf, built by build.rs for bpfel).
@@ -23,6 +24,9 @@ pub struct Attached {
     _ebpf: Ebpf,
     lost: PerCpuArray<MapData, u64>,
     pub hooks: usize,
+    /// Of those, syscall tracepoints: while any is attached, every syscall of every
+    /// process takes the kernel's traced path (TIF_SYSCALL_TRACEPOINT).
+    pub syscall_hooks: usize,
     pub elapsed_ms: u128,
     /// Optional hooks that exist here but could not be attached, with why.
     pub failed: Vec<(&'static Hook, String)>,
@@ -45,6 +49,8 @@ pub fn attach(
         let first = loader.take().unwrap_or_default();
         match attach_with(first, facts, &config, ring_bytes, false) {
             Ok(attached) => return Ok(attached),
+            // Other programs would be refused just the same.
+            Err(err) if is_permission_error(&err) => return Err(explain_refusal(err)),
             Err(err) => {
                 eprintln!(
                     "rsttrace: note: reading syscall arguments from registers is not possible \
@@ -55,7 +61,7 @@ pub fn attach(
         }
     }
     let loader = loader.take().unwrap_or_default();
-    attach_with(loader, facts, &config, ring_bytes, true)
+    attach_with(loader, facts, &config, ring_bytes, true).map_err(explain_refusal)
 }
 
 /// aya's EbpfLoader::new() parses all of vmlinux BTF (aya 0.14, aya-rs/aya#1172) although
@@ -97,14 +103,17 @@ fn attach_with<'a>(
         .load(PROGRAMS)
         .map_err(|e| explain_load_error(e.into()))?;
 
-    let mut hooks = 0;
+    let (mut hooks, mut syscall_hooks) = (0, 0);
     let mut failed = Vec::new();
     for hook in facts.attached() {
         if !argument_recorders && hook.tier == Tier::ArgumentRecorder {
             continue;
         }
         match attach_hook(&mut ebpf, hook, facts) {
-            Ok(()) => hooks += 1,
+            Ok(()) => {
+                hooks += 1;
+                syscall_hooks += usize::from(is_syscall(hook));
+            }
             // An optional hook the kernel refuses costs its capability, not the run.
             Err(err) if !hook.required && hook.tier == Tier::Always => {
                 failed.push((hook, format!("{err:#}")));
@@ -126,6 +135,7 @@ fn attach_with<'a>(
             _ebpf: ebpf,
             lost,
             hooks,
+            syscall_hooks,
             elapsed_ms: started.elapsed().as_millis(),
             failed,
         },
@@ -203,6 +213,27 @@ impl Attached {
             .get(&0, 0)
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
+    }
+}
+
+/// Whether the kernel refused (EPERM, EACCES): a matter of privileges, not of a fault.
+pub fn is_permission_error(err: &anyhow::Error) -> bool {
+    let text = format!("{err:#}");
+    text.contains("Permission denied") || text.contains("Operation not permitted")
+}
+
+/// A refused attach on a kernel whose perf_event_paranoid level (Debian's and Ubuntu's 3
+/// or 4) keeps perf_event_open() to CAP_SYS_ADMIN: say so, since the error alone
+/// (EACCES) names neither the sysctl nor the capability.
+fn explain_refusal(err: anyhow::Error) -> anyhow::Error {
+    match restrictive_perf_event_paranoid() {
+        Some(level) if is_permission_error(&err) => err.context(format!(
+            "kernel.perf_event_paranoid is {level}: at that level Debian's and Ubuntu's kernels \
+             let only CAP_SYS_ADMIN call perf_event_open(), which attaching a tracepoint uses \
+             (CAP_PERFMON is not enough). Grant rsttrace CAP_SYS_ADMIN (the packaged service \
+             does), or set the sysctl to 2"
+        )),
+        _ => err,
     }
 }
 

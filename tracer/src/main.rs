@@ -1,13 +1,16 @@
 //! rsttrace command line: the options, the exit statuses, and the call into a session.
 use std::{
     io::{self, Write},
+    path::PathBuf,
     process::ExitCode,
     time::{Duration, Instant},
 };
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory as _, Parser, ValueEnum};
 use rsttrace::{
-    check, loader, output,
+    check,
+    generate::{generate, Generated},
+    loader, output,
     session::{self, Failure, FailureKind, Options},
 };
 
@@ -26,13 +29,22 @@ Examples:
   sudo rsttrace --duration 10m | jq 'select(.cause == \"oom_kill\")'
   sudo rsttrace --check                  what this kernel supports
 
-Each reset is one JSON line (schema_version 1; every field is described in README.md):
+Output:
+  Each reset is one JSON line (schema_version 1; every field is described in README.md):
   cause is one of oom_kill, signal, crash, exit, abort, no_socket, kernel, network, unknown.
-Samples the kernel had to drop are reported as {\"event\":\"lost\",...} lines, never silently.
+  Samples the kernel had to drop are reported as {\"event\":\"lost\",...} lines, never silently.
 
-Exit status: 0 stopped normally (Ctrl-C, SIGTERM, --duration, --count, reader closed the pipe);
-1 runtime error; 2 bad usage (unknown flag, --pid of no process); 3 cannot run here
-(not root, tracefs not mounted, no BTF, a required tracepoint missing).";
+Privileges:
+  Root, or these capabilities: CAP_BPF and CAP_PERFMON (load and attach the programs),
+  CAP_SYS_ADMIN too where kernel.perf_event_paranoid is above 2 (Debian's and Ubuntu's
+  kernels), CAP_DAC_READ_SEARCH (tracefs is root's only), CAP_SYS_PTRACE (other users'
+  /proc/PID/fd: who owns a unix listener). Once attached, rsttrace gives up all but the
+  last two.
+
+Exit status:
+  0 stopped normally (Ctrl-C, SIGTERM, --duration, --count, reader closed the pipe);
+  1 runtime error; 2 bad usage (unknown flag, --pid of no process); 3 cannot run here
+  (missing capabilities, tracefs not mounted, no BTF, a required tracepoint missing).";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -75,6 +87,12 @@ struct Args {
     /// or forging namespace.
     #[arg(long)]
     no_network_hooks: bool,
+    /// Where the host's cgroup file systems are mounted, if not at /sys/fs/cgroup: in a
+    /// container with its own cgroup namespace, whose /sys/fs/cgroup shows only its own
+    /// subtree (mount the host's /sys/fs/cgroup at DIR). Names the memory cgroups of OOM
+    /// kills, and is where the packet hook attaches.
+    #[arg(long, value_name = "DIR")]
+    cgroup_root: Option<PathBuf>,
     /// Print what this kernel supports and which hook serves each capability, then exit.
     #[arg(long)]
     check: bool,
@@ -89,6 +107,9 @@ struct Args {
     /// read at exit (the path older kernels take; for tests).
     #[arg(long, hide = true)]
     syscall_args_at_entry: bool,
+    /// Print the man page or a shell's completions and exit (for packaging).
+    #[arg(long, hide = true, value_name = "KIND")]
+    generate: Option<Generated>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -129,6 +150,16 @@ fn parse_ring_kib(s: &str) -> Result<u32, String> {
 fn main() -> ExitCode {
     let started = Instant::now();
     let args = Args::parse();
+    if let Some(kind) = args.generate {
+        return match generate(kind, Args::command(), &mut io::stdout()) {
+            Ok(()) => ExitCode::from(EXIT_OK),
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::from(EXIT_OK),
+            Err(e) => {
+                eprintln!("rsttrace: error: writing to stdout: {e}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        };
+    }
     let opts = args.options();
     let preload = (!args.check).then(loader::Preload::start);
     let result = session::prepare(&opts).and_then(|facts| {
@@ -168,6 +199,7 @@ impl Args {
             buffer_bytes: self.buffer_size,
             no_syscall_hooks: self.no_syscall_hooks,
             no_network_hooks: self.no_network_hooks,
+            cgroup_root: self.cgroup_root.clone(),
             debug_events: self.debug_events,
             syscall_hooks: self.syscall_hooks,
             syscall_args_at_entry: self.syscall_args_at_entry,

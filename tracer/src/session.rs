@@ -3,6 +3,7 @@
 use std::{
     collections::HashMap,
     io,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -17,11 +18,12 @@ use crate::{
     cgroup::MemoryHierarchy,
     decode::Decoder,
     hooks::Capability,
-    host::{is_root, local_addresses, monotonic_ns},
+    host::{in_own_cgroup_namespace, local_addresses, monotonic_ns},
     kernel::{short_reason_name, KernelFacts},
     loader,
     model::{KernelEvent, Verdict},
     output::{Format, Output},
+    privileges::{drop_attach_capabilities, missing_capabilities},
     report::{MemcgInfo, NetnsJson, Resolve},
     timefmt::realtime_offset_ns,
     unix::ListenerScanner,
@@ -69,6 +71,9 @@ pub struct Options {
     pub buffer_bytes: u32,
     pub no_syscall_hooks: bool,
     pub no_network_hooks: bool,
+    /// Where the host's cgroup file systems are mounted (`--cgroup-root`), if not at
+    /// /sys/fs/cgroup.
+    pub cgroup_root: Option<PathBuf>,
     pub debug_events: bool,
     pub syscall_hooks: bool,
     pub syscall_args_at_entry: bool,
@@ -77,16 +82,23 @@ pub struct Options {
 /// Checks that rsttrace can run here and resolves this kernel's facts, with the options
 /// that change which hooks are used applied.
 pub fn prepare(opts: &Options) -> Result<KernelFacts, Failure> {
-    if !is_root() {
+    let missing = missing_capabilities()
+        .context("reading this process's capabilities")
+        .fail_with(FailureKind::Unsupported)?;
+    if !missing.is_empty() {
         return Err(Failure {
             kind: FailureKind::Unsupported,
             error: anyhow::anyhow!(
-                "rsttrace reads tracefs and attaches eBPF programs to kernel tracepoints: \
-                 run it as root (sudo rsttrace ...)"
+                "rsttrace loads eBPF programs and attaches them to kernel tracepoints: it needs \
+                 CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN), and lacks {}. Run it as root \
+                 (sudo rsttrace ...) or grant them (systemd: AmbientCapabilities=, see rsttrace(8))",
+                missing.join(" and ")
             ),
         });
     }
-    let mut facts = KernelFacts::resolve().fail_with(FailureKind::Unsupported)?;
+    check_cgroup_root(opts.cgroup_root.as_deref())?;
+    let mut facts =
+        KernelFacts::resolve(opts.cgroup_root.as_deref()).fail_with(FailureKind::Unsupported)?;
     if opts.syscall_args_at_entry {
         facts.config.regs_arg = [tracer_ebpf::NO_OFFSET; 4];
     }
@@ -102,6 +114,31 @@ pub fn prepare(opts: &Options) -> Result<KernelFacts, Failure> {
     Ok(facts)
 }
 
+/// A `--cgroup-root` must hold the host's memory controller; without one, a cgroup
+/// namespace of our own hides every other container's cgroup: say so.
+fn check_cgroup_root(root: Option<&Path>) -> Result<(), Failure> {
+    match root {
+        Some(dir) if MemoryHierarchy::locate(Some(dir)).is_none() => Err(Failure {
+            kind: FailureKind::Usage,
+            error: anyhow::anyhow!(
+                "--cgroup-root {}: no cgroup file system with the memory controller is \
+                 mounted at or under it (mount the host's /sys/fs/cgroup there)",
+                dir.display()
+            ),
+        }),
+        None if in_own_cgroup_namespace() => {
+            eprintln!(
+                "rsttrace: warning: rsttrace runs in a cgroup namespace of its own, so \
+                 /sys/fs/cgroup shows only its own subtree: an OOM kill in another cgroup's \
+                 limit cannot be told from a global one. Mount the host's /sys/fs/cgroup \
+                 (e.g. at /host/sys/fs/cgroup) and pass --cgroup-root"
+            );
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Attaches, reports every reset until stopped, detaches.
 pub fn run(
     facts: &KernelFacts,
@@ -110,15 +147,36 @@ pub fn run(
     preload: loader::Preload,
 ) -> Result<(), Failure> {
     let watch = watch_from(opts)?;
+    // A refusal is a host that cannot run rsttrace as configured (exit 3: systemd's unit
+    // does not restart on it), not a fault.
     let (attached, events) =
-        loader::attach(facts, opts.buffer_bytes, preload).fail_with(FailureKind::Runtime)?;
+        loader::attach(facts, opts.buffer_bytes, preload).map_err(|error| Failure {
+            kind: if loader::is_permission_error(&error) {
+                FailureKind::Unsupported
+            } else {
+                FailureKind::Runtime
+            },
+            error,
+        })?;
+    // Still one thread (the preload thread has ended): the event loop's runtime is built
+    // below. Naming interfaces of other network namespaces enters them (setns), which
+    // needs CAP_SYS_ADMIN for as long as network evidence is reported.
+    let keep_sys_admin = facts
+        .attached()
+        .any(|h| h.capability == Capability::NetworkEvidence);
+    if let Err(e) = drop_attach_capabilities(keep_sys_admin) {
+        eprintln!(
+            "rsttrace: warning: could not give up the capabilities only attaching needs: {e}"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the event loop")
         .fail_with(FailureKind::Runtime)?;
     // The handlers exist before "attached" is said: whoever waits for that line and then
-    // stops rsttrace must get a clean detach, not the default action of the signal.
+    // stops rsttrace (systemctl stop, a test) must get a clean detach, not the default
+    // action of the signal.
     let signals = {
         let _context = runtime.enter();
         Signals::install().fail_with(FailureKind::Runtime)?
@@ -191,6 +249,30 @@ fn announce(
         attached.elapsed_ms,
         started.elapsed().as_millis(),
     );
+    announce_syscall_cost(facts, opts, attached.syscall_hooks);
+}
+
+/// Syscall tracepoints cost every process on the host, not just the traced ones: say so
+/// whenever rsttrace imposes that, and say what is lost when it is told not to.
+fn announce_syscall_cost(facts: &KernelFacts, opts: &Options, count: usize) {
+    if count > 0 {
+        let why = if opts.syscall_hooks {
+            "--syscall-hooks"
+        } else {
+            "this kernel has no sock:sock_recv_length"
+        };
+        eprintln!(
+            "rsttrace: warning: {count} syscall tracepoints in use ({why}): every syscall of \
+             every process on this host takes the kernel's slower traced path while rsttrace \
+             runs (~50 ns each); --no-syscall-hooks avoids that, without unix-socket resets \
+             and seen_by_receiver"
+        );
+    } else if facts.syscall_hooks_dropped() {
+        eprintln!(
+            "rsttrace: note: --no-syscall-hooks on a kernel without sock:sock_recv_length: \
+             unix-socket resets, seen_by_receiver and accept-side socket owners are not reported"
+        );
+    }
 }
 
 /// Names and paths the renderer needs that the pure engine does not have.
@@ -322,7 +404,7 @@ impl<'a> Session<'a> {
             decoder: Decoder::new(&facts.layouts),
             resolver: Resolver {
                 reasons: facts.reset_reasons.clone(),
-                memory: MemoryHierarchy::locate(),
+                memory: MemoryHierarchy::locate(opts.cgroup_root.as_deref()),
                 offset_ns: realtime_offset_ns(),
                 exited: ExitedMemcgs::default(),
                 namespaces: std::cell::RefCell::new(crate::netns::Namespaces::new()),

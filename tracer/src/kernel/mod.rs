@@ -123,7 +123,8 @@ const BTF_NAMES_TOO: &[&str] = &[
 ];
 
 impl KernelFacts {
-    pub fn resolve() -> Result<Self> {
+    /// `cgroup_root`: `--cgroup-root`, where the host's cgroup tree is mounted.
+    pub fn resolve(cgroup_root: Option<&Path>) -> Result<Self> {
         let tracefs = Tracefs::locate()?;
         if !Path::new(VMLINUX_BTF).exists() {
             bail!(
@@ -149,7 +150,7 @@ impl KernelFacts {
 
         let mut config = Config::EMPTY;
         let mut layouts = Layouts::default();
-        let cgroup2 = crate::cgroup::cgroup2_root();
+        let cgroup2 = crate::cgroup::cgroup2_root(cgroup_root);
         let mut hooks = Vec::with_capacity(HOOKS.len());
         for hook in HOOKS {
             let status = match hook.attach {
@@ -275,6 +276,13 @@ impl KernelFacts {
         }
     }
 
+    /// Whether `--no-syscall-hooks` took away hooks this kernel had no stand-in for.
+    pub fn syscall_hooks_dropped(&self) -> bool {
+        self.hooks
+            .iter()
+            .any(|s| s.status == Status::NotNeeded("--no-syscall-hooks"))
+    }
+
     /// Whether receivers' failing socket calls are traced (seen_by_receiver, unix resets).
     pub fn traces_receiver_errors(&self) -> bool {
         self.attached()
@@ -289,7 +297,7 @@ impl KernelFacts {
 }
 
 /// Whether the hook is a syscall tracepoint.
-fn is_syscall(hook: &Hook) -> bool {
+pub fn is_syscall(hook: &Hook) -> bool {
     matches!(hook.tier, Tier::Syscall | Tier::ArgumentRecorder)
 }
 
