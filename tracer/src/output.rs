@@ -4,7 +4,7 @@ use std::io::{self, BufWriter, Stdout, Write};
 use crate::{
     model::{Attribution, Refusal},
     report::{self, LostJson, Resolve, SCHEMA_VERSION},
-    timefmt::rfc3339_utc,
+    timefmt::Rfc3339,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,7 +62,7 @@ impl Output {
         let json = LostJson {
             schema_version: SCHEMA_VERSION,
             event: "lost",
-            time: rfc3339_utc(now_ns),
+            time: Rfc3339(now_ns),
             count: lost,
             total,
             decode_errors: (decode_errors > 0).then_some(decode_errors),

@@ -4,6 +4,7 @@ use std::{
     collections::HashMap,
     io,
     path::{Path, PathBuf},
+    rc::Rc,
     time::{Duration, Instant},
 };
 
@@ -24,7 +25,7 @@ use crate::{
     model::{KernelEvent, Verdict},
     output::{Format, Output},
     privileges::{drop_attach_capabilities, missing_capabilities},
-    report::{MemcgInfo, NetnsJson, Resolve},
+    report::{CgroupInfo, MemcgInfo, NetnsJson, Resolve},
     timefmt::realtime_offset_ns,
     unix::ListenerScanner,
     watch::{self, Watch},
@@ -295,14 +296,18 @@ struct Resolver {
 /// may be reused, a process moved).
 #[derive(Default)]
 struct CgroupCache {
-    by_pid: HashMap<u32, (Instant, Option<String>)>,
+    by_pid: HashMap<u32, (Instant, Option<Rc<CgroupInfo>>)>,
 }
 
 impl CgroupCache {
     const MAX: usize = 4096;
     const FRESH: Duration = Duration::from_secs(5);
 
-    fn get(&mut self, pid: u32, read: impl FnOnce() -> Option<String>) -> Option<String> {
+    fn get(
+        &mut self,
+        pid: u32,
+        read: impl FnOnce() -> Option<Rc<CgroupInfo>>,
+    ) -> Option<Rc<CgroupInfo>> {
         let now = Instant::now();
         if let Some((at, path)) = self.by_pid.get(&pid) {
             if now.duration_since(*at) < Self::FRESH {
@@ -345,10 +350,8 @@ impl ExitedMemcgs {
 }
 
 impl Resolve for Resolver {
-    fn reason_name(&self, reason: u32) -> Option<String> {
-        self.reasons
-            .get(&reason)
-            .map(|n| short_reason_name(n).to_string())
+    fn reason_name(&self, reason: u32) -> Option<&str> {
+        self.reasons.get(&reason).map(|n| short_reason_name(n))
     }
     fn memcg(&self, memcg_id: u64) -> Option<MemcgInfo> {
         self.memory.as_ref()?.describe(memcg_id)
@@ -367,7 +370,7 @@ impl Resolve for Resolver {
             name: peer.name,
         })
     }
-    fn cgroup(&self, pid: u32) -> Option<String> {
+    fn cgroup(&self, pid: u32) -> Option<Rc<CgroupInfo>> {
         self.cgroups.borrow_mut().get(pid, || {
             std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
                 .ok()
@@ -376,6 +379,7 @@ impl Resolve for Resolver {
                     let id = *self.exited.by_pid.get(&pid)?;
                     self.memory.as_ref()?.path_of(id)
                 })
+                .map(|path| Rc::new(CgroupInfo::new(path)))
         })
     }
 }
