@@ -296,7 +296,7 @@ struct Resolver {
 /// may be reused, a process moved).
 #[derive(Default)]
 struct CgroupCache {
-    by_pid: HashMap<u32, (Instant, Option<Rc<CgroupInfo>>)>,
+    by_pid: crate::attribute::FastMap<u32, (Instant, Option<Rc<CgroupInfo>>)>,
 }
 
 impl CgroupCache {
@@ -574,26 +574,34 @@ async fn event_loop(
     let mut expire_tick = tokio::time::interval(Duration::from_millis(10));
     expire_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
 
+    // Idle, rsttrace sleeps until the kernel wakes it for the first sample of a burst
+    // (programs force a wake-up when the ring was empty, see programs/mod.rs emit()); busy,
+    // samples go in without waking it and it drains on a 10 ms tick, until a tick finds the
+    // ring empty and no verdict waiting.
+    let mut busy = false;
     let stop = loop {
         let result: io::Result<bool> = tokio::select! {
-            guard = ring.readable_mut() => {
+            guard = ring.readable_mut(), if !busy => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
                 let r = drain(&mut session, guard.get_inner_mut(), count);
                 guard.clear_ready();
+                busy = true;
+                expire_tick.reset();
                 r.map(|d| d.done)
             }
             _ = tick.tick() => {
                 session.rescan_listeners();
-                session.report_lost(attached.lost_total()).map(|()| false)
+                // Also a backstop for a sample committed, unwoken, while rsttrace went idle.
+                drain(&mut session, ring.get_mut(), count)
+                    .and_then(|d| session.report_lost(attached.lost_total()).map(|()| d.done))
             }
-            // Samples are mostly submitted without waking us (see Config::ring_wakeup_bytes):
-            // drain on this tick, then release verdicts whose wait is over.
-            // Only once the ring is empty: the send of a reset waiting here may still be
-            // queued behind a full batch, and the clock has moved on meanwhile (events are
-            // released by their own times as they are read).
-            _ = expire_tick.tick() => drain(&mut session, ring.get_mut(), count).and_then(|d| {
+            // Release verdicts whose wait is over only once the ring is empty: the send of a
+            // reset waiting here may still be queued behind a full batch, and the clock has
+            // moved on meanwhile (events are released by their own times as they are read).
+            _ = expire_tick.tick(), if busy => drain(&mut session, ring.get_mut(), count).and_then(|d| {
                 if d.emptied {
                     session.expire(monotonic_ns())?;
+                    busy = d.read > 0 || session.attributor.waiting() > 0;
                 }
                 Ok(d.done || session.count_reached(count))
             }),
@@ -668,6 +676,8 @@ struct Drained {
     done: bool,
     /// The ring had nothing more to read.
     emptied: bool,
+    /// Samples read.
+    read: usize,
 }
 
 /// Reads the queued samples (at most DRAIN_BATCH).
@@ -676,11 +686,12 @@ fn drain(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     count: Option<u64>,
 ) -> io::Result<Drained> {
-    for _ in 0..DRAIN_BATCH {
+    for read in 0..DRAIN_BATCH {
         let Some(item) = ring.next() else {
             return Ok(Drained {
                 done: false,
                 emptied: true,
+                read,
             });
         };
         session.handle(&item)?;
@@ -688,11 +699,13 @@ fn drain(
             return Ok(Drained {
                 done: true,
                 emptied: false,
+                read: read + 1,
             });
         }
     }
     Ok(Drained {
         done: false,
         emptied: false,
+        read: DRAIN_BATCH,
     })
 }
