@@ -20,8 +20,9 @@ use crate::{
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rsttrace-ebpf"));
 
 pub struct Attached {
-    /// Owns the programs and their links: dropping it detaches everything.
-    _ebpf: Ebpf,
+    /// Owns the programs and their links: dropping it detaches everything (the ring buffer
+    /// and the loss counter, taken out of it, stay readable).
+    ebpf: Option<Ebpf>,
     lost: PerCpuArray<MapData, u64>,
     pub hooks: usize,
     /// Of those, syscall tracepoints: while any is attached, every syscall of every
@@ -132,7 +133,7 @@ fn attach_with<'a>(
     )?;
     Ok((
         Attached {
-            _ebpf: ebpf,
+            ebpf: Some(ebpf),
             lost,
             hooks,
             syscall_hooks,
@@ -207,6 +208,11 @@ fn attach_hook(ebpf: &mut Ebpf, hook: &Hook, facts: &KernelFacts) -> Result<()> 
 }
 
 impl Attached {
+    /// Detaches and unloads every program now.
+    pub fn detach(&mut self) {
+        self.ebpf = None;
+    }
+
     /// Samples the kernel could not queue since start (ring buffer full), all CPUs.
     pub fn lost_total(&self) -> u64 {
         self.lost

@@ -555,7 +555,7 @@ impl Signals {
 
 async fn event_loop(
     mut session: Session<'_>,
-    attached: loader::Attached,
+    mut attached: loader::Attached,
     events: aya::maps::RingBuf<aya::maps::MapData>,
     signals: Signals,
     opts: &Options,
@@ -622,48 +622,61 @@ async fn event_loop(
         }
     };
     if let Stop::Done = stop {
-        finish(&mut session, ring.get_mut(), &attached)?;
+        finish(&mut session, ring.get_mut(), &mut attached)?;
     }
     Ok(())
 }
 
-/// Flushes what the kernel already queued, then the loss count; says goodbye.
+/// Detaches, then reports what the kernel had queued (for at most STOP_DRAIN: a stop must
+/// stay prompt in a storm; samples left unread then are counted as lost), then the loss
+/// count; says goodbye.
 fn finish(
     session: &mut Session<'_>,
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
-    attached: &loader::Attached,
+    attached: &mut loader::Attached,
 ) -> Result<()> {
-    let flushed = drain_all(session, ring)
-        .and_then(|()| session.expire(u64::MAX))
-        .and_then(|()| session.report_lost(attached.lost_total()))
-        .and_then(|()| session.output.flush());
-    match flushed {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+    // Detached first, no program adds to the ring: what it holds is all there will be.
+    attached.detach();
+    let flushed = drain_all(session, ring).and_then(|unread| {
+        session.expire(u64::MAX)?;
+        session.report_lost(attached.lost_total() + unread)?;
+        session.output.flush()?;
+        Ok(unread)
+    });
+    let unread = match flushed {
+        Ok(unread) => unread,
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => 0,
         Err(e) => return Err(e).context("writing to stdout"),
-    }
+    };
     eprintln!(
         "rsttrace: detached; {} reset(s) reported, {} kernel sample(s) lost, {} malformed",
         session.reported,
-        attached.lost_total(),
+        attached.lost_total() + unread,
         session.decode_errors
     );
     Ok(())
 }
 
-/// At stop: what the kernel queued, up to 64 batches, so that a storm cannot keep rsttrace
-/// from stopping (what is left is counted as lost by nobody: the programs are detached
-/// right after, with the ring).
+/// How long a stop may spend on samples queued before it.
+const STOP_DRAIN: Duration = Duration::from_secs(2);
+
+/// At stop: every queued sample, reported while STOP_DRAIN lasts, then only counted
+/// (returned: they are lost).
 fn drain_all(
     session: &mut Session<'_>,
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
-) -> io::Result<()> {
-    for _ in 0..64 {
+) -> io::Result<u64> {
+    let deadline = Instant::now() + STOP_DRAIN;
+    while Instant::now() < deadline {
         if drain(session, ring, None)?.emptied {
-            break;
+            return Ok(0);
         }
     }
-    Ok(())
+    let mut unread = 0;
+    while ring.next().is_some() {
+        unread += 1;
+    }
+    Ok(unread)
 }
 
 /// Samples read per turn of the event loop: in a storm the kernel may queue faster than

@@ -133,21 +133,7 @@ impl KernelFacts {
             );
         }
 
-        let raw_tracepoints: Vec<String> = HOOKS
-            .iter()
-            .filter_map(|h| match h.attach {
-                Attach::RawTracepoint { event, .. } => Some(format!("btf_trace_{event}")),
-                _ => None,
-            })
-            .collect();
-        let btf = Vmlinux::open(
-            STRUCT_OFFSETS
-                .iter()
-                .filter_map(|(path, _)| path.split('.').next())
-                .chain(BTF_NAMES_TOO.iter().copied())
-                .chain(raw_tracepoints.iter().map(String::as_str)),
-        )?;
-
+        let btf = open_btf()?;
         let mut config = Config::EMPTY;
         let mut layouts = Layouts::default();
         let cgroup2 = crate::cgroup::cgroup2_root(cgroup_root);
@@ -170,51 +156,7 @@ impl KernelFacts {
             hooks.push(HookState { hook, status });
         }
         choose_receiver_error_hooks(&mut hooks);
-
-        let mut degraded = Vec::new();
-        for (path, slot) in STRUCT_OFFSETS {
-            *slot(&mut config) = btf.struct_offset(path).unwrap_or_else(|| {
-                degraded.push((*path).to_string());
-                NO_OFFSET
-            });
-        }
-        config.css_set_memcg = match (
-            btf.struct_offset("css_set.subsys"),
-            btf.enum_value("cgroup_subsys_id", "memory_cgrp_id"),
-        ) {
-            (None, _) => {
-                degraded.push("css_set.subsys".into());
-                NO_OFFSET
-            }
-            (Some(base), Some(id)) => base.saturating_add(id.saturating_mul(8)),
-            (Some(_), None) => {
-                degraded.push("memory cgroup controller (cgroup_subsys_id.memory_cgrp_id)".into());
-                NO_OFFSET
-            }
-        };
-
-        // A socket's inode sits after it in its struct socket_alloc (SOCK_INODE()).
-        config.socket_ino = match (
-            btf.struct_offset("socket_alloc.vfs_inode"),
-            btf.struct_offset("inode.i_ino"),
-        ) {
-            (Some(inode), Some(ino)) => inode.saturating_add(ino),
-            _ => {
-                degraded.push("socket_alloc.vfs_inode, inode.i_ino".into());
-                NO_OFFSET
-            }
-        };
-
-        // Syscall arguments from the registers saved at entry (x86_64's syscall ABI: di,
-        // si, dx, r10), so the exit hooks need no enter hook on every recv/send.
-        if cfg!(target_arch = "x86_64") {
-            let regs = ["pt_regs.di", "pt_regs.si", "pt_regs.dx", "pt_regs.r10"]
-                .map(|f| btf.struct_offset(f).unwrap_or(NO_OFFSET));
-            if !regs.contains(&NO_OFFSET) {
-                config.regs_arg = regs;
-            }
-        }
-
+        let degraded = struct_offsets(&btf, &mut config);
         Ok(Self {
             config,
             layouts,
@@ -303,6 +245,71 @@ pub fn is_syscall(hook: &Hook) -> bool {
 
 /// Whether a tracepoint hook exists here and fits its program; fills the offsets and
 /// record layout it needs.
+/// vmlinux BTF, indexed for every type rsttrace looks up.
+fn open_btf() -> Result<Vmlinux> {
+    let raw_tracepoints: Vec<String> = HOOKS
+        .iter()
+        .filter_map(|h| match h.attach {
+            Attach::RawTracepoint { event, .. } => Some(format!("btf_trace_{event}")),
+            _ => None,
+        })
+        .collect();
+    Vmlinux::open(
+        STRUCT_OFFSETS
+            .iter()
+            .filter_map(|(path, _)| path.split('.').next())
+            .chain(BTF_NAMES_TOO.iter().copied())
+            .chain(raw_tracepoints.iter().map(String::as_str)),
+    )
+}
+
+/// Fills `config`'s struct offsets from BTF; returns what this kernel lacks (the
+/// capability that needs it degrades, the run goes on).
+fn struct_offsets(btf: &Vmlinux, config: &mut Config) -> Vec<String> {
+    let mut degraded = Vec::new();
+    for (path, slot) in STRUCT_OFFSETS {
+        *slot(config) = btf.struct_offset(path).unwrap_or_else(|| {
+            degraded.push((*path).to_string());
+            NO_OFFSET
+        });
+    }
+    config.css_set_memcg = match (
+        btf.struct_offset("css_set.subsys"),
+        btf.enum_value("cgroup_subsys_id", "memory_cgrp_id"),
+    ) {
+        (None, _) => {
+            degraded.push("css_set.subsys".into());
+            NO_OFFSET
+        }
+        (Some(base), Some(id)) => base.saturating_add(id.saturating_mul(8)),
+        (Some(_), None) => {
+            degraded.push("memory cgroup controller (cgroup_subsys_id.memory_cgrp_id)".into());
+            NO_OFFSET
+        }
+    };
+    // A socket's inode sits after it in its struct socket_alloc (SOCK_INODE()).
+    config.socket_ino = match (
+        btf.struct_offset("socket_alloc.vfs_inode"),
+        btf.struct_offset("inode.i_ino"),
+    ) {
+        (Some(inode), Some(ino)) => inode.saturating_add(ino),
+        _ => {
+            degraded.push("socket_alloc.vfs_inode, inode.i_ino".into());
+            NO_OFFSET
+        }
+    };
+    // Syscall arguments from the registers saved at entry (x86_64's syscall ABI: di, si,
+    // dx, r10), so the exit hooks need no enter hook on every recv/send.
+    if cfg!(target_arch = "x86_64") {
+        let regs = ["pt_regs.di", "pt_regs.si", "pt_regs.dx", "pt_regs.r10"]
+            .map(|f| btf.struct_offset(f).unwrap_or(NO_OFFSET));
+        if !regs.contains(&NO_OFFSET) {
+            config.regs_arg = regs;
+        }
+    }
+    degraded
+}
+
 /// A raw tracepoint's program reads its arguments by position: one whose prototype has
 /// another arity on this kernel is not attached (its arguments would be misread).
 fn probe_raw_tracepoint(
