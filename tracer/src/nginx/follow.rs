@@ -121,6 +121,24 @@ impl Follower {
         follower
     }
 
+    /// Follows one more file (an nginx that started after us); nothing if it is followed
+    /// already. Its lines from now on with [`StartAt::End`].
+    pub fn add(&mut self, path: PathBuf, start: StartAt) {
+        if self.files.iter().any(|f| f.path == path) {
+            return;
+        }
+        let mut followed = Followed {
+            path,
+            current: None,
+            draining: Vec::new(),
+            start_at_end: start == StartAt::End,
+            reported_error: false,
+        };
+        followed.open_if_needed(&mut self.notices);
+        followed.start_at_end = false;
+        self.files.push(followed);
+    }
+
     /// Reads what was appended since the last poll and returns the complete lines.
     pub fn poll(&mut self) -> Vec<Line> {
         let mut lines = Vec::new();

@@ -27,6 +27,7 @@ pub mod discover;
 pub mod follow;
 pub mod join;
 pub mod parse;
+pub mod stage;
 pub mod time;
 pub mod upstream;
 
@@ -34,6 +35,7 @@ pub use discover::{discover, error_log_paths, NginxInstance, PidMap};
 pub use follow::{Follower, Limits, Line, Notice, StartAt};
 pub use join::{join, Join, ResetKey};
 pub use parse::{Errno, ErrorLine, Kind, Level, Syscall};
+pub use stage::{Clock, JoinStage, LoggedLine, Released};
 pub use time::{LogTime, NginxTimeZone, UtcSeconds};
 pub use upstream::{verify_upstream, RequestContext, UpstreamAddr, UpstreamMatch};
 

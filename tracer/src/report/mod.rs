@@ -458,6 +458,7 @@ mod tests {
             remote: "127.0.0.1:9000".into(),
             receiver_sock: 1,
             seen_by_receiver: Some(true),
+            seen_ns: None,
             listener_closed: false,
             receiver: Some(task(10, "nginx")),
             receiver_role: None,
