@@ -3,6 +3,8 @@
 use std::{
     collections::HashMap,
     io,
+    net::SocketAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -20,9 +22,12 @@ use crate::{
     host::{is_root, local_addresses, monotonic_ns},
     kernel::{short_reason_name, KernelFacts},
     loader,
+    metrics::Metrics,
     model::{KernelEvent, Verdict},
+    nginx::{Clock, LiveJoin, LogChoice, Released},
     output::{Format, Output},
-    report::{MemcgInfo, NetnsJson, Resolve},
+    report::{LostTotals, MemcgInfo, NetnsJson, Resolve},
+    summary::Tally,
     timefmt::realtime_offset_ns,
     unix::ListenerScanner,
     watch::{self, Watch},
@@ -72,6 +77,10 @@ pub struct Options {
     pub debug_events: bool,
     pub syscall_hooks: bool,
     pub syscall_args_at_entry: bool,
+    /// Where nginx's error.log comes from; `None`: `--no-nginx-log`.
+    pub nginx_log: Option<LogChoice>,
+    /// `--metrics`: where to serve /metrics.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Checks that rsttrace can run here and resolves this kernel's facts, with the options
@@ -105,6 +114,11 @@ pub fn prepare(opts: &Options) -> Result<KernelFacts, Failure> {
 /// Attaches, reports every reset until stopped, detaches.
 pub fn run(facts: &KernelFacts, opts: &Options, started: Instant) -> Result<(), Failure> {
     let watch = watch_from(opts)?;
+    let listener = opts
+        .metrics
+        .map(crate::metrics::bind)
+        .transpose()
+        .fail_with(FailureKind::Runtime)?;
     let (attached, events) =
         loader::attach(facts, opts.buffer_bytes).fail_with(FailureKind::Runtime)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -118,8 +132,32 @@ pub fn run(facts: &KernelFacts, opts: &Options, started: Instant) -> Result<(), 
         let _context = runtime.enter();
         Signals::install().fail_with(FailureKind::Runtime)?
     };
+    let metrics = match listener {
+        Some(listener) => {
+            let metrics = Arc::new(Metrics::new(
+                env!("CARGO_PKG_VERSION"),
+                &crate::metrics::kernel_release(),
+            ));
+            let addr = listener.local_addr().ok();
+            let _context = runtime.enter();
+            crate::metrics::serve(listener, Arc::clone(&metrics))
+                .fail_with(FailureKind::Runtime)?;
+            if let Some(addr) = addr {
+                eprintln!("rsttrace: serving metrics on http://{addr}/metrics");
+            }
+            Some(metrics)
+        }
+        None => None,
+    };
+    // Before "attached" is said: a reset right after it must find its nginx known.
+    let nginx = opts
+        .nginx_log
+        .clone()
+        .map(|choice| LiveJoin::start(choice, realtime_offset_ns()));
     announce(facts, opts, &watch, &attached, started);
     let mut session = Session::new(facts, opts, watch);
+    session.nginx = nginx;
+    session.metrics = metrics;
     session.seed_listeners();
     runtime
         .block_on(event_loop(session, attached, events, signals, opts))
@@ -306,6 +344,11 @@ struct Session<'a> {
     lost_reported: u64,
     decode_errors: u64,
     decode_errors_reported: u64,
+    /// The error.log join; verdicts pass through it before the watch filter.
+    nginx: Option<LiveJoin>,
+    /// What was printed, for the summary at stop.
+    tally: Tally,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl<'a> Session<'a> {
@@ -333,6 +376,9 @@ impl<'a> Session<'a> {
             lost_reported: 0,
             decode_errors: 0,
             decode_errors_reported: 0,
+            nginx: None,
+            tally: Tally::new(realtime_offset_ns() + i128::from(monotonic_ns())),
+            metrics: None,
         }
     }
 
@@ -390,27 +436,102 @@ impl<'a> Session<'a> {
         result
     }
 
+    /// Hands the engine's verdicts to the nginx join (all of them, before the filter: a
+    /// filtered reset must still claim its line), then prints what it releases.
     fn emit(&mut self, verdicts: &mut Vec<Verdict>) -> io::Result<()> {
-        for verdict in verdicts.drain(..) {
-            match &verdict {
-                Verdict::Reset(a) => {
+        if verdicts.is_empty() {
+            return Ok(());
+        }
+        let mut released = Vec::with_capacity(verdicts.len());
+        let now = self.clock();
+        match self.nginx.as_mut() {
+            Some(nginx) => {
+                for verdict in verdicts.drain(..) {
+                    nginx.offer(verdict, now, &mut released);
+                }
+            }
+            None => released.extend(verdicts.drain(..).map(|v| Released::Verdict(v, None))),
+        }
+        self.publish(released)
+    }
+
+    fn clock(&self) -> Clock {
+        let mono_ns = monotonic_ns();
+        Clock {
+            mono_ns,
+            unix_ns: self.resolver.offset_ns + i128::from(mono_ns),
+        }
+    }
+
+    /// Filters, prints and counts.
+    fn publish(&mut self, released: Vec<Released>) -> io::Result<()> {
+        for r in released {
+            match r {
+                Released::Verdict(Verdict::Reset(a), line) => {
                     if !self.watch.matches(a.receiver.as_ref())
                         && !self.watch.matches(a.peer.as_ref())
                     {
                         continue;
                     }
-                    self.output.verdict(a, &self.resolver)?;
+                    self.output.verdict(&a, line.as_deref(), &self.resolver)?;
+                    self.tally.reset(&a, line.is_some());
+                    if let Some(m) = &self.metrics {
+                        m.reset(&a);
+                    }
+                    self.reported += 1;
                 }
-                Verdict::Refused(f) => {
+                Released::Verdict(Verdict::Refused(f), _) => {
                     if !self.watch.matches(f.receiver.as_ref()) {
                         continue;
                     }
-                    self.output.refusal(f, &self.resolver)?;
+                    self.output.refusal(&f, &self.resolver)?;
+                    self.tally.refusal(&f);
+                    self.reported += 1;
+                }
+                // Printed whatever the filter: its peer is unknown, so no filter can say it
+                // is not about the watched processes.
+                Released::Unexplained(line) => {
+                    self.output.unexplained(&line, self.lost_reported)?;
+                    self.tally.unexplained();
+                    if let Some(m) = &self.metrics {
+                        m.unexplained();
+                    }
                 }
             }
-            self.reported += 1;
         }
         Ok(())
+    }
+
+    /// The error.log follower's tick: new lines, waits that are over.
+    fn nginx_tick(&mut self) -> io::Result<()> {
+        let now = self.clock();
+        let Some(nginx) = self.nginx.as_mut() else {
+            return Ok(());
+        };
+        let mut released = Vec::new();
+        nginx.tick(now, &mut released);
+        self.publish(released)
+    }
+
+    /// At stop, after the engine let go of everything: the last lines, every wait ended.
+    fn nginx_finish(&mut self) -> io::Result<()> {
+        let now = self.clock();
+        let Some(nginx) = self.nginx.as_mut() else {
+            return Ok(());
+        };
+        let mut released = Vec::new();
+        nginx.finish(now, &mut released);
+        self.publish(released)
+    }
+
+    fn summary(&mut self) -> io::Result<()> {
+        let now = self.clock().unix_ns;
+        let lost = LostTotals {
+            samples: self.lost_reported,
+            decode_errors: self.decode_errors,
+        };
+        let json = self.tally.json(now, lost);
+        self.output.summary(&json)
     }
 
     fn rescan_listeners(&mut self) {
@@ -431,6 +552,9 @@ impl<'a> Session<'a> {
         }
         self.lost_reported = lost_total;
         self.decode_errors_reported = self.decode_errors;
+        if let Some(m) = &self.metrics {
+            m.lost(lost);
+        }
         let now = self.resolver.offset_ns + i128::from(monotonic_ns());
         self.output.lost(now, lost, lost_total, decode)
     }
@@ -482,6 +606,9 @@ async fn event_loop(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut expire_tick = tokio::time::interval(Duration::from_millis(10));
     expire_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut nginx_tick = tokio::time::interval(NGINX_TICK);
+    nginx_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let follows_nginx = session.nginx.is_some();
 
     let stop = loop {
         let result: io::Result<bool> = tokio::select! {
@@ -506,6 +633,9 @@ async fn event_loop(
                 }
                 Ok(d.done || session.count_reached(count))
             }),
+            _ = nginx_tick.tick(), if follows_nginx => session
+                .nginx_tick()
+                .map(|()| session.count_reached(count)),
             _ = sigint.recv() => Ok(true),
             _ = sigterm.recv() => Ok(true),
             _ = async {
@@ -536,7 +666,9 @@ fn finish(
 ) -> Result<()> {
     let flushed = drain_all(session, ring)
         .and_then(|()| session.expire(u64::MAX))
+        .and_then(|()| session.nginx_finish())
         .and_then(|()| session.report_lost(attached.lost_total()))
+        .and_then(|()| session.summary())
         .and_then(|()| session.output.flush());
     match flushed {
         Ok(()) => {}
@@ -566,6 +698,10 @@ fn drain_all(
     }
     Ok(())
 }
+
+/// How often nginx's error.log is read: its lines are what verdicts of nginx's workers wait
+/// for (see nginx::stage).
+const NGINX_TICK: Duration = Duration::from_millis(100);
 
 /// Samples read per turn of the event loop: in a storm the kernel may queue faster than
 /// one pass reads, and signals, ticks and the clean stop must still get their turn.

@@ -196,6 +196,12 @@ impl JoinStage {
         self.files.insert(path, master);
     }
 
+    /// The master writing `path` and the zone its times are read in, when known.
+    pub fn writer_of(&self, path: &Path) -> Option<(u32, &str)> {
+        let master = *self.files.get(path)?;
+        Some((master, self.masters.get(&master)?.tz.source.as_str()))
+    }
+
     /// Whether `pid` is a process of a known nginx.
     pub fn is_worker(&self, pid: u32) -> bool {
         self.masters.values().any(|m| m.pids.contains_host(pid))

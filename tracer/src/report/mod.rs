@@ -1,11 +1,15 @@
 //! Rendering: the JSON lines contract (schema_version 1, documented in README.md), the
 //! hints ([`hints`]) and the human text form ([`text`]).
 mod hints;
+mod nginx;
 mod text;
 
 use serde::Serialize;
 
-pub use text::{render_refused_text, render_text};
+pub use nginx::{
+    nginx_json, unexplained_json, LostTotals, NginxJson, SummaryJson, UnexplainedJson,
+};
+pub use text::{render_refused_text, render_summary_text, render_text, render_unexplained_text};
 
 use crate::{
     attribute::{hops_away, hops_closer, initial_ttl, SI_KERNEL},
@@ -232,6 +236,9 @@ pub struct ResetJson {
     pub listener_closed: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkJson>,
+    /// The line nginx wrote in its error.log for this reset (see `--nginx-error-log`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nginx: Option<NginxJson>,
     pub hint: String,
 }
 
@@ -352,6 +359,7 @@ pub fn reset_json(a: &Attribution, r: &dyn Resolve) -> ResetJson {
         seen_by_receiver: a.seen_by_receiver,
         listener_closed: (a.transport == Transport::Unix).then_some(a.listener_closed),
         network,
+        nginx: None,
         hint,
     }
 }
