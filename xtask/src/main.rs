@@ -184,6 +184,10 @@ fn test(filter: Option<&str>) -> Result<()> {
         "--test",
         "nginx_log",
         "--test",
+        "nginx_join",
+        "--test",
+        "metrics",
+        "--test",
         "million",
         "--",
     ])

@@ -47,6 +47,8 @@ const TEST_PACKAGES: &[&str] = &[
     // A real Docker Engine for the container tests, driven with its own client
     // /usr/bin/docker (machines may have a newer client-only /usr/local/bin/docker).
     "docker.io",
+    // tests/metrics.rs: a real Prometheus server scrapes rsttrace's --metrics.
+    "prometheus",
 ];
 
 pub fn setup() -> Result<()> {
