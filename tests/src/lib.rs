@@ -24,6 +24,7 @@ pub mod netns;
 mod nginx;
 mod php_fpm;
 mod process;
+pub mod prometheus;
 mod pyserver;
 mod rsttrace;
 pub mod storm;
