@@ -23,7 +23,10 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longer than a line waits for its verdict (1.5 s) and a verdict for its line.
 const JOIN_SETTLED: Duration = Duration::from_millis(2500);
 
-fn response(request: JoinHandle<Result<(u16, String)>>) -> u16 {
+/// An HTTP request in flight: (status, body) when it ends.
+type Request = JoinHandle<Result<(u16, String)>>;
+
+fn response(request: Request) -> u16 {
     request
         .join()
         .expect("the request thread panicked")
@@ -52,7 +55,7 @@ fn concurrent_requests(
     fpm: &PhpFpm,
     prefix: &str,
     names: &[&str],
-) -> Vec<(String, u32, JoinHandle<Result<(u16, String)>>)> {
+) -> Vec<(String, u32, Request)> {
     let mut out = Vec::new();
     for name in names {
         let marker = fpm.state_dir().join(format!("{name}.started"));
