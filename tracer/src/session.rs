@@ -142,10 +142,7 @@ pub fn run(facts: &KernelFacts, opts: &Options, started: Instant) -> Result<(), 
             let _context = runtime.enter();
             crate::metrics::serve(listener, Arc::clone(&metrics))
                 .fail_with(FailureKind::Runtime)?;
-            if let Some(addr) = addr {
-                eprintln!("rsttrace: serving metrics on http://{addr}/metrics");
-            }
-            Some(metrics)
+            Some((metrics, addr))
         }
         None => None,
     };
@@ -156,8 +153,14 @@ pub fn run(facts: &KernelFacts, opts: &Options, started: Instant) -> Result<(), 
         .map(|choice| LiveJoin::start(choice, realtime_offset_ns()));
     announce(facts, opts, &watch, &attached, started);
     let mut session = Session::new(facts, opts, watch);
-    session.nginx = nginx;
-    session.metrics = metrics;
+    if let Some((_, Some(addr))) = &metrics {
+        eprintln!("rsttrace: serving metrics on http://{addr}/metrics");
+    }
+    session.nginx = nginx.map(|mut n| {
+        n.announce();
+        n
+    });
+    session.metrics = metrics.map(|(m, _)| m);
     session.seed_listeners();
     runtime
         .block_on(event_loop(session, attached, events, signals, opts))

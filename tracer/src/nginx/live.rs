@@ -31,43 +31,58 @@ pub struct LiveJoin {
     discovering: bool,
     last_scan: Instant,
     last_refresh: Option<Instant>,
+    /// What start-up found, said after rsttrace's `attached` line (the one users and
+    /// scripts wait for comes first).
+    start_notes: Vec<String>,
 }
 
 impl LiveJoin {
-    /// Finds the files and the nginx processes; says on stderr what it follows.
+    /// Finds the files and the nginx processes; [`Self::announce`] says what it follows.
     pub fn start(choice: LogChoice, offset_ns: i128) -> Self {
         let instances = discover::discover();
         let (paths, discovering) = match choice {
             LogChoice::Discover => (discover::error_log_paths(&instances), true),
             LogChoice::Files(paths) => (paths, false),
         };
-        for instance in &instances {
-            for note in &instance.notes {
-                eprintln!("rsttrace: nginx {}: {note}", instance.master_pid);
-            }
-        }
+        let mut start_notes: Vec<String> = instances
+            .iter()
+            .flat_map(|i| {
+                i.notes
+                    .iter()
+                    .map(|n| format!("nginx {}: {n}", i.master_pid))
+            })
+            .collect();
         let mut live = Self {
             follower: Follower::new(paths, StartAt::End, Limits::default()),
             stage: JoinStage::new(offset_ns),
             discovering,
             last_scan: Instant::now(),
             last_refresh: None,
+            start_notes: Vec::new(),
         };
         for instance in &instances {
             live.add_instance(instance);
         }
         live.update_following();
         for notice in live.follower.take_notices() {
-            live.say(&notice);
+            start_notes.push(live.say(&notice));
         }
         if live.follower.paths().next().is_none() {
-            eprintln!(
-                "rsttrace: following no nginx error.log (none found: no running nginx logs to a \
-                 file, no {}); --nginx-error-log PATH names one",
+            start_notes.push(format!(
+                "following no nginx error.log (none found: no running nginx logs to a file, no \
+                 {}); --nginx-error-log PATH names one",
                 discover::DEFAULT_ERROR_LOG
-            );
+            ));
         }
+        live.start_notes = start_notes;
         live
+    }
+
+    /// Says on stderr what start-up found.
+    pub fn announce(&mut self) {
+        for note in self.start_notes.drain(..) {
+            eprintln!("rsttrace: {note}");
+        }
     }
 
     /// A verdict from the engine, before the `--pid`/`--pid-of` filter.
@@ -89,7 +104,7 @@ impl LiveJoin {
     pub fn tick(&mut self, now: Clock, out: &mut Vec<Released>) {
         let lines = self.follower.poll();
         for notice in self.follower.take_notices() {
-            self.say(&notice);
+            eprintln!("rsttrace: {}", self.say(&notice));
         }
         if !lines.is_empty() {
             self.stage.lines(lines, now, out);
@@ -175,25 +190,24 @@ impl LiveJoin {
         }
     }
 
-    fn say(&self, notice: &Notice) {
+    fn say(&self, notice: &Notice) -> String {
         match notice {
-            Notice::Opened(path) => eprintln!(
-                "rsttrace: following nginx error log {}{}",
+            Notice::Opened(path) => format!(
+                "following nginx error log {}{}",
                 path.display(),
                 self.writer_of(path)
             ),
-            Notice::Rotated(path) => eprintln!(
-                "rsttrace: {} was rotated (renamed): following the new file, reading the old one until nginx reopens its logs",
+            Notice::Rotated(path) => format!(
+                "{} was rotated (renamed): following the new file, reading the old one until nginx reopens its logs",
                 path.display()
             ),
-            Notice::Truncated(path) => eprintln!(
-                "rsttrace: {} was truncated (copytruncate): reading it from its start",
+            Notice::Truncated(path) => format!(
+                "{} was truncated (copytruncate): reading it from its start",
                 path.display()
             ),
-            Notice::Unreadable { path, error } => eprintln!(
-                "rsttrace: warning: cannot follow {}: {error}",
-                path.display()
-            ),
+            Notice::Unreadable { path, error } => {
+                format!("warning: cannot follow {}: {error}", path.display())
+            }
         }
     }
 
