@@ -2,9 +2,8 @@
 use std::io::{self, BufWriter, Stdout, Write};
 
 use crate::{
-    model::{Attribution, Refusal},
     nginx::LoggedLine,
-    report::{self, LostJson, Resolve, SummaryJson, SCHEMA_VERSION},
+    report::{self, LostJson, RefusedJson, ResetJson, SummaryJson, SCHEMA_VERSION},
     timefmt::rfc3339_utc,
 };
 
@@ -29,32 +28,26 @@ impl Output {
         }
     }
 
-    /// A reset, with the line nginx logged for it when the join found one.
-    pub fn verdict(
-        &mut self,
-        verdict: &Attribution,
-        nginx: Option<&LoggedLine>,
-        resolve: &dyn Resolve,
-    ) -> io::Result<()> {
-        let mut json = report::reset_json(verdict, resolve);
+    /// A reset, rendered (see [`report::reset_json`]), with nginx's line when the join found
+    /// one.
+    pub fn reset(&mut self, json: &mut ResetJson, nginx: Option<&LoggedLine>) -> io::Result<()> {
         json.nginx = nginx.and_then(report::nginx_json);
         match self.format {
             Format::Json => {
-                serde_json::to_writer(&mut self.out, &json)?;
+                serde_json::to_writer(&mut self.out, json)?;
                 self.out.write_all(b"\n")
             }
-            Format::Text => writeln!(self.out, "{}", report::render_text(&json)),
+            Format::Text => writeln!(self.out, "{}", report::render_text(json)),
         }
     }
 
-    pub fn refusal(&mut self, refusal: &Refusal, resolve: &dyn Resolve) -> io::Result<()> {
-        let json = report::refused_json(refusal, resolve);
+    pub fn refused(&mut self, json: &RefusedJson) -> io::Result<()> {
         match self.format {
             Format::Json => {
-                serde_json::to_writer(&mut self.out, &json)?;
+                serde_json::to_writer(&mut self.out, json)?;
                 self.out.write_all(b"\n")
             }
-            Format::Text => writeln!(self.out, "{}", report::render_refused_text(&json)),
+            Format::Text => writeln!(self.out, "{}", report::render_refused_text(json)),
         }
     }
 

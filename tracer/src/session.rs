@@ -26,7 +26,7 @@ use crate::{
     model::{KernelEvent, Verdict},
     nginx::{Clock, LiveJoin, LogChoice, Released},
     output::{Format, Output},
-    report::{LostTotals, MemcgInfo, NetnsJson, Resolve},
+    report::{self, LostTotals, MemcgInfo, NetnsJson, RefusedJson, ResetJson, Resolve},
     summary::Tally,
     timefmt::realtime_offset_ns,
     unix::ListenerScanner,
@@ -348,7 +348,7 @@ struct Session<'a> {
     decode_errors: u64,
     decode_errors_reported: u64,
     /// The error.log join; verdicts pass through it before the watch filter.
-    nginx: Option<LiveJoin>,
+    nginx: Option<LiveJoin<Outgoing>>,
     /// What was printed, for the summary at stop.
     tally: Tally,
     metrics: Option<Arc<Metrics>>,
@@ -447,15 +447,30 @@ impl<'a> Session<'a> {
         }
         let mut released = Vec::with_capacity(verdicts.len());
         let now = self.clock();
-        match self.nginx.as_mut() {
-            Some(nginx) => {
-                for verdict in verdicts.drain(..) {
-                    nginx.offer(verdict, now, &mut released);
-                }
+        for verdict in verdicts.drain(..) {
+            let outgoing = self.outgoing(verdict);
+            match self.nginx.as_mut() {
+                Some(nginx) => nginx.offer(outgoing, now, &mut released),
+                None => released.push(Released::Verdict(outgoing, None)),
             }
-            None => released.extend(verdicts.drain(..).map(|v| Released::Verdict(v, None))),
         }
         self.publish(released)
+    }
+
+    /// The verdict, rendered now if it is to be printed: it may wait for nginx's line, and
+    /// what rendering reads (the cgroup of a container that was just OOM-killed, /proc of a
+    /// dead peer) may be gone by then.
+    fn outgoing(&self, verdict: Verdict) -> Outgoing {
+        let rendered = match &verdict {
+            Verdict::Reset(a) => (self.watch.matches(a.receiver.as_ref())
+                || self.watch.matches(a.peer.as_ref()))
+            .then(|| Rendered::Reset(Box::new(report::reset_json(a, &self.resolver)))),
+            Verdict::Refused(f) => self
+                .watch
+                .matches(f.receiver.as_ref())
+                .then(|| Rendered::Refused(Box::new(report::refused_json(f, &self.resolver)))),
+        };
+        Outgoing { verdict, rendered }
     }
 
     fn clock(&self) -> Clock {
@@ -466,31 +481,26 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Filters, prints and counts.
-    fn publish(&mut self, released: Vec<Released>) -> io::Result<()> {
+    /// Prints and counts what passed the filter.
+    fn publish(&mut self, released: Vec<Released<Outgoing>>) -> io::Result<()> {
         for r in released {
             match r {
-                Released::Verdict(Verdict::Reset(a), line) => {
-                    if !self.watch.matches(a.receiver.as_ref())
-                        && !self.watch.matches(a.peer.as_ref())
-                    {
-                        continue;
+                Released::Verdict(outgoing, line) => match (outgoing.verdict, outgoing.rendered) {
+                    (Verdict::Reset(a), Some(Rendered::Reset(mut json))) => {
+                        self.output.reset(&mut json, line.as_deref())?;
+                        self.tally.reset(&a, line.is_some());
+                        if let Some(m) = &self.metrics {
+                            m.reset(&a);
+                        }
+                        self.reported += 1;
                     }
-                    self.output.verdict(&a, line.as_deref(), &self.resolver)?;
-                    self.tally.reset(&a, line.is_some());
-                    if let Some(m) = &self.metrics {
-                        m.reset(&a);
+                    (Verdict::Refused(f), Some(Rendered::Refused(json))) => {
+                        self.output.refused(&json)?;
+                        self.tally.refusal(&f);
+                        self.reported += 1;
                     }
-                    self.reported += 1;
-                }
-                Released::Verdict(Verdict::Refused(f), _) => {
-                    if !self.watch.matches(f.receiver.as_ref()) {
-                        continue;
-                    }
-                    self.output.refusal(&f, &self.resolver)?;
-                    self.tally.refusal(&f);
-                    self.reported += 1;
-                }
+                    _ => {}
+                },
                 // Printed whatever the filter: its peer is unknown, so no filter can say it
                 // is not about the watched processes.
                 Released::Unexplained(line) => {
@@ -564,6 +574,23 @@ impl<'a> Session<'a> {
 
     fn count_reached(&self, count: Option<u64>) -> bool {
         count.is_some_and(|c| self.reported >= c)
+    }
+}
+
+/// A verdict on its way out, rendered when it passed the filter.
+struct Outgoing {
+    verdict: Verdict,
+    rendered: Option<Rendered>,
+}
+
+enum Rendered {
+    Reset(Box<ResetJson>),
+    Refused(Box<RefusedJson>),
+}
+
+impl std::borrow::Borrow<Verdict> for Outgoing {
+    fn borrow(&self) -> &Verdict {
+        &self.verdict
     }
 }
 

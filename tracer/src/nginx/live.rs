@@ -1,6 +1,7 @@
 //! The join's I/O, driven by the event loop: which error.log files to follow, the nginx
 //! processes writing them (pids, time zones) read from /proc, and the follower polled on a
 //! ~100 ms tick. The joining itself is [`super::stage::JoinStage`]'s.
+use std::borrow::Borrow;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -25,9 +26,9 @@ const RESCAN: Duration = Duration::from_secs(5);
 /// The least time between two reads of /proc asked for by an unknown pid.
 const REFRESH_MIN: Duration = Duration::from_secs(1);
 
-pub struct LiveJoin {
+pub struct LiveJoin<P = Verdict> {
     follower: Follower,
-    stage: JoinStage,
+    stage: JoinStage<P>,
     discovering: bool,
     last_scan: Instant,
     last_refresh: Option<Instant>,
@@ -36,7 +37,7 @@ pub struct LiveJoin {
     start_notes: Vec<String>,
 }
 
-impl LiveJoin {
+impl<P: Borrow<Verdict>> LiveJoin<P> {
     /// Finds the files and the nginx processes; [`Self::announce`] says what it follows.
     pub fn start(choice: LogChoice, offset_ns: i128) -> Self {
         let instances = discover::discover();
@@ -86,8 +87,8 @@ impl LiveJoin {
     }
 
     /// A verdict from the engine, before the `--pid`/`--pid-of` filter.
-    pub fn offer(&mut self, verdict: Verdict, now: Clock, out: &mut Vec<Released>) {
-        if let Verdict::Reset(a) = &verdict {
+    pub fn offer(&mut self, verdict: P, now: Clock, out: &mut Vec<Released<P>>) {
+        if let Verdict::Reset(a) = verdict.borrow() {
             let unknown_nginx = a
                 .receiver
                 .as_ref()
@@ -101,7 +102,7 @@ impl LiveJoin {
     }
 
     /// Reads the new lines and ends the waits that are over; every ~100 ms.
-    pub fn tick(&mut self, now: Clock, out: &mut Vec<Released>) {
+    pub fn tick(&mut self, now: Clock, out: &mut Vec<Released<P>>) {
         let lines = self.follower.poll();
         for notice in self.follower.take_notices() {
             eprintln!("rsttrace: {}", self.say(&notice));
@@ -122,7 +123,7 @@ impl LiveJoin {
     }
 
     /// At stop: the last lines, then every wait ends.
-    pub fn finish(&mut self, now: Clock, out: &mut Vec<Released>) {
+    pub fn finish(&mut self, now: Clock, out: &mut Vec<Released<P>>) {
         let lines = self.follower.poll();
         self.stage.lines(lines, now, out);
         self.stage.finish(out);

@@ -15,8 +15,12 @@
 //! filtered reset still claims its line.
 //!
 //! Pure: lines, verdicts and a clock in, released verdicts and unexplained lines out. The
-//! follower, discovery and /proc are in [`super::live`].
+//! follower, discovery and /proc are in [`super::live`]. What travels with a verdict is the
+//! caller's (`P`, anything that borrows as a [`Verdict`]): the event loop renders a verdict
+//! before it waits, since what rendering reads (a dead container's cgroup, /proc of an exited
+//! peer) may be gone 1.5 s later.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -67,9 +71,9 @@ pub struct LoggedLine {
 
 /// What the stage lets go.
 #[derive(Debug)]
-pub enum Released {
+pub enum Released<P = Verdict> {
     /// A verdict, with its line when one was found.
-    Verdict(Verdict, Option<Box<LoggedLine>>),
+    Verdict(P, Option<Box<LoggedLine>>),
     /// A `(104: ...)` line that no reset rsttrace saw claims.
     Unexplained(Box<LoggedLine>),
 }
@@ -91,8 +95,8 @@ struct Claim {
     side: Side,
 }
 
-struct Held {
-    verdict: Verdict,
+struct Held<P> {
+    verdict: P,
     claim: Claim,
     order_ns: u64,
     deadline: u64,
@@ -133,7 +137,7 @@ struct Master {
     tz: NginxTimeZone,
 }
 
-pub struct JoinStage {
+pub struct JoinStage<P = Verdict> {
     /// CLOCK_REALTIME - CLOCK_MONOTONIC: a verdict's ktime to the wall clock.
     offset_ns: i128,
     following: bool,
@@ -141,7 +145,7 @@ pub struct JoinStage {
     /// Followed file -> the master writing it, when discovery said so.
     files: HashMap<PathBuf, u32>,
     /// Waiting verdicts by receiver pid, oldest `order_ns` first.
-    held: HashMap<u32, Vec<Held>>,
+    held: HashMap<u32, Vec<Held<P>>>,
     held_count: usize,
     lines: VecDeque<Pending>,
     recent: VecDeque<Recent>,
@@ -149,7 +153,7 @@ pub struct JoinStage {
     notes: Vec<String>,
 }
 
-impl JoinStage {
+impl<P: Borrow<Verdict>> JoinStage<P> {
     pub fn new(offset_ns: i128) -> Self {
         Self {
             offset_ns,
@@ -224,8 +228,8 @@ impl JoinStage {
 
     /// Takes a verdict from the engine: released at once with its line when the line was
     /// read already, held when it may still get one, else released as it is.
-    pub fn offer(&mut self, verdict: Verdict, now: Clock, out: &mut Vec<Released>) {
-        let Some((claim, waits, order_ns)) = self.claim_of(&verdict) else {
+    pub fn offer(&mut self, verdict: P, now: Clock, out: &mut Vec<Released<P>>) {
+        let Some((claim, waits, order_ns)) = self.claim_of(verdict.borrow()) else {
             out.push(Released::Verdict(verdict, None));
             return;
         };
@@ -257,7 +261,7 @@ impl JoinStage {
 
     /// Takes the lines the follower read: each is paired with the oldest waiting verdict of
     /// its worker that it fits, else consumed by a verdict already released, else it waits.
-    pub fn lines(&mut self, lines: Vec<Line>, now: Clock, out: &mut Vec<Released>) {
+    pub fn lines(&mut self, lines: Vec<Line>, now: Clock, out: &mut Vec<Released<P>>) {
         for line in lines {
             let Some(parsed) = ErrorLine::parse(&line.bytes) else {
                 continue;
@@ -292,10 +296,10 @@ impl JoinStage {
     }
 
     /// Ends the waits that are over at `now`.
-    pub fn tick(&mut self, now: Clock, out: &mut Vec<Released>) {
-        let mut due: Vec<Held> = Vec::new();
+    pub fn tick(&mut self, now: Clock, out: &mut Vec<Released<P>>) {
+        let mut due: Vec<Held<P>> = Vec::new();
         for list in self.held.values_mut() {
-            let (over, keep): (Vec<Held>, Vec<Held>) =
+            let (over, keep): (Vec<Held<P>>, Vec<Held<P>>) =
                 list.drain(..).partition(|h| h.deadline <= now.mono_ns);
             *list = keep;
             due.extend(over);
@@ -323,8 +327,8 @@ impl JoinStage {
 
     /// At stop: every waiting verdict goes, with no line; every waiting reset line is
     /// unexplained.
-    pub fn finish(&mut self, out: &mut Vec<Released>) {
-        let mut all: Vec<Held> = self.held.drain().flat_map(|(_, l)| l).collect();
+    pub fn finish(&mut self, out: &mut Vec<Released<P>>) {
+        let mut all: Vec<Held<P>> = self.held.drain().flat_map(|(_, l)| l).collect();
         self.held_count = 0;
         all.sort_by_key(|h| h.order_ns);
         out.extend(all.into_iter().map(|h| Released::Verdict(h.verdict, None)));
@@ -368,7 +372,7 @@ impl JoinStage {
         });
     }
 
-    fn release_oldest_held(&mut self, now: Clock, out: &mut Vec<Released>) {
+    fn release_oldest_held(&mut self, now: Clock, out: &mut Vec<Released<P>>) {
         let oldest = self
             .held
             .iter()
@@ -415,7 +419,7 @@ impl JoinStage {
         &mut self,
         bytes: &[u8],
         facts: &mut Facts,
-    ) -> Option<(Verdict, Writer, Option<UpstreamMatch>)> {
+    ) -> Option<(P, Writer, Option<UpstreamMatch>)> {
         let writers = facts.writers.clone();
         let (w, at, check) = writers.into_iter().find_map(|w| {
             let list = self.held.get(&w.host)?;
@@ -585,7 +589,7 @@ fn fits(
 }
 
 /// A waiting line whose wait is over: a reset line is unexplained, others go.
-fn expire_line(p: Pending, out: &mut Vec<Released>) {
+fn expire_line<P>(p: Pending, out: &mut Vec<Released<P>>) {
     let Some(parsed) = ErrorLine::parse(&p.line.bytes) else {
         return;
     };
