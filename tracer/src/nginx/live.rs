@@ -45,6 +45,13 @@ impl<P: Borrow<Verdict>> LiveJoin<P> {
             LogChoice::Discover => (discover::error_log_paths(&instances), true),
             LogChoice::Files(paths) => (paths, false),
         };
+        let missing = paths.iter().filter(|p| !discovering && !p.exists()).map(|p| {
+            format!(
+                "warning: --nginx-error-log {}: no such file (yet); it is followed from when it appears",
+                p.display()
+            )
+        });
+        let missing: Vec<String> = missing.collect();
         let mut start_notes: Vec<String> = instances
             .iter()
             .flat_map(|i| {
@@ -52,6 +59,7 @@ impl<P: Borrow<Verdict>> LiveJoin<P> {
                     .iter()
                     .map(|n| format!("nginx {}: {n}", i.master_pid))
             })
+            .chain(missing)
             .collect();
         let mut live = Self {
             follower: Follower::new(paths, StartAt::End, Limits::default()),
