@@ -26,6 +26,7 @@ mod php_fpm;
 mod process;
 pub mod prometheus;
 mod pyserver;
+mod python;
 mod rsttrace;
 pub mod storm;
 mod stream;
@@ -45,10 +46,12 @@ pub use netns::{Family, FirewallSnapshot, IptRule, Iptables, Netns, OwnedNetns, 
 pub use nginx::{Location, Nginx, NginxOptions, Upstream};
 pub use php_fpm::{PhpFpm, PhpFpmOptions, Pm};
 pub use process::{
-    children_of, free_port, is_alive, peak_rss_bytes, proc_comm, require_root, send_signal,
-    wait_for_exit, wait_for_file, wait_listening, wait_listening_at, wait_until, Placement,
+    capabilities, children_of, free_port, is_alive, peak_rss_bytes, proc_comm, require_root,
+    send_signal, wait_for_exit, wait_for_file, wait_listening, wait_listening_at, wait_until,
+    Placement,
 };
 pub use pyserver::PyProgram;
+pub use python::{PythonPeer, PYTHON};
 pub use rsttrace::{Rsttrace, RSTTRACE_BIN_ENV, RSTTRACE_RELEASE_BIN_ENV};
 pub use stream::StreamingRsttrace;
 pub use tempdir::TempDir;

@@ -1,6 +1,7 @@
 //! Processes: root check, ports, /proc look-ups, bounded waits, and the guard that owns a
 //! started server.
 
+use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -138,6 +139,33 @@ pub fn peak_rss_bytes(pid: u32) -> Result<u64> {
         .and_then(|v| v.parse::<u64>().ok())
         .with_context(|| format!("no VmHWM in /proc/{pid}/status"))?;
     Ok(kib * 1024)
+}
+
+/// A capability set of a process by name (`CAP_BPF`...), as capsh decodes its mask in
+/// /proc/PID/status: `set` is `CapEff`, `CapBnd`...
+pub fn capabilities(pid: u32, set: &str) -> Result<BTreeSet<String>> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix(set)?.strip_prefix(':'))
+        .with_context(|| format!("no {set} line"))?
+        .trim();
+    let out = Command::new("capsh")
+        .arg(format!("--decode={mask}"))
+        .output()
+        .context("running capsh (libcap2-bin)")?;
+    // "0x000000c000081004=cap_dac_read_search,cap_net_admin,..."
+    let decoded = String::from_utf8_lossy(&out.stdout);
+    let (_, names) = decoded
+        .trim()
+        .split_once('=')
+        .with_context(|| format!("capsh said {decoded:?}"))?;
+    Ok(names
+        .split(',')
+        .filter(|n| !n.is_empty())
+        .map(str::to_uppercase)
+        .collect())
 }
 
 /// kill(pid, sig).

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::process::{send_signal, stop_with_parent, wait_until};
+use crate::process::{children_of, proc_comm, send_signal, stop_with_parent, wait_until};
 use crate::tempdir::TempDir;
 
 /// The environment variable naming the rsttrace binary (set by `cargo xtask test`).
@@ -23,6 +23,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// A running rsttrace: stdout (JSON lines) and stderr go to files in a temp dir.
 pub struct Rsttrace {
     child: Child,
+    /// rsttrace's own pid: `child`'s, or a descendant's when `child` is a wrapper.
+    pid: u32,
     args: Vec<String>,
     stdout: PathBuf,
     stderr: PathBuf,
@@ -48,23 +50,36 @@ impl Rsttrace {
         if !bin.is_file() {
             bail!("{RSTTRACE_BIN_ENV}={} is not a file", bin.display());
         }
+        let mut cmd = Command::new(bin);
+        cmd.args(["--format", "json"]).args(args);
+        Self::start_command(cmd, libc::SIGINT)
+    }
+
+    /// Runs `cmd` — rsttrace itself, or wrappers that exec it (setpriv) or wait for it
+    /// (`unshare --fork`) — and waits until rsttrace reports on stderr that its hooks are
+    /// attached. Signals go to the process named `rsttrace` among `cmd` and its
+    /// descendants; `cmd` gets `parent_death_signal` if the test process dies first (a
+    /// wrapper that blocks SIGINT needs SIGKILL, and its own way to stop rsttrace).
+    pub fn start_command(mut cmd: Command, parent_death_signal: i32) -> Result<Self> {
         let dir = TempDir::new("rsttrace")?;
         let stdout = dir.path().join("stdout.jsonl");
         let stderr = dir.path().join("stderr.log");
-        let mut all_args = vec!["--format".to_string(), "json".to_string()];
-        all_args.extend(args.iter().map(|a| a.to_string()));
-        let mut cmd = Command::new(bin);
-        stop_with_parent(&mut cmd, libc::SIGINT);
+        let args: Vec<String> = std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        stop_with_parent(&mut cmd, parent_death_signal);
         let child = cmd
-            .args(&all_args)
             .stdin(Stdio::null())
             .stdout(File::create(&stdout).context("creating rsttrace's stdout file")?)
             .stderr(File::create(&stderr).context("creating rsttrace's stderr file")?)
             .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+            .with_context(|| format!("starting {args:?}"))?;
+        let pid = child.id();
         let mut tool = Self {
             child,
-            args: all_args,
+            pid,
+            args,
             stdout,
             stderr,
             exit: None,
@@ -73,6 +88,7 @@ impl Rsttrace {
         let deadline = Instant::now() + ATTACH_TIMEOUT;
         loop {
             if tool.stderr().split_whitespace().any(|w| w == "attached") {
+                tool.pid = rsttrace_process(tool.child.id()).unwrap_or(tool.pid);
                 return Ok(tool);
             }
             if let Some(status) = tool.try_exit()? {
@@ -93,8 +109,9 @@ impl Rsttrace {
         }
     }
 
+    /// The rsttrace process (not a wrapper around it).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     /// Everything written on stderr so far.
@@ -200,6 +217,18 @@ impl Drop for Rsttrace {
             let _ = self.child.wait();
         }
     }
+}
+
+/// `root` or its nearest descendant whose name is `rsttrace`.
+fn rsttrace_process(root: u32) -> Option<u32> {
+    let mut queue = std::collections::VecDeque::from([root]);
+    while let Some(pid) = queue.pop_front() {
+        if proc_comm(pid).as_deref() == Some("rsttrace") {
+            return Some(pid);
+        }
+        queue.extend(children_of(pid));
+    }
+    None
 }
 
 /// The port of an "addr:port" JSON string ("127.0.0.1:9000", "[::1]:9000").

@@ -14,10 +14,6 @@ pub struct Config {
     pub record_len: [u32; EventKind::COUNT],
     pub send_reset_skaddr: u32,
     pub recv_reset_skaddr: u32,
-    pub set_state_skaddr: u32,
-    pub set_state_oldstate: u32,
-    pub set_state_newstate: u32,
-    pub set_state_protocol: u32,
     pub signal_sig: u32,
     /// `group_dead` in sched:sched_process_exit (newer kernels).
     pub exit_group_dead: u32,
@@ -32,10 +28,6 @@ pub struct Config {
     /// samples are submitted without waking rsttrace, which drains on a short timer
     /// (a wake-up per sample costs more than the sample itself in a reset storm).
     pub ring_wakeup_bytes: u32,
-    /// `sk`, `family`, `ret` in sock:sock_recv_length and sock:sock_send_length (same layout).
-    pub sock_io_sk: u32,
-    pub sock_io_family: u32,
-    pub sock_io_ret: u32,
     /// `level`, `optname`, `optval` in syscalls:sys_enter_getsockopt.
     pub getsockopt_level: u32,
     pub getsockopt_optname: u32,
@@ -65,10 +57,6 @@ pub struct Config {
     /// offsetof(inode, i_ino).
     pub sock_socket: u32,
     pub socket_ino: u32,
-    /// `protocol` in sock:sock_recv_length / sock_send_length.
-    pub sock_io_protocol: u32,
-    /// `skaddr` in tcp:tcp_destroy_sock.
-    pub destroy_skaddr: u32,
     /// `skbaddr` in tcp:tcp_send_reset (the answered segment, NULL for active resets).
     pub send_reset_skbaddr: u32,
     /// tcp_sock.snd_nxt / rcv_nxt.
@@ -107,18 +95,11 @@ impl Config {
         record_len: [0; EventKind::COUNT],
         send_reset_skaddr: NO_OFFSET,
         recv_reset_skaddr: NO_OFFSET,
-        set_state_skaddr: NO_OFFSET,
-        set_state_oldstate: NO_OFFSET,
-        set_state_newstate: NO_OFFSET,
-        set_state_protocol: NO_OFFSET,
         signal_sig: NO_OFFSET,
         exit_group_dead: NO_OFFSET,
         syscall_ret: NO_OFFSET,
         sys_enter_fd: NO_OFFSET,
         regs_arg: [NO_OFFSET; 4],
-        sock_io_sk: NO_OFFSET,
-        sock_io_family: NO_OFFSET,
-        sock_io_ret: NO_OFFSET,
         ring_wakeup_bytes: 0,
         getsockopt_level: NO_OFFSET,
         getsockopt_optname: NO_OFFSET,
@@ -143,8 +124,6 @@ impl Config {
         unix_address_name: NO_OFFSET,
         sock_socket: NO_OFFSET,
         socket_ino: NO_OFFSET,
-        sock_io_protocol: NO_OFFSET,
-        destroy_skaddr: NO_OFFSET,
         send_reset_skbaddr: NO_OFFSET,
         tcp_snd_nxt: NO_OFFSET,
         tcp_rcv_nxt: NO_OFFSET,

@@ -13,13 +13,16 @@ use crate::report::MemcgInfo;
 
 /// Where the cgroup2 hierarchy is mounted, from /proc/self/mountinfo: /sys/fs/cgroup on
 /// unified hosts, /sys/fs/cgroup/unified on hybrid ones (systemd's v1 + v2 layout). Its
-/// root directory is the root cgroup, which every socket of the host descends from.
-pub fn cgroup2_root() -> Option<PathBuf> {
+/// root directory is the root cgroup, which every socket of the host descends from. With
+/// `under` (`--cgroup-root`), only a mount at or below that folder: in a container with a
+/// cgroup namespace of its own, /sys/fs/cgroup is the container's subtree, and a program
+/// attached there would see the container's packets only.
+pub fn cgroup2_root(under: Option<&Path>) -> Option<PathBuf> {
     let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    cgroup2_from_mountinfo(&info)
+    cgroup2_from_mountinfo(&info, under)
 }
 
-fn cgroup2_from_mountinfo(info: &str) -> Option<PathBuf> {
+fn cgroup2_from_mountinfo(info: &str, under: Option<&Path>) -> Option<PathBuf> {
     info.lines().find_map(|line| {
         let (left, right) = line.split_once(" - ")?;
         let mut l = left.split_whitespace();
@@ -27,6 +30,9 @@ fn cgroup2_from_mountinfo(info: &str) -> Option<PathBuf> {
         // namespace, a bind mount) has a root other than "/" and is not the host's root.
         let root = l.nth(3)?;
         let mount_point = l.next()?;
+        if under.is_some_and(|dir| !Path::new(mount_point).starts_with(dir)) {
+            return None;
+        }
         (right.split_whitespace().next()? == "cgroup2" && root == "/")
             .then(|| PathBuf::from(mount_point))
     })
@@ -39,13 +45,20 @@ pub struct MemoryHierarchy {
 }
 
 impl MemoryHierarchy {
-    /// The mount that carries the memory controller, from /proc/self/mountinfo.
-    pub fn locate() -> Option<Self> {
+    /// The mount that carries the memory controller, from /proc/self/mountinfo; with
+    /// `under`, only mounts at or below that folder: the host's tree mounted into a
+    /// container, whose own /sys/fs/cgroup (in a cgroup namespace) shows only its own
+    /// subtree and would leave other containers' cgroups unnamed.
+    pub fn locate(under: Option<&Path>) -> Option<Self> {
         let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
-        Self::from_mountinfo(&info, |p| p.join("cgroup.controllers"))
+        Self::from_mountinfo(&info, under, |p| p.join("cgroup.controllers"))
     }
 
-    fn from_mountinfo(info: &str, controllers: impl Fn(&Path) -> PathBuf) -> Option<Self> {
+    fn from_mountinfo(
+        info: &str,
+        under: Option<&Path>,
+        controllers: impl Fn(&Path) -> PathBuf,
+    ) -> Option<Self> {
         let mut v2_root = None;
         for line in info.lines() {
             // 36 25 0:31 / /sys/fs/cgroup/memory rw,relatime shared:12 - cgroup cgroup rw,memory
@@ -53,6 +66,9 @@ impl MemoryHierarchy {
                 continue;
             };
             let mount_point = left.split_whitespace().nth(4)?;
+            if under.is_some_and(|dir| !Path::new(mount_point).starts_with(dir)) {
+                continue;
+            }
             let mut r = right.split_whitespace();
             let fstype = r.next()?;
             let _source = r.next();
@@ -176,16 +192,24 @@ mod tests {
             26 25 0:24 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n\
             36 25 0:31 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
         assert_eq!(
-            cgroup2_from_mountinfo(hybrid),
+            cgroup2_from_mountinfo(hybrid, None),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
         let unified = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
         assert_eq!(
-            cgroup2_from_mountinfo(unified),
+            cgroup2_from_mountinfo(unified, None),
             Some(PathBuf::from("/sys/fs/cgroup"))
         );
         let namespaced = "30 23 0:26 /kubepods/pod1 /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
-        assert_eq!(cgroup2_from_mountinfo(namespaced), None);
+        assert_eq!(cgroup2_from_mountinfo(namespaced, None), None);
+        // A pod's own cgroup2 mount (its namespace's root shows as "/") beside the host's
+        // tree mounted at a fixed path: --cgroup-root picks the host's.
+        let pod = "30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n\
+                   41 23 0:26 / /host/sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            cgroup2_from_mountinfo(pod, Some(Path::new("/host/sys/fs/cgroup"))),
+            Some(PathBuf::from("/host/sys/fs/cgroup"))
+        );
     }
 
     #[test]
@@ -193,10 +217,28 @@ mod tests {
         let info = "25 1 0:22 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n\
                     30 25 0:26 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n\
                     33 25 0:29 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
-        let h = MemoryHierarchy::from_mountinfo(info, |_| PathBuf::from("/nonexistent"))
+        let h = MemoryHierarchy::from_mountinfo(info, None, |_| PathBuf::from("/nonexistent"))
             .expect("hierarchy");
         assert_eq!(h.root, PathBuf::from("/sys/fs/cgroup/memory"));
         assert!(!h.v2);
+    }
+
+    #[test]
+    fn only_mounts_under_the_given_root() {
+        // A container in its own cgroup namespace: the runtime's /sys/fs/cgroup (its own
+        // subtree) is listed before the host's tree mounted at /host/sys/fs/cgroup.
+        let info = "40 30 0:29 / /sys/fs/cgroup/memory ro - cgroup cgroup rw,memory\n\
+                    51 30 0:29 /../.. /host/sys/fs/cgroup/memory ro - cgroup cgroup rw,memory\n";
+        let none = |_: &Path| PathBuf::from("/nonexistent");
+        let host =
+            MemoryHierarchy::from_mountinfo(info, Some(Path::new("/host/sys/fs/cgroup")), none)
+                .expect("hierarchy");
+        assert_eq!(host.root, PathBuf::from("/host/sys/fs/cgroup/memory"));
+        let own = MemoryHierarchy::from_mountinfo(info, None, none).expect("hierarchy");
+        assert_eq!(own.root, PathBuf::from("/sys/fs/cgroup/memory"));
+        assert!(
+            MemoryHierarchy::from_mountinfo(info, Some(Path::new("/elsewhere")), none).is_none()
+        );
     }
 
     #[test]
@@ -206,7 +248,7 @@ mod tests {
         fs::write(dir.join("cgroup.controllers"), "cpu io memory pids\n").expect("write");
         let info = "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
         let d = dir.clone();
-        let h = MemoryHierarchy::from_mountinfo(info, move |_| d.join("cgroup.controllers"))
+        let h = MemoryHierarchy::from_mountinfo(info, None, move |_| d.join("cgroup.controllers"))
             .expect("hierarchy");
         assert!(h.v2);
         assert_eq!(h.root, PathBuf::from("/sys/fs/cgroup"));

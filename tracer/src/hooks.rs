@@ -73,10 +73,12 @@ pub enum Attach {
         event: &'static str,
     },
     /// A raw tracepoint: the tracepoint's own arguments (pointers to kernel objects)
-    /// instead of its record; probed in tracefs like the classic one.
+    /// instead of its record, which the kernel then does not build; probed in tracefs like
+    /// the classic one, its argument count checked in BTF (`btf_trace_<event>`).
     RawTracepoint {
         category: &'static str,
         event: &'static str,
+        args: usize,
     },
     /// cgroup_skb ingress at the root of the cgroup2 hierarchy, by bpf_link (it coexists
     /// with programs already there and detaches when rsttrace exits, even killed): every
@@ -88,7 +90,9 @@ impl Attach {
     pub fn name(&self) -> String {
         match self {
             Attach::Tracepoint { category, event } => format!("{category}:{event}"),
-            Attach::RawTracepoint { category, event } => format!("raw {category}:{event}"),
+            Attach::RawTracepoint {
+                category, event, ..
+            } => format!("raw {category}:{event}"),
             Attach::CgroupSkbIngress => "cgroup_skb/ingress (root cgroup)".to_string(),
         }
     }
@@ -167,6 +171,14 @@ fn nothing(_: &RecordFormat, _: &mut Config) -> Result<(), Unfit> {
 
 const fn tracepoint(category: &'static str, event: &'static str) -> Attach {
     Attach::Tracepoint { category, event }
+}
+
+const fn raw_tracepoint(category: &'static str, event: &'static str, args: usize) -> Attach {
+    Attach::RawTracepoint {
+        category,
+        event,
+        args,
+    }
 }
 
 /// A syscall exit hook of a socket call that can fail with ECONNRESET.
@@ -298,55 +310,46 @@ pub static HOOKS: &[Hook] = &[
     },
     Hook {
         program: "inet_sock_set_state",
-        attach: tracepoint("sock", "inet_sock_set_state"),
+        attach: raw_tracepoint("sock", "inet_sock_set_state", 3),
         capability: Capability::SocketOwners,
         tier: Tier::Always,
         required: false,
         purpose: "which process connected a socket (the receiver)",
         record: None,
-        configure: |f, c| {
-            c.set_state_skaddr = offset(f, "skaddr");
-            c.set_state_oldstate = offset(f, "oldstate");
-            c.set_state_newstate = offset(f, "newstate");
-            c.set_state_protocol = offset(f, "protocol");
-            Ok(())
-        },
+        configure: nothing,
     },
     Hook {
         program: "tcp_destroy_sock",
-        attach: tracepoint("tcp", "tcp_destroy_sock"),
+        attach: raw_tracepoint("tcp", "tcp_destroy_sock", 1),
         capability: Capability::SocketOwners,
         tier: Tier::Always,
         required: false,
         purpose:
             "forgetting a socket's owner when the kernel frees it (its address is reused at once)",
         record: None,
-        configure: |f, c| {
-            c.destroy_skaddr = offset(f, "skaddr");
-            Ok(())
-        },
+        configure: nothing,
     },
     Hook {
         program: "sock_recv_length",
-        attach: tracepoint("sock", "sock_recv_length"),
+        attach: raw_tracepoint("sock", "sock_recv_length", 3),
         capability: Capability::ReceiverErrors,
         tier: Tier::SocketIo,
         required: false,
         purpose:
             "receives failing with ECONNRESET (seen_by_receiver, unix-socket resets), socket users",
         record: None,
-        configure: configure_socket_io,
+        configure: nothing,
     },
     Hook {
         program: "sock_send_length",
-        attach: tracepoint("sock", "sock_send_length"),
+        attach: raw_tracepoint("sock", "sock_send_length", 3),
         capability: Capability::ReceiverErrors,
         tier: Tier::SocketIo,
         required: false,
         purpose:
             "sends failing with ECONNRESET (seen_by_receiver, unix-socket resets), socket users",
         record: None,
-        configure: configure_socket_io,
+        configure: nothing,
     },
     Hook {
         program: "sys_exit_accept4",
@@ -420,10 +423,7 @@ pub static HOOKS: &[Hook] = &[
     },
     Hook {
         program: "inet_sk_error_report",
-        attach: Attach::RawTracepoint {
-            category: "sock",
-            event: "inet_sk_error_report",
-        },
+        attach: raw_tracepoint("sock", "inet_sk_error_report", 1),
         capability: Capability::Refusals,
         tier: Tier::Always,
         required: false,
@@ -432,14 +432,6 @@ pub static HOOKS: &[Hook] = &[
         configure: nothing,
     },
 ];
-
-fn configure_socket_io(f: &RecordFormat, c: &mut Config) -> Result<(), Unfit> {
-    c.sock_io_sk = offset(f, "sk");
-    c.sock_io_family = offset(f, "family");
-    c.sock_io_protocol = offset(f, "protocol");
-    c.sock_io_ret = offset(f, "ret");
-    Ok(())
-}
 
 /// The hook whose program is `name`.
 pub fn by_program(name: &str) -> Option<&'static Hook> {

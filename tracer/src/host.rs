@@ -46,7 +46,13 @@ pub fn monotonic_ns() -> u64 {
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+/// The initial cgroup namespace's inode, fixed by the kernel (PROC_CGROUP_INIT_INO in
+/// include/linux/proc_ns.h): pid 1's namespace cannot always be read to compare with.
+const INIT_CGROUP_NAMESPACE: &str = "cgroup:[4026531835]";
+
+/// Whether this process runs in a cgroup namespace other than the host's (false when
+/// that cannot be read).
+pub fn in_own_cgroup_namespace() -> bool {
+    std::fs::read_link("/proc/self/ns/cgroup")
+        .is_ok_and(|ns| ns.as_os_str() != INIT_CGROUP_NAMESPACE)
 }

@@ -12,7 +12,8 @@ use tracer_ebpf::{Config, CONFIG_GLOBAL, EVENTS_MAP, LOST_MAP, NO_OFFSET};
 
 use crate::{
     hooks::{Attach, Hook, Tier},
-    kernel::KernelFacts,
+    kernel::{is_syscall, KernelFacts},
+    privileges::restrictive_perf_event_paranoid,
 };
 
 /// The compiled kernel programs (tracer-ebpf, built by build.rs for bpfel).
@@ -23,6 +24,9 @@ pub struct Attached {
     _ebpf: Ebpf,
     lost: PerCpuArray<MapData, u64>,
     pub hooks: usize,
+    /// Of those, syscall tracepoints: while any is attached, every syscall of every
+    /// process takes the kernel's traced path (TIF_SYSCALL_TRACEPOINT).
+    pub syscall_hooks: usize,
     pub elapsed_ms: u128,
     /// Optional hooks that exist here but could not be attached, with why.
     pub failed: Vec<(&'static Hook, String)>,
@@ -33,12 +37,20 @@ pub struct Attached {
 /// Socket syscall exits first read their arguments from the saved registers
 /// (bpf_task_pt_regs, 5.15+); a kernel that refuses that gets the portable variant, with
 /// enter hooks recording the arguments.
-pub fn attach(facts: &KernelFacts, ring_bytes: u32) -> Result<(Attached, RingBuf<MapData>)> {
+pub fn attach(
+    facts: &KernelFacts,
+    ring_bytes: u32,
+    preload: Preload,
+) -> Result<(Attached, RingBuf<MapData>)> {
     let mut config = facts.config;
     config.ring_wakeup_bytes = ring_bytes / 4;
+    let mut loader = Some(preload.take());
     if config.regs_arg[0] != NO_OFFSET {
-        match attach_with(facts, config, ring_bytes, false) {
+        let first = loader.take().unwrap_or_default();
+        match attach_with(first, facts, &config, ring_bytes, false) {
             Ok(attached) => return Ok(attached),
+            // Other programs would be refused just the same.
+            Err(err) if is_permission_error(&err) => return Err(explain_refusal(err)),
             Err(err) => {
                 eprintln!(
                     "rsttrace: note: reading syscall arguments from registers is not possible \
@@ -48,33 +60,60 @@ pub fn attach(facts: &KernelFacts, ring_bytes: u32) -> Result<(Attached, RingBuf
             }
         }
     }
-    attach_with(facts, config, ring_bytes, true)
+    let loader = loader.take().unwrap_or_default();
+    attach_with(loader, facts, &config, ring_bytes, true).map_err(explain_refusal)
 }
 
-fn attach_with(
+/// aya's EbpfLoader::new() parses all of vmlinux BTF (aya 0.14, aya-rs/aya#1172) although
+/// rsttrace needs none of it there (`.btf(None)` below): tens of milliseconds of start-up
+/// spent on a second core while the kernel's facts are resolved on the first.
+pub struct Preload(Option<std::thread::JoinHandle<EbpfLoader<'static>>>);
+
+impl Preload {
+    pub fn start() -> Self {
+        Self(
+            std::thread::Builder::new()
+                .name("preload".into())
+                .spawn(EbpfLoader::new)
+                .ok(),
+        )
+    }
+
+    fn take(self) -> EbpfLoader<'static> {
+        self.0
+            .and_then(|handle| handle.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+fn attach_with<'a>(
+    mut loader: EbpfLoader<'a>,
     facts: &KernelFacts,
-    config: Config,
+    config: &'a Config,
     ring_bytes: u32,
     argument_recorders: bool,
 ) -> Result<(Attached, RingBuf<MapData>)> {
     let started = Instant::now();
-    let mut ebpf = EbpfLoader::new()
+    let mut ebpf = loader
         // Offsets come from our own BTF parse (kernel.rs); the programs use no CO-RE
         // relocations, so aya need not parse vmlinux BTF a second time.
         .btf(None)
-        .override_global(CONFIG_GLOBAL, &config, true)
+        .override_global(CONFIG_GLOBAL, config, true)
         .map_max_entries(EVENTS_MAP, ring_bytes)
         .load(PROGRAMS)
         .map_err(|e| explain_load_error(e.into()))?;
 
-    let mut hooks = 0;
+    let (mut hooks, mut syscall_hooks) = (0, 0);
     let mut failed = Vec::new();
     for hook in facts.attached() {
         if !argument_recorders && hook.tier == Tier::ArgumentRecorder {
             continue;
         }
         match attach_hook(&mut ebpf, hook, facts) {
-            Ok(()) => hooks += 1,
+            Ok(()) => {
+                hooks += 1;
+                syscall_hooks += usize::from(is_syscall(hook));
+            }
             // An optional hook the kernel refuses costs its capability, not the run.
             Err(err) if !hook.required && hook.tier == Tier::Always => {
                 failed.push((hook, format!("{err:#}")));
@@ -96,6 +135,7 @@ fn attach_with(
             _ebpf: ebpf,
             lost,
             hooks,
+            syscall_hooks,
             elapsed_ms: started.elapsed().as_millis(),
             failed,
         },
@@ -173,6 +213,27 @@ impl Attached {
             .get(&0, 0)
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
+    }
+}
+
+/// Whether the kernel refused (EPERM, EACCES): a matter of privileges, not of a fault.
+pub fn is_permission_error(err: &anyhow::Error) -> bool {
+    let text = format!("{err:#}");
+    text.contains("Permission denied") || text.contains("Operation not permitted")
+}
+
+/// A refused attach on a kernel whose perf_event_paranoid level (Debian's and Ubuntu's 3
+/// or 4) keeps perf_event_open() to CAP_SYS_ADMIN: say so, since the error alone
+/// (EACCES) names neither the sysctl nor the capability.
+fn explain_refusal(err: anyhow::Error) -> anyhow::Error {
+    match restrictive_perf_event_paranoid() {
+        Some(level) if is_permission_error(&err) => err.context(format!(
+            "kernel.perf_event_paranoid is {level}: at that level Debian's and Ubuntu's kernels \
+             let only CAP_SYS_ADMIN call perf_event_open(), which attaching a tracepoint uses \
+             (CAP_PERFMON is not enough). Grant rsttrace CAP_SYS_ADMIN (the packaged service \
+             does), or set the sysctl to 2"
+        )),
+        _ => err,
     }
 }
 

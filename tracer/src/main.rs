@@ -1,13 +1,16 @@
 //! rsttrace command line: the options, the exit statuses, and the call into a session.
 use std::{
     io::{self, Write},
+    path::PathBuf,
     process::ExitCode,
     time::{Duration, Instant},
 };
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory as _, Parser, ValueEnum};
 use rsttrace::{
     check,
+    generate::{generate, Generated},
+    loader,
     nginx::LogChoice,
     output,
     session::{self, Failure, FailureKind, Options},
@@ -34,17 +37,26 @@ Examples:
   sudo rsttrace --metrics 9477           also serve Prometheus metrics on 127.0.0.1:9477/metrics
   sudo rsttrace --metrics 0.0.0.0:9477   ... on every address (only when asked)
 
-Each reset is one JSON line (schema_version 1; every field is described in README.md):
+Output:
+  Each reset is one JSON line (schema_version 1; every field is described in README.md):
   cause is one of oom_kill, signal, crash, exit, abort, no_socket, kernel, network, unknown.
-A reset nginx received carries {\"nginx\":{...}}, the line nginx logged for it (a reset of an
-nginx worker waits up to 1.5 s for it, so lines may come out of kernel order); a 104 line no
-reset explains is an {\"event\":\"unexplained\",...} line. The last line at stop is
-{\"event\":\"summary\",...} (with --format text, a table on stderr).
-Samples the kernel had to drop are reported as {\"event\":\"lost\",...} lines, never silently.
+  A reset nginx received carries {\"nginx\":{...}}, the line nginx logged for it (a reset of
+  an nginx worker waits up to 1.5 s for it, so lines may come out of kernel order); a 104 line
+  no reset explains is an {\"event\":\"unexplained\",...} line. The last line at stop is
+  {\"event\":\"summary\",...} (with --format text, a table on stderr).
+  Samples the kernel had to drop are reported as {\"event\":\"lost\",...} lines, never silently.
 
-Exit status: 0 stopped normally (Ctrl-C, SIGTERM, --duration, --count, reader closed the pipe);
-1 runtime error; 2 bad usage (unknown flag, --pid of no process); 3 cannot run here
-(not root, tracefs not mounted, no BTF, a required tracepoint missing).";
+Privileges:
+  Root, or these capabilities: CAP_BPF and CAP_PERFMON (load and attach the programs),
+  CAP_SYS_ADMIN too where kernel.perf_event_paranoid is above 2 (Debian's and Ubuntu's
+  kernels), CAP_DAC_READ_SEARCH (tracefs is root's only), CAP_SYS_PTRACE (other users'
+  /proc/PID/fd: who owns a unix listener). Once attached, rsttrace gives up all but the
+  last two.
+
+Exit status:
+  0 stopped normally (Ctrl-C, SIGTERM, --duration, --count, reader closed the pipe);
+  1 runtime error; 2 bad usage (unknown flag, --pid of no process); 3 cannot run here
+  (missing capabilities, tracefs not mounted, no BTF, a required tracepoint missing).";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -87,6 +99,12 @@ struct Args {
     /// or forging namespace.
     #[arg(long)]
     no_network_hooks: bool,
+    /// Where the host's cgroup file systems are mounted, if not at /sys/fs/cgroup: in a
+    /// container with its own cgroup namespace, whose /sys/fs/cgroup shows only its own
+    /// subtree (mount the host's /sys/fs/cgroup at DIR). Names the memory cgroups of OOM
+    /// kills, and is where the packet hook attaches.
+    #[arg(long, value_name = "DIR")]
+    cgroup_root: Option<PathBuf>,
     /// An nginx error.log to join with the resets (repeatable; a file nginx writes, or a
     /// Kubernetes CRI log of an nginx logging to stderr). Default: the error_log files of the
     /// running nginx (found from its configuration, also inside containers), else
@@ -119,6 +137,9 @@ struct Args {
     /// read at exit (the path older kernels take; for tests).
     #[arg(long, hide = true)]
     syscall_args_at_entry: bool,
+    /// Print the man page or a shell's completions and exit (for packaging).
+    #[arg(long, hide = true, value_name = "KIND")]
+    generate: Option<Generated>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -159,7 +180,18 @@ fn parse_ring_kib(s: &str) -> Result<u32, String> {
 fn main() -> ExitCode {
     let started = Instant::now();
     let args = Args::parse();
+    if let Some(kind) = args.generate {
+        return match generate(kind, Args::command(), &mut io::stdout()) {
+            Ok(()) => ExitCode::from(EXIT_OK),
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::from(EXIT_OK),
+            Err(e) => {
+                eprintln!("rsttrace: error: writing to stdout: {e}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        };
+    }
     let opts = args.options();
+    let preload = (!args.check).then(loader::Preload::start);
     let result = session::prepare(&opts).and_then(|facts| {
         if args.check {
             let (report, usable) = check::report(&facts);
@@ -167,7 +199,8 @@ fn main() -> ExitCode {
             let _ = io::stdout().write_all(report.as_bytes());
             return Ok(if usable { EXIT_OK } else { EXIT_UNSUPPORTED });
         }
-        session::run(&facts, &opts, started).map(|()| EXIT_OK)
+        let preload = preload.unwrap_or_else(loader::Preload::start);
+        session::run(&facts, &opts, started, preload).map(|()| EXIT_OK)
     });
     match result {
         Ok(code) => ExitCode::from(code),
@@ -196,6 +229,7 @@ impl Args {
             buffer_bytes: self.buffer_size,
             no_syscall_hooks: self.no_syscall_hooks,
             no_network_hooks: self.no_network_hooks,
+            cgroup_root: self.cgroup_root.clone(),
             debug_events: self.debug_events,
             syscall_hooks: self.syscall_hooks,
             syscall_args_at_entry: self.syscall_args_at_entry,

@@ -2,9 +2,10 @@
 use std::io::{self, BufWriter, Stdout, Write};
 
 use crate::{
+    model::{Attribution, Refusal},
     nginx::LoggedLine,
-    report::{self, LostJson, RefusedJson, ResetJson, SummaryJson, SCHEMA_VERSION},
-    timefmt::rfc3339_utc,
+    report::{self, LostJson, Resolve, SummaryJson, SCHEMA_VERSION},
+    timefmt::Rfc3339,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,26 +29,33 @@ impl Output {
         }
     }
 
-    /// A reset, rendered (see [`report::reset_json`]), with nginx's line when the join found
-    /// one.
-    pub fn reset(&mut self, json: &mut ResetJson, nginx: Option<&LoggedLine>) -> io::Result<()> {
+    /// A reset, with the line nginx logged for it when the join found one. `resolve`: the
+    /// live facts, or those recorded when the verdict left the engine (it waited for its line).
+    pub fn reset(
+        &mut self,
+        verdict: &Attribution,
+        nginx: Option<&LoggedLine>,
+        resolve: &dyn Resolve,
+    ) -> io::Result<()> {
+        let mut json = report::reset_json(verdict, resolve);
         json.nginx = nginx.and_then(report::nginx_json);
         match self.format {
             Format::Json => {
-                serde_json::to_writer(&mut self.out, json)?;
+                serde_json::to_writer(&mut self.out, &json)?;
                 self.out.write_all(b"\n")
             }
-            Format::Text => writeln!(self.out, "{}", report::render_text(json)),
+            Format::Text => writeln!(self.out, "{}", report::render_text(&json)),
         }
     }
 
-    pub fn refused(&mut self, json: &RefusedJson) -> io::Result<()> {
+    pub fn refusal(&mut self, refusal: &Refusal, resolve: &dyn Resolve) -> io::Result<()> {
+        let json = report::refused_json(refusal, resolve);
         match self.format {
             Format::Json => {
-                serde_json::to_writer(&mut self.out, json)?;
+                serde_json::to_writer(&mut self.out, &json)?;
                 self.out.write_all(b"\n")
             }
-            Format::Text => writeln!(self.out, "{}", report::render_refused_text(json)),
+            Format::Text => writeln!(self.out, "{}", report::render_refused_text(&json)),
         }
     }
 
@@ -63,7 +71,7 @@ impl Output {
         let json = LostJson {
             schema_version: SCHEMA_VERSION,
             event: "lost",
-            time: rfc3339_utc(now_ns),
+            time: Rfc3339(now_ns),
             count: lost,
             total,
             decode_errors: (decode_errors > 0).then_some(decode_errors),

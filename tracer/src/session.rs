@@ -4,6 +4,8 @@ use std::{
     collections::HashMap,
     io,
     net::SocketAddr,
+    path::{Path, PathBuf},
+    rc::Rc,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -19,14 +21,15 @@ use crate::{
     cgroup::MemoryHierarchy,
     decode::Decoder,
     hooks::Capability,
-    host::{is_root, local_addresses, monotonic_ns},
+    host::{in_own_cgroup_namespace, local_addresses, monotonic_ns},
     kernel::{short_reason_name, KernelFacts},
     loader,
     metrics::Metrics,
     model::{KernelEvent, Verdict},
     nginx::{Clock, LiveJoin, LogChoice, Released},
     output::{Format, Output},
-    report::{self, LostTotals, MemcgInfo, NetnsJson, RefusedJson, ResetJson, Resolve},
+    privileges::{drop_attach_capabilities, missing_capabilities},
+    report::{self, CgroupInfo, LostTotals, MemcgInfo, NetnsJson, Resolve},
     summary::Tally,
     timefmt::realtime_offset_ns,
     unix::ListenerScanner,
@@ -74,6 +77,9 @@ pub struct Options {
     pub buffer_bytes: u32,
     pub no_syscall_hooks: bool,
     pub no_network_hooks: bool,
+    /// Where the host's cgroup file systems are mounted (`--cgroup-root`), if not at
+    /// /sys/fs/cgroup.
+    pub cgroup_root: Option<PathBuf>,
     pub debug_events: bool,
     pub syscall_hooks: bool,
     pub syscall_args_at_entry: bool,
@@ -86,16 +92,23 @@ pub struct Options {
 /// Checks that rsttrace can run here and resolves this kernel's facts, with the options
 /// that change which hooks are used applied.
 pub fn prepare(opts: &Options) -> Result<KernelFacts, Failure> {
-    if !is_root() {
+    let missing = missing_capabilities()
+        .context("reading this process's capabilities")
+        .fail_with(FailureKind::Unsupported)?;
+    if !missing.is_empty() {
         return Err(Failure {
             kind: FailureKind::Unsupported,
             error: anyhow::anyhow!(
-                "rsttrace reads tracefs and attaches eBPF programs to kernel tracepoints: \
-                 run it as root (sudo rsttrace ...)"
+                "rsttrace loads eBPF programs and attaches them to kernel tracepoints: it needs \
+                 CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN), and lacks {}. Run it as root \
+                 (sudo rsttrace ...) or grant them (systemd: AmbientCapabilities=, see rsttrace(8))",
+                missing.join(" and ")
             ),
         });
     }
-    let mut facts = KernelFacts::resolve().fail_with(FailureKind::Unsupported)?;
+    check_cgroup_root(opts.cgroup_root.as_deref())?;
+    let mut facts =
+        KernelFacts::resolve(opts.cgroup_root.as_deref()).fail_with(FailureKind::Unsupported)?;
     if opts.syscall_args_at_entry {
         facts.config.regs_arg = [tracer_ebpf::NO_OFFSET; 4];
     }
@@ -111,23 +124,74 @@ pub fn prepare(opts: &Options) -> Result<KernelFacts, Failure> {
     Ok(facts)
 }
 
+/// A `--cgroup-root` must hold the host's memory controller; without one, a cgroup
+/// namespace of our own hides every other container's cgroup: say so.
+fn check_cgroup_root(root: Option<&Path>) -> Result<(), Failure> {
+    match root {
+        Some(dir) if MemoryHierarchy::locate(Some(dir)).is_none() => Err(Failure {
+            kind: FailureKind::Usage,
+            error: anyhow::anyhow!(
+                "--cgroup-root {}: no cgroup file system with the memory controller is \
+                 mounted at or under it (mount the host's /sys/fs/cgroup there)",
+                dir.display()
+            ),
+        }),
+        None if in_own_cgroup_namespace() => {
+            eprintln!(
+                "rsttrace: warning: rsttrace runs in a cgroup namespace of its own, so \
+                 /sys/fs/cgroup shows only its own subtree: an OOM kill in another cgroup's \
+                 limit cannot be told from a global one. Mount the host's /sys/fs/cgroup \
+                 (e.g. at /host/sys/fs/cgroup) and pass --cgroup-root"
+            );
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Attaches, reports every reset until stopped, detaches.
-pub fn run(facts: &KernelFacts, opts: &Options, started: Instant) -> Result<(), Failure> {
+pub fn run(
+    facts: &KernelFacts,
+    opts: &Options,
+    started: Instant,
+    preload: loader::Preload,
+) -> Result<(), Failure> {
     let watch = watch_from(opts)?;
     let listener = opts
         .metrics
         .map(crate::metrics::bind)
         .transpose()
         .fail_with(FailureKind::Runtime)?;
+    // A refusal is a host that cannot run rsttrace as configured (exit 3: systemd's unit
+    // does not restart on it), not a fault.
     let (attached, events) =
-        loader::attach(facts, opts.buffer_bytes).fail_with(FailureKind::Runtime)?;
+        loader::attach(facts, opts.buffer_bytes, preload).map_err(|error| Failure {
+            kind: if loader::is_permission_error(&error) {
+                FailureKind::Unsupported
+            } else {
+                FailureKind::Runtime
+            },
+            error,
+        })?;
+    // Still one thread (the preload thread has ended): the event loop's runtime is built
+    // below. Naming interfaces of other network namespaces enters them (setns), which
+    // needs CAP_SYS_ADMIN for as long as network evidence is reported.
+    let keep_sys_admin = facts
+        .attached()
+        .any(|h| h.capability == Capability::NetworkEvidence);
+    if let Err(e) = drop_attach_capabilities(keep_sys_admin) {
+        eprintln!(
+            "rsttrace: warning: could not give up the capabilities only attaching needs: {e}"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the event loop")
         .fail_with(FailureKind::Runtime)?;
     // The handlers exist before "attached" is said: whoever waits for that line and then
-    // stops rsttrace must get a clean detach, not the default action of the signal.
+    // stops rsttrace (systemctl stop, a test) must get a clean detach, not the default
+    // action of the signal.
     let signals = {
         let _context = runtime.enter();
         Signals::install().fail_with(FailureKind::Runtime)?
@@ -227,6 +291,30 @@ fn announce(
         attached.elapsed_ms,
         started.elapsed().as_millis(),
     );
+    announce_syscall_cost(facts, opts, attached.syscall_hooks);
+}
+
+/// Syscall tracepoints cost every process on the host, not just the traced ones: say so
+/// whenever rsttrace imposes that, and say what is lost when it is told not to.
+fn announce_syscall_cost(facts: &KernelFacts, opts: &Options, count: usize) {
+    if count > 0 {
+        let why = if opts.syscall_hooks {
+            "--syscall-hooks"
+        } else {
+            "this kernel has no sock:sock_recv_length"
+        };
+        eprintln!(
+            "rsttrace: warning: {count} syscall tracepoints in use ({why}): every syscall of \
+             every process on this host takes the kernel's slower traced path while rsttrace \
+             runs (~50 ns each); --no-syscall-hooks avoids that, without unix-socket resets \
+             and seen_by_receiver"
+        );
+    } else if facts.syscall_hooks_dropped() {
+        eprintln!(
+            "rsttrace: note: --no-syscall-hooks on a kernel without sock:sock_recv_length: \
+             unix-socket resets, seen_by_receiver and accept-side socket owners are not reported"
+        );
+    }
 }
 
 /// Names and paths the renderer needs that the pure engine does not have.
@@ -249,14 +337,18 @@ struct Resolver {
 /// may be reused, a process moved).
 #[derive(Default)]
 struct CgroupCache {
-    by_pid: HashMap<u32, (Instant, Option<String>)>,
+    by_pid: HashMap<u32, (Instant, Option<Rc<CgroupInfo>>)>,
 }
 
 impl CgroupCache {
     const MAX: usize = 4096;
     const FRESH: Duration = Duration::from_secs(5);
 
-    fn get(&mut self, pid: u32, read: impl FnOnce() -> Option<String>) -> Option<String> {
+    fn get(
+        &mut self,
+        pid: u32,
+        read: impl FnOnce() -> Option<Rc<CgroupInfo>>,
+    ) -> Option<Rc<CgroupInfo>> {
         let now = Instant::now();
         if let Some((at, path)) = self.by_pid.get(&pid) {
             if now.duration_since(*at) < Self::FRESH {
@@ -299,10 +391,8 @@ impl ExitedMemcgs {
 }
 
 impl Resolve for Resolver {
-    fn reason_name(&self, reason: u32) -> Option<String> {
-        self.reasons
-            .get(&reason)
-            .map(|n| short_reason_name(n).to_string())
+    fn reason_name(&self, reason: u32) -> Option<&str> {
+        self.reasons.get(&reason).map(|n| short_reason_name(n))
     }
     fn memcg(&self, memcg_id: u64) -> Option<MemcgInfo> {
         self.memory.as_ref()?.describe(memcg_id)
@@ -321,7 +411,7 @@ impl Resolve for Resolver {
             name: peer.name,
         })
     }
-    fn cgroup(&self, pid: u32) -> Option<String> {
+    fn cgroup(&self, pid: u32) -> Option<Rc<CgroupInfo>> {
         self.cgroups.borrow_mut().get(pid, || {
             std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
                 .ok()
@@ -330,6 +420,7 @@ impl Resolve for Resolver {
                     let id = *self.exited.by_pid.get(&pid)?;
                     self.memory.as_ref()?.path_of(id)
                 })
+                .map(|path| Rc::new(CgroupInfo::new(path)))
         })
     }
 }
@@ -363,7 +454,7 @@ impl<'a> Session<'a> {
             decoder: Decoder::new(&facts.layouts),
             resolver: Resolver {
                 reasons: facts.reset_reasons.clone(),
-                memory: MemoryHierarchy::locate(),
+                memory: MemoryHierarchy::locate(opts.cgroup_root.as_deref()),
                 offset_ns: realtime_offset_ns(),
                 exited: ExitedMemcgs::default(),
                 namespaces: std::cell::RefCell::new(crate::netns::Namespaces::new()),
@@ -457,20 +548,29 @@ impl<'a> Session<'a> {
         self.publish(released)
     }
 
-    /// The verdict, rendered now if it is to be printed: it may wait for nginx's line, and
-    /// what rendering reads (the cgroup of a container that was just OOM-killed, /proc of a
-    /// dead peer) may be gone by then.
-    fn outgoing(&self, verdict: Verdict) -> Outgoing {
-        let rendered = match &verdict {
-            Verdict::Reset(a) => (self.watch.matches(a.receiver.as_ref())
-                || self.watch.matches(a.peer.as_ref()))
-            .then(|| Rendered::Reset(Box::new(report::reset_json(a, &self.resolver)))),
-            Verdict::Refused(f) => self
-                .watch
-                .matches(f.receiver.as_ref())
-                .then(|| Rendered::Refused(Box::new(report::refused_json(f, &self.resolver)))),
+    /// Whether the verdict is to be printed (the filter's answer now, as the watched set
+    /// changes with forks), and, for one that will wait for nginx's line, the facts its
+    /// rendering reads, recorded now: by the time the line comes they may be gone (the
+    /// memory cgroup of a container just OOM-killed, /proc of a dead peer).
+    fn outgoing(&mut self, verdict: Verdict) -> Outgoing {
+        let visible = match &verdict {
+            Verdict::Reset(a) => {
+                self.watch.matches(a.receiver.as_ref()) || self.watch.matches(a.peer.as_ref())
+            }
+            Verdict::Refused(f) => self.watch.matches(f.receiver.as_ref()),
         };
-        Outgoing { verdict, rendered }
+        let waits = self.nginx.as_mut().is_some_and(|n| n.will_wait(&verdict));
+        let facts = match &verdict {
+            Verdict::Reset(a) if visible && waits => Some(report::record(&self.resolver, |r| {
+                let _ = report::reset_json(a, r);
+            })),
+            _ => None,
+        };
+        Outgoing {
+            verdict,
+            visible,
+            facts,
+        }
     }
 
     fn clock(&self) -> Clock {
@@ -485,21 +585,25 @@ impl<'a> Session<'a> {
     fn publish(&mut self, released: Vec<Released<Outgoing>>) -> io::Result<()> {
         for r in released {
             match r {
-                Released::Verdict(outgoing, line) => match (outgoing.verdict, outgoing.rendered) {
-                    (Verdict::Reset(a), Some(Rendered::Reset(mut json))) => {
-                        self.output.reset(&mut json, line.as_deref())?;
-                        self.tally.reset(&a, line.is_some());
+                Released::Verdict(outgoing, _) if !outgoing.visible => {}
+                Released::Verdict(outgoing, line) => match &outgoing.verdict {
+                    Verdict::Reset(a) => {
+                        let facts: &dyn Resolve = match &outgoing.facts {
+                            Some(recorded) => recorded,
+                            None => &self.resolver,
+                        };
+                        self.output.reset(a, line.as_deref(), facts)?;
+                        self.tally.reset(a, line.is_some());
                         if let Some(m) = &self.metrics {
-                            m.reset(&a);
+                            m.reset(a);
                         }
                         self.reported += 1;
                     }
-                    (Verdict::Refused(f), Some(Rendered::Refused(json))) => {
-                        self.output.refused(&json)?;
-                        self.tally.refusal(&f);
+                    Verdict::Refused(f) => {
+                        self.output.refusal(f, &self.resolver)?;
+                        self.tally.refusal(f);
                         self.reported += 1;
                     }
-                    _ => {}
                 },
                 // Printed whatever the filter: its peer is unknown, so no filter can say it
                 // is not about the watched processes.
@@ -577,15 +681,12 @@ impl<'a> Session<'a> {
     }
 }
 
-/// A verdict on its way out, rendered when it passed the filter.
+/// A verdict on its way out: whether it passed the filter, and the facts recorded for its
+/// rendering when it waits for nginx's line.
 struct Outgoing {
     verdict: Verdict,
-    rendered: Option<Rendered>,
-}
-
-enum Rendered {
-    Reset(Box<ResetJson>),
-    Refused(Box<RefusedJson>),
+    visible: bool,
+    facts: Option<report::Recorded>,
 }
 
 impl std::borrow::Borrow<Verdict> for Outgoing {

@@ -16,21 +16,50 @@ pub fn realtime_offset_ns() -> i128 {
 
 /// `2026-11-22T22:40:01.123456789Z`
 pub fn rfc3339_utc(unix_ns: i128) -> String {
-    let secs = unix_ns.div_euclid(1_000_000_000);
-    let nanos = unix_ns.rem_euclid(1_000_000_000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60
-    )
+    Rfc3339(unix_ns).to_string()
+}
+
+/// Nanoseconds since the epoch, shown as `2026-11-22T22:40:01.123456789Z`; serialized as
+/// that string without allocating (one is written per reset).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rfc3339(pub i128);
+
+impl std::fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Years 0..=9999 only (four digits); the clock is far inside that.
+        let secs = i64::try_from(self.0.div_euclid(1_000_000_000)).unwrap_or(0);
+        let nanos = self.0.rem_euclid(1_000_000_000) as u32;
+        let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+        let sod = secs.rem_euclid(86_400) as u32;
+        let mut buf = *b"0000-00-00T00:00:00.000000000Z";
+        put_digits(&mut buf[0..4], y.clamp(0, 9999) as u32);
+        put_digits(&mut buf[5..7], m as u32);
+        put_digits(&mut buf[8..10], d as u32);
+        put_digits(&mut buf[11..13], sod / 3600);
+        put_digits(&mut buf[14..16], (sod / 60) % 60);
+        put_digits(&mut buf[17..19], sod % 60);
+        put_digits(&mut buf[20..29], nanos);
+        // Every byte is an ASCII digit or one of "-T:.Z": from_utf8 cannot fail.
+        f.write_str(std::str::from_utf8(&buf).map_err(|_| std::fmt::Error)?)
+    }
+}
+
+impl serde::Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Writes `value` as decimal digits filling `out` (leading zeros).
+fn put_digits(out: &mut [u8], mut value: u32) {
+    for b in out.iter_mut().rev() {
+        *b = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(z: i128) -> (i128, i128, i128) {
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -39,7 +68,7 @@ fn civil_from_days(z: i128) -> (i128, i128, i128) {
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i128::from(m <= 2);
+    let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d)
 }
 

@@ -1,8 +1,9 @@
-//! Developer and user entry point: `cargo xtask setup|build|run|test|demo|bench`.
+//! Developer and user entry point: `cargo xtask setup|build|run|test|demo|bench|package`.
 //!
 //! Everything a fresh machine lacks is installed by `setup`, idempotently; `test` and
 //! `demo` call it first, so a newcomer runs one command.
 mod bench;
+mod package;
 mod setup;
 mod vm;
 
@@ -52,6 +53,13 @@ enum Task {
     /// load through nginx) against nothing, the floor (count-only programs on the same hooks)
     /// and bpftrace, per-hook kernel statistics, start-up, peak memory, reset-to-line latency.
     Bench(bench::BenchArgs),
+    /// Build the release binary and target/package/rsttrace_VERSION_ARCH.deb (dpkg-deb):
+    /// the binary in /usr/sbin, rsttrace(8), bash/zsh/fish completions, README, copyright,
+    /// and a systemd unit running it with capabilities instead of root.
+    Package,
+    /// Boot Debian 12 (its 6.1 kernel, systemd as PID 1) under qemu with the .deb: install
+    /// it, start the service, make a reset, check the journal and the service's credentials.
+    ServiceTest,
     /// Boot Debian's 6.1 and 6.12 kernels under qemu (and use the host's) and run real resets
     /// on loopback against rsttrace in each: a kernel x scenario matrix plus `--check` output.
     VmTest,
@@ -81,6 +89,11 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test { filter } => test(filter.as_deref()),
         Task::Demo => demo(),
         Task::Bench(args) => bench::bench(&args),
+        Task::Package => package::package().map(|_| ()),
+        Task::ServiceTest => {
+            setup::setup()?;
+            vm::service::service_test(&package::package()?)
+        }
         Task::VmTest => {
             setup::setup()?;
             vm::vm_test()
@@ -157,44 +170,52 @@ fn test(filter: Option<&str>) -> Result<()> {
     ]))?;
     // Unit tests (attribution engine on recorded sequences, decoders, CLI): no root needed.
     run_checked(cargo().args(["test", "--workspace", "--exclude", "rsttrace-tests"]))?;
-    // Root integration tests: real nginx, php-fpm and gunicorn, broken for real; and a
-    // million real resets against the release build (the product's own CPU and memory).
+    // Root integration tests: real nginx, php-fpm and gunicorn, broken for real; a million
+    // real resets against the release build (the product's own CPU and memory); the .deb
+    // installed and run with the service's capabilities; the DaemonSet's pod emulated.
     let bin = build(false)?;
     let release = build(true)?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc_geteuid() } != 0 {
         bail!("the integration tests attach eBPF programs and start servers: run `cargo xtask test` as root");
     }
+    let deb = package::package()?;
     let mut cmd = cargo();
-    cmd.args([
-        "test",
-        "--package",
-        "rsttrace-tests",
-        "--lib",
-        "--test",
-        "scenarios",
-        "--test",
-        "reliability",
-        "--test",
-        "correctness",
-        "--test",
-        "topology",
-        "--test",
-        "network",
-        "--test",
-        "nginx_log",
-        "--test",
-        "nginx_join",
-        "--test",
-        "metrics",
-        "--test",
-        "million",
-        "--",
-    ])
-    .args(filter)
-    .args(["--test-threads=1", "--nocapture"])
-    .env("RSTTRACE_BIN", &bin)
-    .env("RSTTRACE_RELEASE_BIN", &release);
+    cmd.args(["test", "--package", "rsttrace-tests", "--lib"])
+        .args([
+            "--test",
+            "scenarios",
+            "--test",
+            "reliability",
+            "--test",
+            "correctness",
+        ])
+        .args([
+            "--test",
+            "topology",
+            "--test",
+            "network",
+            "--test",
+            "nginx_log",
+            "--test",
+            "nginx_join",
+            "--test",
+            "metrics",
+        ])
+        .args([
+            "--test",
+            "million",
+            "--test",
+            "package",
+            "--test",
+            "daemonset",
+            "--",
+        ])
+        .args(filter)
+        .args(["--test-threads=1", "--nocapture"])
+        .env("RSTTRACE_BIN", &bin)
+        .env("RSTTRACE_RELEASE_BIN", &release)
+        .env("RSTTRACE_DEB", &deb);
     let started = std::time::Instant::now();
     run_checked(&mut cmd)?;
     eprintln!(
@@ -204,7 +225,8 @@ fn test(filter: Option<&str>) -> Result<()> {
 
     // The same resets on Debian's 6.1 and 6.12 kernels (qemu) and on this one: `vm-test`.
     vm::vm_test()?;
-    Ok(())
+    // The packaged service under systemd on Debian 12's kernel: `service-test`.
+    vm::service::service_test(&deb)
 }
 
 fn demo() -> Result<()> {

@@ -47,9 +47,28 @@ const TEST_PACKAGES: &[&str] = &[
     // A real Docker Engine for the container tests, driven with its own client
     // /usr/bin/docker (machines may have a newer client-only /usr/local/bin/docker).
     "docker.io",
+    // cargo xtask package and its tests (tests/package.rs, tests/daemonset.rs): build the
+    // .deb, check it, read its man page, try its completions and systemd unit, run it with
+    // a capability set, in namespaces, and read the Kubernetes manifest.
+    "dpkg-dev", // dpkg-shlibdeps
+    "binutils", // strip
+    "lintian",
+    "man-db",
+    "systemd",     // systemd-analyze (systemd need not be running)
+    "libcap2-bin", // capsh
+    "util-linux",  // setpriv, unshare
+    "bash",
+    "zsh",
+    "fish",
+    "python3-yaml",
+    "python3-venv", // kubernetes-validate's virtual environment
+    "mmdebstrap",   // cargo xtask service-test: a Debian 12 root file system with systemd
+    "cpio",
     // tests/metrics.rs: a real Prometheus server scrapes rsttrace's --metrics.
     "prometheus",
 ];
+/// Validates Kubernetes manifests against the API's schemas offline (PyPI).
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
 pub fn setup() -> Result<()> {
     let mut did = Vec::new();
@@ -123,6 +142,13 @@ pub fn setup() -> Result<()> {
         }
     }
 
+    if install_kubernetes_validate()? {
+        did.push(format!(
+            "installed {KUBERNETES_VALIDATE} in {}",
+            kubernetes_validate_dir().display()
+        ));
+    }
+
     if !Path::new("/sys/kernel/tracing/events").exists() {
         let status = Command::new("mount")
             .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
@@ -143,11 +169,44 @@ pub fn setup() -> Result<()> {
     Ok(())
 }
 
-fn toolchain_dir() -> PathBuf {
+/// tests/daemonset.rs reads it from here.
+fn kubernetes_validate_dir() -> PathBuf {
+    state_dir().join("kubernetes-validate")
+}
+
+/// A virtual environment of Debian's Python holding kubernetes-validate; returns whether
+/// it had to be made.
+fn install_kubernetes_validate() -> Result<bool> {
+    let dir = kubernetes_validate_dir();
+    let wanted = KUBERNETES_VALIDATE.trim_start_matches("kubernetes-validate==");
+    if command_ok(
+        Command::new(dir.join("bin/kubernetes-validate")).arg("--version"),
+        wanted,
+    ) {
+        return Ok(false);
+    }
+    run_checked(
+        Command::new("/usr/bin/python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&dir),
+    )?;
+    run_checked(
+        Command::new(dir.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(KUBERNETES_VALIDATE),
+    )?;
+    Ok(true)
+}
+
+fn state_dir() -> PathBuf {
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| "/root".into());
-    home.join(".local/share/rsttrace/bpf-toolchain")
+    home.join(".local/share/rsttrace")
+}
+
+fn toolchain_dir() -> PathBuf {
+    state_dir().join("bpf-toolchain")
 }
 
 /// Writes the wrapper toolchain folder; returns whether anything changed.

@@ -12,6 +12,8 @@
 //! `RSTTRACE_VM_TIMEOUT=SECS` bounds each boot (default 600);
 //! `RSTTRACE_VM_BIN=PATH` tests that rsttrace binary instead of building target/debug/rsttrace
 //! (a release build, a candidate fix built elsewhere). Console logs: target/vm/.
+pub mod service;
+
 use std::{
     collections::BTreeMap,
     fs,

@@ -14,7 +14,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel, generated,
     },
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use tracer_ebpf::{
@@ -39,15 +39,75 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static SOCK_OWNERS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(65536, 0);
 
+/// TCP sockets whose owner the task using them was already recorded for, by slot: the
+/// socket-call hooks run on every send and receive of the host, and this answers most of
+/// them without reading the socket or the owner map. A slot holds one (socket, tgid) pair;
+/// tcp:tcp_destroy_sock clears it, since the socket's address is reused at once. Unix
+/// sockets are never cached: nothing reports their release, and a reused address would
+/// hide a new socket's owner (see SockOwner::ino). Global, not per CPU, so that the
+/// destruction clears whichever CPU learnt it; racing writes at worst cost a lookup.
+#[map]
+static LEARNED: Array<Learned> = Array::with_max_entries(LEARNED_SLOTS, 0);
+
+const LEARNED_SLOTS: u32 = 4096;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Learned {
+    sk: u64,
+    tgid: u32,
+    _pad: u32,
+}
+
+/// tcp_sock objects are ~2 KiB apart in their slab: the bits above that vary.
+#[inline(always)]
+fn learned_slot(sk: u64) -> u32 {
+    ((sk >> 11) ^ (sk >> 23)) as u32 & (LEARNED_SLOTS - 1)
+}
+
+#[inline(always)]
+fn already_learned(sk: u64, tgid: u32) -> bool {
+    LEARNED
+        .get(learned_slot(sk))
+        .is_some_and(|l| l.sk == sk && l.tgid == tgid)
+}
+
+#[inline(always)]
+fn mark_learned(sk: u64, tgid: u32) {
+    if let Some(slot) = LEARNED.get_ptr_mut(learned_slot(sk)) {
+        // SAFETY: a map value pointer, valid for this program run; a racing writer on
+        // another CPU can only make the next lookup miss.
+        unsafe {
+            (*slot).sk = sk;
+            (*slot).tgid = tgid;
+        }
+    }
+}
+
+#[inline(always)]
+fn forget_learned(sk: u64) {
+    if let Some(slot) = LEARNED.get_ptr_mut(learned_slot(sk)) {
+        // SAFETY: as in mark_learned.
+        unsafe {
+            if (*slot).sk == sk {
+                (*slot).sk = 0;
+            }
+        }
+    }
+}
+
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
+/// The frozen facts, read field by field where used. The pointer goes through black_box so
+/// that the compiler cannot fold the EMPTY initializer into the code; the verifier still
+/// sees each field as a constant (a load from a frozen read-only map). Copying the whole
+/// Config instead (a volatile read) cost every run of every program ~80 loads.
 #[inline(always)]
-fn config() -> Config {
-    // SAFETY: CONFIG is a plain static; the volatile read stops the compiler from
-    // folding the EMPTY initializer into the code.
-    unsafe { core::ptr::read_volatile(&CONFIG) }
+fn config() -> &'static Config {
+    // SAFETY: CONFIG is a plain static, never written after load.
+    unsafe { &*core::hint::black_box(&raw const CONFIG) }
 }
 
 /// A field of a kernel struct at `base + offset` (offset from BTF), None when this kernel

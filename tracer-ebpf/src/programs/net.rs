@@ -215,7 +215,7 @@ fn report_rst(skb: *mut __sk_buff, seg: &Segment) {
     } else {
         0
     };
-    emit::<event::RstSegment>(&cfg, EventKind::RstSegment, |e| unsafe {
+    emit::<event::RstSegment>(cfg, EventKind::RstSegment, |e| unsafe {
         (*e).cookie = cookie;
         (*e).family = seg.family;
         (*e).tcp_flags = seg.flags;
@@ -255,11 +255,11 @@ pub fn inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
     if protocol != IPPROTO_TCP_U16 || (family != AF_INET && family != AF_INET6) {
         return 0;
     }
-    let error = reported_error(&cfg, sk);
+    let error = reported_error(cfg, sk);
     if error != ECONNREFUSED && error != ETIMEDOUT {
         return 0;
     }
-    emit_refused(&cfg, sk, error, family);
+    emit_refused(cfg, sk, error, family);
     0
 }
 

@@ -41,8 +41,8 @@ pub fn signal_generate(ctx: TracePointContext) -> u32 {
     if !(1..=63).contains(&sig) || FATAL_SIGNAL_MASK & (1u64 << sig) == 0 {
         return 0;
     }
-    let len = record_len(&cfg, EventKind::Signal);
-    emit::<event::SignalGenerated>(&cfg, EventKind::Signal, |e| unsafe {
+    let len = record_len(cfg, EventKind::Signal);
+    emit::<event::SignalGenerated>(cfg, EventKind::Signal, |e| unsafe {
         (*e)._pad = 0;
         (*e).record_len = copy_bytes(&raw mut (*e).record, ctx.as_ptr() as *const c_void, len);
     });
@@ -57,8 +57,8 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     // SAFETY: current is a valid task_struct for the duration of the program.
     let exit_code = unsafe { read_field::<i32>(current_task(), cfg.task_exit_code) }.unwrap_or(0);
     let group_dead = record_field::<u8>(&ctx, cfg.exit_group_dead).map_or(2, |d| u8::from(d != 0));
-    let memcg_id = current_memcg_id(&cfg);
-    emit::<event::ProcessExit>(&cfg, EventKind::Exit, |e| unsafe {
+    let memcg_id = current_memcg_id(cfg);
+    emit::<event::ProcessExit>(cfg, EventKind::Exit, |e| unsafe {
         (*e).exit_code = exit_code;
         (*e).group_dead = group_dead;
         (*e)._pad = [0; 3];
@@ -70,8 +70,8 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     let cfg = config();
-    let len = record_len(&cfg, EventKind::Fork);
-    emit::<event::ProcessFork>(&cfg, EventKind::Fork, |e| unsafe {
+    let len = record_len(cfg, EventKind::Fork);
+    emit::<event::ProcessFork>(cfg, EventKind::Fork, |e| unsafe {
         (*e)._pad = 0;
         (*e).record_len = copy_bytes(&raw mut (*e).record, ctx.as_ptr() as *const c_void, len);
     });
@@ -82,9 +82,9 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn oom_mark_victim(ctx: TracePointContext) -> u32 {
     let cfg = config();
-    let memcg_id = current_memcg_id(&cfg);
-    let len = record_len(&cfg, EventKind::OomVictim);
-    emit::<event::OomVictim>(&cfg, EventKind::OomVictim, |e| unsafe {
+    let memcg_id = current_memcg_id(cfg);
+    let len = record_len(cfg, EventKind::OomVictim);
+    emit::<event::OomVictim>(cfg, EventKind::OomVictim, |e| unsafe {
         (*e)._pad = 0;
         (*e).memcg_id = memcg_id;
         (*e).record_len = copy_bytes(&raw mut (*e).record, ctx.as_ptr() as *const c_void, len);

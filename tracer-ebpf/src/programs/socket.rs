@@ -3,14 +3,17 @@
 //! every receive and send without any syscall tracepoint; `syscalls` serves older kernels.
 use core::ffi::c_void;
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
+};
 use tracer_ebpf::{
     event::{self, source, EventKind},
     Config, AF_UNIX, ECONNRESET,
 };
 
 use super::{
-    config, copy_bytes, emit, learn_owner, lookup_unix_peer_owner, read_field, record_field,
+    already_learned, config, copy_bytes, emit, learn_owner, lookup_unix_peer_owner, mark_learned,
+    read_field,
 };
 
 const AF_INET: u16 = 2;
@@ -65,47 +68,57 @@ pub(super) unsafe fn copy_unix_address(
 /// Every receive or send on a socket, in the task doing it, with the socket and the
 /// result. A failure with ECONNRESET is the receiver seeing the reset; any other call
 /// teaches who uses the socket (accepted sockets are first read by their process).
+///
+/// Raw tracepoints (arguments sk, ret, flags): they run on every socket call of the host,
+/// so no record is built for them and the result is tested before anything is read.
 #[inline(always)]
-fn socket_io(ctx: &TracePointContext, source: u16) {
-    let cfg = config();
-    let (Some(sk), Some(ret)) = (
-        record_field::<u64>(ctx, cfg.sock_io_sk),
-        record_field::<i32>(ctx, cfg.sock_io_ret),
-    ) else {
-        return;
-    };
+fn socket_io(ctx: &RawTracePointContext, source: u16) {
+    let sk: u64 = ctx.arg(0);
+    // int arguments arrive zero-extended (__CAST_TO_U64, include/trace/bpf_probe.h).
+    let ret = ctx.arg::<u64>(1) as u32 as i32;
     if sk == 0 {
         return;
     }
-    let family = record_field::<u16>(ctx, cfg.sock_io_family)
-        .unwrap_or_else(|| unsafe { read_field(sk, cfg.sock_family) }.unwrap_or(0));
+    let failed = ret as i64 == -ECONNRESET;
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !failed && already_learned(sk, tgid) {
+        return;
+    }
+    let cfg = config();
+    // SAFETY: the call's socket, alive for this program's run; a fault gives 0.
+    let family = unsafe { read_field::<u16>(sk, cfg.sock_family) }.unwrap_or(0);
     let stream = match family {
         AF_UNIX => true,
         AF_INET | AF_INET6 => {
-            record_field::<u16>(ctx, cfg.sock_io_protocol).unwrap_or(IPPROTO_TCP) == IPPROTO_TCP
+            // SAFETY: as above.
+            unsafe { read_field::<u16>(sk, cfg.sock_protocol) }.unwrap_or(IPPROTO_TCP)
+                == IPPROTO_TCP
         }
         _ => false,
     };
     if !stream {
         return;
     }
-    if ret as i64 != -ECONNRESET {
+    if !failed {
         // Who uses a socket is learnt from its first read or write: accepted sockets are
         // read by their process before anything else happens on them.
-        learn_owner(&cfg, sk, family, tracer_ebpf::role::UNKNOWN);
+        learn_owner(cfg, sk, family, tracer_ebpf::role::UNKNOWN);
+        if family != AF_UNIX {
+            mark_learned(sk, tgid);
+        }
         return;
     }
-    emit_socket_error(&cfg, sk, family, ret as i64, source);
+    emit_socket_error(cfg, sk, family, ret as i64, source);
 }
 
-#[tracepoint]
-pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
     socket_io(&ctx, source::SOCK_RECV);
     0
 }
 
-#[tracepoint]
-pub fn sock_send_length(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
     socket_io(&ctx, source::SOCK_SEND);
     0
 }

@@ -56,10 +56,10 @@ fn record_accepted(ctx: &TracePointContext) {
     let Some(fd) = record_field::<i64>(ctx, cfg.syscall_ret) else {
         return;
     };
-    if let Some(sk) = fd_to_sock(&cfg, fd) {
+    if let Some(sk) = fd_to_sock(cfg, fd) {
         // SAFETY: sk is the live socket behind the fd.
         let family: u16 = unsafe { read_field(sk, cfg.sock_family) }.unwrap_or(0);
-        learn_owner(&cfg, sk, family, tracer_ebpf::role::SERVER);
+        learn_owner(cfg, sk, family, tracer_ebpf::role::SERVER);
     }
 }
 
@@ -119,20 +119,20 @@ fn socket_syscall_exit(ctx: &TracePointContext, which: u16) {
         // Fast path: nothing was recorded at entry; only failures look further.
         if which == source::GETSOCKOPT {
             if ret != 0
-                || syscall_arg(&cfg, 1) != Some(SOL_SOCKET)
-                || syscall_arg(&cfg, 2) != Some(SO_ERROR)
+                || syscall_arg(cfg, 1) != Some(SOL_SOCKET)
+                || syscall_arg(cfg, 2) != Some(SO_ERROR)
             {
                 return;
             }
         } else if ret != -ECONNRESET && ret != -ECONNREFUSED {
             return;
         }
-        let Some(arg0) = syscall_arg(&cfg, 0) else {
+        let Some(arg0) = syscall_arg(cfg, 0) else {
             return;
         };
         fd = arg0 as i32 as i64;
         if which == source::GETSOCKOPT {
-            let Some(err) = syscall_arg(&cfg, 3).and_then(|p| so_error(p as u64)) else {
+            let Some(err) = syscall_arg(cfg, 3).and_then(|p| so_error(p as u64)) else {
                 return;
             };
             ret = err;
@@ -161,12 +161,12 @@ fn socket_syscall_exit(ctx: &TracePointContext, which: u16) {
     {
         return;
     }
-    let Some(sk) = fd_to_sock(&cfg, fd) else {
+    let Some(sk) = fd_to_sock(cfg, fd) else {
         return;
     };
     // SAFETY: sk is the live socket behind the fd.
     let family: u16 = unsafe { read_field(sk, cfg.sock_family) }.unwrap_or(0);
-    emit_socket_error(&cfg, sk, family, ret, which);
+    emit_socket_error(cfg, sk, family, ret, which);
 }
 
 /// listen() on an AF_UNIX socket: remember who owns the listener at its path.
@@ -176,7 +176,7 @@ fn unix_listen(ctx: &TracePointContext) {
     let Some(fd) = record_field::<i64>(ctx, cfg.sys_enter_fd) else {
         return;
     };
-    let Some(sk) = fd_to_sock(&cfg, fd) else {
+    let Some(sk) = fd_to_sock(cfg, fd) else {
         return;
     };
     // SAFETY: sk is the live socket behind the fd.
@@ -185,10 +185,10 @@ fn unix_listen(ctx: &TracePointContext) {
         return;
     }
     let address: u64 = unsafe { read_field(sk, cfg.unix_addr) }.unwrap_or(0);
-    emit::<event::UnixListen>(&cfg, EventKind::UnixListen, |e| unsafe {
+    emit::<event::UnixListen>(cfg, EventKind::UnixListen, |e| unsafe {
         (*e).sock = sk;
         (*e)._pad = 0;
-        (*e).path_len = copy_unix_address(&cfg, &raw mut (*e).path, address);
+        (*e).path_len = copy_unix_address(cfg, &raw mut (*e).path, address);
     });
 }
 

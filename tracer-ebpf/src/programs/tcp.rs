@@ -3,8 +3,8 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
     EbpfContext,
 };
 use tracer_ebpf::{
@@ -13,8 +13,8 @@ use tracer_ebpf::{
 };
 
 use super::{
-    config, copy_bytes, current_owner, current_task, emit, lookup_owner, read_field, record_field,
-    record_len, sock_netns, SOCK_OWNERS,
+    config, copy_bytes, current_owner, current_task, emit, forget_learned, lookup_owner,
+    mark_learned, read_field, record_field, record_len, sock_netns, SOCK_OWNERS,
 };
 
 const TCP_ESTABLISHED: i32 = 1;
@@ -70,9 +70,9 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     // SAFETY: current is a valid task_struct, sk a live socket, for the program's run.
     let task_flags = unsafe { read_field::<u32>(current_task(), cfg.task_flags) }.unwrap_or(0);
     let orphan = sk != 0 && unsafe { read_field::<u64>(sk, cfg.sock_socket) } == Some(0);
-    let (seq, netns) = sent_rst(&cfg, sk, skb);
-    let len = record_len(&cfg, EventKind::ResetSent);
-    emit::<event::ResetSent>(&cfg, EventKind::ResetSent, |e| unsafe {
+    let (seq, netns) = sent_rst(cfg, sk, skb);
+    let len = record_len(cfg, EventKind::ResetSent);
+    emit::<event::ResetSent>(cfg, EventKind::ResetSent, |e| unsafe {
         (*e).task_flags = task_flags;
         (*e).owner = owner;
         (*e).orphan = u8::from(orphan);
@@ -95,9 +95,9 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     let owner = lookup_owner(sk);
     // SAFETY: sk is the receiving socket, alive for this program's run.
     let rcv_nxt = unsafe { read_field::<u32>(sk, cfg.tcp_rcv_nxt) };
-    let netns = sock_netns(&cfg, sk);
-    let len = record_len(&cfg, EventKind::ResetReceived);
-    emit::<event::ResetReceived>(&cfg, EventKind::ResetReceived, |e| unsafe {
+    let netns = sock_netns(cfg, sk);
+    let len = record_len(cfg, EventKind::ResetReceived);
+    emit::<event::ResetReceived>(cfg, EventKind::ResetReceived, |e| unsafe {
         (*e).rcv_nxt = rcv_nxt.unwrap_or(0);
         (*e).netns = netns;
         (*e).has_seq = u8::from(rcv_nxt.is_some());
@@ -112,27 +112,30 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 /// (tcp_v4_connect/tcp_v6_connect), so it also names the owner; SYN_RECV -> ESTABLISHED is
 /// an accepted socket completing its handshake in softirq, where `current` is nobody's, so
 /// only the role is recorded (its first read or write names the owner).
-#[tracepoint]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    let cfg = config();
-    let (Some(old), Some(new)) = (
-        record_field::<i32>(&ctx, cfg.set_state_oldstate),
-        record_field::<i32>(&ctx, cfg.set_state_newstate),
-    ) else {
-        return 0;
-    };
+///
+/// A raw tracepoint (arguments sk, oldstate, newstate): every TCP state change of the host
+/// runs it, and the four transitions of six it does not need leave after two loads from
+/// its context, with no record built and no helper called.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
+    // int arguments arrive zero-extended (__CAST_TO_U64, include/trace/bpf_probe.h).
+    let old = ctx.arg::<u64>(1) as u32 as i32;
+    let new = ctx.arg::<u64>(2) as u32 as i32;
     let connecting = old == TCP_CLOSE && new == TCP_SYN_SENT;
     let accepted = old == TCP_SYN_RECV && new == TCP_ESTABLISHED;
-    if !(connecting || accepted)
-        || record_field::<u16>(&ctx, cfg.set_state_protocol) != Some(IPPROTO_TCP)
-    {
+    if !(connecting || accepted) {
         return 0;
     }
-    let Some(sk) = record_field::<u64>(&ctx, cfg.set_state_skaddr) else {
+    let cfg = config();
+    let sk: u64 = ctx.arg(0);
+    // SAFETY: the tracepoint's socket, alive for this program's run; a fault gives None.
+    if unsafe { read_field::<u16>(sk, cfg.sock_protocol) } != Some(IPPROTO_TCP) {
         return 0;
-    };
+    }
     if connecting {
-        let _ = SOCK_OWNERS.insert(&sk, &current_owner(role::CLIENT, 0, 0), 0);
+        let owner = current_owner(role::CLIENT, 0, 0);
+        let _ = SOCK_OWNERS.insert(&sk, &owner, 0);
+        mark_learned(sk, owner.tgid);
     } else {
         // An owner recorded by accept() on the syscall path stays; a destroyed socket's
         // record at this address goes.
@@ -153,13 +156,12 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 
 /// The kernel destroys the socket (tcp_v4_destroy_sock(), net/ipv4/tcp_ipv4.c): its
 /// address may be reused at once by a new socket, so its owner record is marked destroyed
-/// (see SockOwner::destroyed_ns) and no new socket inherits it.
-#[tracepoint]
-pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
-    let cfg = config();
-    let Some(sk) = record_field::<u64>(&ctx, cfg.destroy_skaddr) else {
-        return 0;
-    };
+/// (see SockOwner::destroyed_ns) and no new socket inherits it. A raw tracepoint
+/// (argument sk): no record is built for it.
+#[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    forget_learned(sk);
     if let Some(owner) = SOCK_OWNERS.get_ptr_mut(&sk) {
         // SAFETY: map value pointer from the kernel, valid for this program run.
         unsafe { (*owner).destroyed_ns = bpf_ktime_get_ns() };

@@ -2,7 +2,7 @@
 //! From these a death becomes a [`Cause`]: the deepest explanation wins — an OOM kill over
 //! the SIGKILL it sends, the first fatal signal from another process over the worker's own
 //! re-raise, a termination request over the clean exit it led to.
-use std::collections::HashMap;
+use super::FastMap as HashMap;
 
 use crate::model::{
     Cause, Death, OomEvidence, OomVictim, ProcessExit, SignalEvidence, SignalGenerated, Task,

@@ -51,6 +51,10 @@ const SECOND: u64 = 1_000_000_000;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 /// Bound on each kind of pending state (reset storms): beyond it the oldest go.
+/// The engine's maps are keyed by kernel pointers, pids, sequence numbers and addresses, and
+/// are hit several times per event: a fast hasher (seeded per process) instead of SipHash.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 const MAX_PENDING: usize = 65_536;
 const PRUNE_EVERY: u64 = 4096;
 
@@ -202,7 +206,7 @@ impl Attributor {
 /// Removes and returns, oldest first, the entries of `map` whose time is at or before
 /// `cutoff`.
 fn drain_older<K: Eq + std::hash::Hash + Clone, V>(
-    map: &mut HashMap<K, V>,
+    map: &mut FastMap<K, V>,
     cutoff: u64,
     time: impl Fn(&V) -> u64,
 ) -> Vec<V> {

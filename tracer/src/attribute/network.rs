@@ -12,7 +12,9 @@
 //! Limits: a device that rewrites TTLs, ECMP or asymmetric routes defeat the comparison; a
 //! peer may send from another initial TTL than its SYN-ACK did. The verdict says what it
 //! compared, not more.
-use std::{collections::HashMap, net::SocketAddr};
+use std::net::SocketAddr;
+
+use super::FastMap as HashMap;
 
 use crate::model::{NetworkEvidence, Origin, ResetReceived, RstSegment};
 

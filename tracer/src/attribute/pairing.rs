@@ -13,12 +13,11 @@
 //! data, exit, linger 0) traces *after* tcp_transmit_skb(), and on loopback and veth the
 //! receiver's softirq has already run by then (net/ipv4/tcp_output.c). So each side waits
 //! briefly for the other.
-use std::{
-    collections::HashMap,
-    net::{IpAddr, SocketAddr},
-};
+use std::net::{IpAddr, SocketAddr};
 
 use crate::model::{ResetReceived, ResetSent};
+
+use super::FastMap as HashMap;
 
 use super::{MAX_PENDING, SECOND};
 
@@ -109,9 +108,9 @@ struct Waiting<T> {
 impl<T: Side> Waiting<T> {
     fn new() -> Self {
         Self {
-            items: HashMap::new(),
-            by_seq: HashMap::new(),
-            by_tuple: HashMap::new(),
+            items: HashMap::default(),
+            by_seq: HashMap::default(),
+            by_tuple: HashMap::default(),
             next: 0,
         }
     }

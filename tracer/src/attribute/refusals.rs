@@ -2,7 +2,7 @@
 //! Kubernetes Service without endpoints, a REJECT with icmp-port-unreachable), or a socket
 //! timing out (SYNs or data dropped silently). sk_error_report() reports those; it also
 //! reports a RST's error right after tcp:tcp_receive_reset, which is a reset, not this.
-use std::collections::HashMap;
+use super::FastMap as HashMap;
 
 use crate::model::{Refusal, SocketRefused};
 

@@ -2,7 +2,7 @@
 //! receiver on that socket to fail with ECONNRESET, and goes out at once when one does.
 //! The receiver's failing call can also come first: its sample may beat the send's to the
 //! ring buffer from another CPU.
-use std::collections::HashMap;
+use super::FastMap as HashMap;
 
 use crate::model::{Attribution, CauseKind, SocketError, Verdict};
 
@@ -28,8 +28,8 @@ impl Default for SeenGate {
     fn default() -> Self {
         Self {
             traced: true,
-            awaiting: HashMap::new(),
-            early: HashMap::new(),
+            awaiting: HashMap::default(),
+            early: HashMap::default(),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! reset. Its peer was released with unread data, or was an embryo of a listener that
 //! closed (unix_release_sock(), net/unix/af_unix.c). Who owned each listening path tells
 //! who closed a listener.
-use std::collections::HashMap;
+use super::FastMap as HashMap;
 
 use crate::model::{
     Attribution, Cause, Role, SignalEvidence, SocketError, Task, Transport, UnixListen, UnixPeer,

@@ -13,7 +13,7 @@ use anyhow::{bail, Result};
 use tracer_ebpf::{event::EventKind, Config, NO_OFFSET};
 
 use crate::hooks::{Attach, Capability, Hook, Tier, HOOKS};
-use btf::{enum_names, enum_value, open_vmlinux_btf, struct_offset};
+use btf::Vmlinux;
 use tracefs::{RecordFormat, Tracefs};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -112,8 +112,19 @@ const STRUCT_OFFSETS: &[(&str, OffsetSlot)] = &[
     }),
 ];
 
+/// Other types looked up in BTF (besides those in STRUCT_OFFSETS).
+const BTF_NAMES_TOO: &[&str] = &[
+    "css_set",
+    "cgroup_subsys_id",
+    "socket_alloc",
+    "inode",
+    "pt_regs",
+    "sk_rst_reason",
+];
+
 impl KernelFacts {
-    pub fn resolve() -> Result<Self> {
+    /// `cgroup_root`: `--cgroup-root`, where the host's cgroup tree is mounted.
+    pub fn resolve(cgroup_root: Option<&Path>) -> Result<Self> {
         let tracefs = Tracefs::locate()?;
         if !Path::new(VMLINUX_BTF).exists() {
             bail!(
@@ -121,24 +132,36 @@ impl KernelFacts {
                  built with CONFIG_DEBUG_INFO_BTF=y (the default on Debian 11+, Ubuntu 20.10+, RHEL 8.2+)"
             );
         }
-        let btf = open_vmlinux_btf()?;
+
+        let raw_tracepoints: Vec<String> = HOOKS
+            .iter()
+            .filter_map(|h| match h.attach {
+                Attach::RawTracepoint { event, .. } => Some(format!("btf_trace_{event}")),
+                _ => None,
+            })
+            .collect();
+        let btf = Vmlinux::open(
+            STRUCT_OFFSETS
+                .iter()
+                .filter_map(|(path, _)| path.split('.').next())
+                .chain(BTF_NAMES_TOO.iter().copied())
+                .chain(raw_tracepoints.iter().map(String::as_str)),
+        )?;
 
         let mut config = Config::EMPTY;
         let mut layouts = Layouts::default();
-        let cgroup2 = crate::cgroup::cgroup2_root();
+        let cgroup2 = crate::cgroup::cgroup2_root(cgroup_root);
         let mut hooks = Vec::with_capacity(HOOKS.len());
         for hook in HOOKS {
             let status = match hook.attach {
                 Attach::Tracepoint { category, event } => {
                     probe_tracepoint(hook, category, event, &tracefs, &mut config, &mut layouts)?
                 }
-                Attach::RawTracepoint { category, event } => {
-                    if tracefs.exists(category, event) {
-                        Status::Attach
-                    } else {
-                        Status::Missing
-                    }
-                }
+                Attach::RawTracepoint {
+                    category,
+                    event,
+                    args,
+                } => probe_raw_tracepoint(&tracefs, &btf, category, event, args),
                 Attach::CgroupSkbIngress => match &cgroup2 {
                     Some(_) => Status::Attach,
                     None => Status::Unfit("no cgroup2 mount in /proc/self/mountinfo".into()),
@@ -150,14 +173,14 @@ impl KernelFacts {
 
         let mut degraded = Vec::new();
         for (path, slot) in STRUCT_OFFSETS {
-            *slot(&mut config) = struct_offset(&btf, path).unwrap_or_else(|| {
+            *slot(&mut config) = btf.struct_offset(path).unwrap_or_else(|| {
                 degraded.push((*path).to_string());
                 NO_OFFSET
             });
         }
         config.css_set_memcg = match (
-            struct_offset(&btf, "css_set.subsys"),
-            enum_value(&btf, "cgroup_subsys_id", "memory_cgrp_id"),
+            btf.struct_offset("css_set.subsys"),
+            btf.enum_value("cgroup_subsys_id", "memory_cgrp_id"),
         ) {
             (None, _) => {
                 degraded.push("css_set.subsys".into());
@@ -172,8 +195,8 @@ impl KernelFacts {
 
         // A socket's inode sits after it in its struct socket_alloc (SOCK_INODE()).
         config.socket_ino = match (
-            struct_offset(&btf, "socket_alloc.vfs_inode"),
-            struct_offset(&btf, "inode.i_ino"),
+            btf.struct_offset("socket_alloc.vfs_inode"),
+            btf.struct_offset("inode.i_ino"),
         ) {
             (Some(inode), Some(ino)) => inode.saturating_add(ino),
             _ => {
@@ -186,7 +209,7 @@ impl KernelFacts {
         // si, dx, r10), so the exit hooks need no enter hook on every recv/send.
         if cfg!(target_arch = "x86_64") {
             let regs = ["pt_regs.di", "pt_regs.si", "pt_regs.dx", "pt_regs.r10"]
-                .map(|f| struct_offset(&btf, f).unwrap_or(NO_OFFSET));
+                .map(|f| btf.struct_offset(f).unwrap_or(NO_OFFSET));
             if !regs.contains(&NO_OFFSET) {
                 config.regs_arg = regs;
             }
@@ -195,7 +218,7 @@ impl KernelFacts {
         Ok(Self {
             config,
             layouts,
-            reset_reasons: enum_names(&btf, "sk_rst_reason"),
+            reset_reasons: btf.enum_names("sk_rst_reason"),
             hooks,
             degraded,
             cgroup2,
@@ -253,6 +276,13 @@ impl KernelFacts {
         }
     }
 
+    /// Whether `--no-syscall-hooks` took away hooks this kernel had no stand-in for.
+    pub fn syscall_hooks_dropped(&self) -> bool {
+        self.hooks
+            .iter()
+            .any(|s| s.status == Status::NotNeeded("--no-syscall-hooks"))
+    }
+
     /// Whether receivers' failing socket calls are traced (seen_by_receiver, unix resets).
     pub fn traces_receiver_errors(&self) -> bool {
         self.attached()
@@ -267,12 +297,32 @@ impl KernelFacts {
 }
 
 /// Whether the hook is a syscall tracepoint.
-fn is_syscall(hook: &Hook) -> bool {
+pub fn is_syscall(hook: &Hook) -> bool {
     matches!(hook.tier, Tier::Syscall | Tier::ArgumentRecorder)
 }
 
 /// Whether a tracepoint hook exists here and fits its program; fills the offsets and
 /// record layout it needs.
+/// A raw tracepoint's program reads its arguments by position: one whose prototype has
+/// another arity on this kernel is not attached (its arguments would be misread).
+fn probe_raw_tracepoint(
+    tracefs: &Tracefs,
+    btf: &Vmlinux,
+    category: &str,
+    event: &str,
+    args: usize,
+) -> Status {
+    if !tracefs.exists(category, event) {
+        return Status::Missing;
+    }
+    match btf.raw_tracepoint_args(event) {
+        Some(n) if n != args => Status::Unfit(format!(
+            "it passes {n} arguments here, the program expects {args}"
+        )),
+        _ => Status::Attach,
+    }
+}
+
 fn probe_tracepoint(
     hook: &'static Hook,
     category: &str,

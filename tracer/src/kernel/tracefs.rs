@@ -122,7 +122,8 @@ impl Tracefs {
                     })
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
-                    "cannot read {}: permission denied; run rsttrace as root",
+                    "cannot read {}: permission denied (tracefs is root's only): run rsttrace \
+                     as root or with CAP_DAC_READ_SEARCH",
                     root.display()
                 ),
                 Err(_) => {}

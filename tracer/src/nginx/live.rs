@@ -94,18 +94,25 @@ impl<P: Borrow<Verdict>> LiveJoin<P> {
         }
     }
 
-    /// A verdict from the engine, before the `--pid`/`--pid-of` filter.
-    pub fn offer(&mut self, verdict: P, now: Clock, out: &mut Vec<Released<P>>) {
-        if let Verdict::Reset(a) = verdict.borrow() {
+    /// Whether `verdict` will wait for its line: its receiver is a worker of a followed
+    /// nginx (whose pids are read again first when it names an `nginx` process not known yet:
+    /// a reload started new workers).
+    pub fn will_wait(&mut self, verdict: &Verdict) -> bool {
+        if let Verdict::Reset(a) = verdict {
             let unknown_nginx = a
                 .receiver
                 .as_ref()
                 .is_some_and(|r| r.comm == "nginx" && !self.stage.is_worker(r.pid));
             if unknown_nginx {
-                // A worker started by a reload since the last scan.
                 self.refresh(false);
             }
         }
+        self.stage.waits(verdict)
+    }
+
+    /// A verdict from the engine, before the `--pid`/`--pid-of` filter (after
+    /// [`Self::will_wait`]).
+    pub fn offer(&mut self, verdict: P, now: Clock, out: &mut Vec<Released<P>>) {
         self.stage.offer(verdict, now, out);
     }
 

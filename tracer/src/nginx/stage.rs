@@ -226,6 +226,11 @@ impl<P: Borrow<Verdict>> JoinStage<P> {
         self.held_count
     }
 
+    /// Whether [`Self::offer`] would hold `verdict` for its line (unless the line is there).
+    pub fn waits(&self, verdict: &Verdict) -> bool {
+        self.claim_of(verdict).is_some_and(|(_, waits, _)| waits)
+    }
+
     /// Takes a verdict from the engine: released at once with its line when the line was
     /// read already, held when it may still get one, else released as it is.
     pub fn offer(&mut self, verdict: P, now: Clock, out: &mut Vec<Released<P>>) {

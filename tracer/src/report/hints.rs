@@ -1,5 +1,7 @@
 //! One sentence per verdict: what to look at or change. Hints live with rendering, not in
 //! the engine: they are words for the operator, chosen from the verdict's evidence.
+use std::borrow::Cow;
+
 use crate::model::{Attribution, Cause, Role, Task};
 
 use super::{NetworkJson, OomJson};
@@ -13,13 +15,14 @@ pub fn hint(
     oom: Option<&OomJson>,
     reason: Option<&str>,
     network: Option<&NetworkJson>,
-) -> String {
+) -> Cow<'static, str> {
     if a.listener_closed {
         let owner = a.peer.as_ref().map_or_else(|| "its owner".to_string(), who);
         return format!(
             "The upstream's listening socket was closed with this connection still queued in its backlog: {owner} stopped or restarted ({}); reload gracefully (php-fpm: SIGUSR2) or drain before stopping.",
             a.cause.as_str()
-        );
+        )
+        .into();
     }
     let peers_doing = matches!(
         a.cause,
@@ -42,7 +45,11 @@ pub fn hint(
 
 /// The receiver connected, or which end it is is not known: the peer is taken for its
 /// upstream (nginx's 502s).
-fn upstream_hint(a: &Attribution, oom: Option<&OomJson>, reason: Option<&str>) -> String {
+fn upstream_hint(
+    a: &Attribution,
+    oom: Option<&OomJson>,
+    reason: Option<&str>,
+) -> Cow<'static, str> {
     match &a.cause {
         Cause::OomKill { .. } => match oom {
             Some(OomJson {
@@ -51,14 +58,16 @@ fn upstream_hint(a: &Attribution, oom: Option<&OomJson>, reason: Option<&str>) -
                 ..
             }) => format!(
                 "The upstream worker was OOM-killed by the limit of memory cgroup {cg}: raise that limit or cut the worker's memory use (PHP memory_limit, fewer/lighter workers)."
-            ),
+            )
+            .into(),
             _ => "The upstream worker was OOM-killed by the global OOM killer: the host ran out of memory; see dmesg and reduce memory use or add memory.".into(),
         },
         Cause::Signal { signal, .. } => match &signal.sender {
             Some(sender) => format!(
                 "The upstream worker was killed mid-request by {}: if that is the process manager, a timeout fired (php-fpm request_terminate_timeout, gunicorn --timeout); otherwise check what runs it (deploys, admins, watchdogs).",
                 who(sender)
-            ),
+            )
+            .into(),
             None => "The upstream worker was killed by a signal rsttrace did not see being sent (it was sent before rsttrace started).".into(),
         },
         Cause::Crash { .. } => "The upstream worker crashed (a fault signal raised by the kernel, or abort()): look for a core dump and the upstream's error log at this time.".into(),
@@ -69,7 +78,8 @@ fn upstream_hint(a: &Attribution, oom: Option<&OomJson>, reason: Option<&str>) -
             "{} destroyed the socket of {} (`ss -K` or bpf_sock_destroy), which reset the connection: look at what ran it.",
             who(by),
             a.peer.as_ref().map_or_else(|| "another process".to_string(), who)
-        ),
+        )
+        .into(),
         Cause::Abort { aborted_by: None } => "A live upstream closed the connection with unread data or SO_LINGER 0: check its own limits (request body size, timeouts) and its error log.".into(),
         Cause::StaleConnection => "The upstream had already closed this connection when the request was sent on it (a stale keepalive connection): set keepalive_timeout inside nginx's upstream{} block below the upstream's idle timeout, and keepalive_requests at most the upstream's requests per connection.".into(),
         Cause::NoSocket => "Nothing was listening at the remote address: the upstream is down or restarting, or nginx points at the wrong port.".into(),
@@ -81,7 +91,7 @@ fn upstream_hint(a: &Attribution, oom: Option<&OomJson>, reason: Option<&str>) -
 
 /// The receiver accepted the connection: the peer is its client (a browser, a load
 /// balancer, a health checker), not an upstream.
-fn client_hint(a: &Attribution) -> String {
+fn client_hint(a: &Attribution) -> Cow<'static, str> {
     let receiver = a
         .receiver
         .as_ref()
@@ -102,10 +112,11 @@ fn client_hint(a: &Attribution) -> String {
     format!(
         "A client of {receiver} {what}: not an upstream failure; nginx logs such a client as 499 or 'while reading client request'."
     )
+    .into()
 }
 
 /// Kernel resets, by the kernel's own reason (enum sk_rst_reason).
-fn kernel_hint(reason: Option<&str>) -> String {
+fn kernel_hint(reason: Option<&str>) -> Cow<'static, str> {
     match reason {
         Some("TCP_KEEPALIVE_TIMEOUT") => "The sender's TCP keepalive timed out: the other end, or the path to it, stopped answering (a host down, a firewall or NAT dropping the idle flow); look at that end and the path, or at the keepalive settings (TCP_KEEPIDLE/INTVL/CNT, nginx's so_keepalive).".into(),
         Some("TCP_ABORT_ON_MEMORY") => "The kernel was short of TCP memory and aborted a closing connection: check `ss -s` (orphans), net.ipv4.tcp_mem and net.ipv4.tcp_max_orphans.".into(),
@@ -113,22 +124,25 @@ fn kernel_hint(reason: Option<&str>) -> String {
         Some("TCP_RFC7323_PAWS") => "The kernel rejected a segment carrying an older TCP timestamp (PAWS): hosts sharing one NAT address, or a peer that restarted; check NAT on the path and net.ipv4.tcp_timestamps.".into(),
         Some(r @ ("TCP_INVALID_ACK_SEQUENCE" | "TCP_TOO_OLD_ACK" | "TCP_ACK_UNSENT_DATA" | "TCP_OLD_ACK" | "TCP_FLAGS" | "INVALID_SYN")) => format!(
             "The kernel rejected a segment that did not fit the connection ({r}): a restarted peer, a middlebox rewriting sequence numbers, or a reused stale connection."
-        ),
+        )
+        .into(),
         Some(r) => format!(
             "The kernel reset the connection itself ({r}): look at socket memory (tcp_mem), keepalive and timestamp settings."
-        ),
+        )
+        .into(),
         None => "The kernel reset the connection itself (no reason given by this kernel): look at socket memory (tcp_mem), keepalive and timestamp settings.".into(),
     }
 }
 
 /// A reset no local socket sent, by where its segment says it came from.
-fn network_hint(n: &NetworkJson) -> String {
+fn network_hint(n: &NetworkJson) -> Cow<'static, str> {
     match n.origin {
         "local_firewall" => "This host's own firewall forged the reset (netfilter REJECT --reject-with tcp-reset in the receiver's network namespace: the OUTPUT chain, or INPUT on loopback): look at `iptables -S` / `nft list ruleset` there.".into(),
         "remote_host" => format!(
             "The peer host's own kernel sent the reset (TTL {} is the flow's): a process there aborted, crashed or restarted, or its firewall rejected the segment; run rsttrace on that host.",
             n.ttl
-        ),
+        )
+        .into(),
         "path_device" => {
             let hops = n.hops.map_or_else(
                 || "A device on the path".to_string(),
@@ -150,7 +164,7 @@ fn network_hint(n: &NetworkJson) -> String {
                     ns.inode
                 ));
             }
-            hint
+            hint.into()
         }
         _ => "The reset came from the network, and no earlier segment of this flow was seen to compare its TTL with (a connection older than rsttrace that stayed idle): capture on the wire to see which device sent it.".into(),
     }

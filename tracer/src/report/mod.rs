@@ -2,32 +2,37 @@
 //! hints ([`hints`]) and the human text form ([`text`]).
 mod hints;
 mod nginx;
+mod recorded;
 mod text;
 
-use serde::Serialize;
+use std::{borrow::Cow, rc::Rc};
+
+use serde::{ser::SerializeStruct as _, Serialize, Serializer};
 
 pub use nginx::{
     nginx_json, unexplained_json, LostTotals, NginxJson, SummaryJson, UnexplainedJson,
 };
+pub use recorded::{record, Recorded};
 pub use text::{render_refused_text, render_summary_text, render_text, render_unexplained_text};
 
 use crate::{
     attribute::{hops_away, hops_closer, initial_ttl, SI_KERNEL},
     container::{container_of, Container},
     model::{Attribution, NetworkEvidence, Origin, Refusal, Role, Task, Transport},
-    timefmt::rfc3339_utc,
+    timefmt::Rfc3339,
 };
 
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// Facts the renderer needs that the pure engine does not have (names, paths).
 pub trait Resolve {
-    fn reason_name(&self, reason: u32) -> Option<String>;
+    fn reason_name(&self, reason: u32) -> Option<&str>;
     /// Memory cgroup id -> (path, scope "cgroup" | "global", limit in bytes).
     fn memcg(&self, memcg_id: u64) -> Option<MemcgInfo>;
     fn wall_time_ns(&self, ktime_ns: u64) -> i128;
-    /// The cgroup path of a process (alive, or seen exiting).
-    fn cgroup(&self, _pid: u32) -> Option<String> {
+    /// The cgroup of a process (alive, or seen exiting): shared, since every reset of a
+    /// busy worker names it again.
+    fn cgroup(&self, _pid: u32) -> Option<Rc<CgroupInfo>> {
         None
     }
     /// The name of interface `ifindex` in network namespace `netns`.
@@ -60,40 +65,76 @@ pub struct MemcgInfo {
     pub limit_bytes: Option<u64>,
 }
 
-#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
-pub struct ProcessJson {
-    pub pid: u32,
-    pub comm: String,
-    /// Inode of the network namespace of its socket (for the receiver and the peer).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub netns: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cgroup: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+/// A process's cgroup path and the container that path says it runs in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupInfo {
+    pub path: String,
     pub container: Option<Container>,
 }
 
-impl From<&Task> for ProcessJson {
-    fn from(t: &Task) -> Self {
+impl CgroupInfo {
+    pub fn new(path: String) -> Self {
         Self {
-            pid: t.pid,
-            comm: t.comm.clone(),
-            netns: None,
-            cgroup: None,
-            container: None,
+            container: container_of(&path),
+            path,
         }
     }
 }
 
-impl ProcessJson {
+/// An end of the connection, or a process named as evidence; borrows from the verdict
+/// (one JSON line is written per reset, and a storm writes many).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessJson<'a> {
+    pub pid: u32,
+    pub comm: &'a str,
+    /// Inode of the network namespace of its socket (for the receiver and the peer).
+    pub netns: Option<u32>,
+    /// `cgroup` and `container` in the JSON.
+    pub cgroup: Option<Rc<CgroupInfo>>,
+}
+
+impl Serialize for ProcessJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let cgroup = self.cgroup.as_deref();
+        let container = cgroup.and_then(|c| c.container.as_ref());
+        let fields = 2
+            + usize::from(self.netns.is_some())
+            + usize::from(cgroup.is_some())
+            + usize::from(container.is_some());
+        let mut s = serializer.serialize_struct("ProcessJson", fields)?;
+        s.serialize_field("pid", &self.pid)?;
+        s.serialize_field("comm", self.comm)?;
+        if let Some(netns) = self.netns {
+            s.serialize_field("netns", &netns)?;
+        }
+        if let Some(c) = cgroup {
+            s.serialize_field("cgroup", &c.path)?;
+        }
+        if let Some(c) = container {
+            s.serialize_field("container", c)?;
+        }
+        s.end()
+    }
+}
+
+impl<'a> From<&'a Task> for ProcessJson<'a> {
+    fn from(t: &'a Task) -> Self {
+        Self {
+            pid: t.pid,
+            comm: &t.comm,
+            netns: None,
+            cgroup: None,
+        }
+    }
+}
+
+impl<'a> ProcessJson<'a> {
     /// An end of the connection: the process, its socket's namespace, its cgroup and the
     /// container that cgroup says it runs in.
-    fn end(t: &Task, netns: Option<u32>, r: &dyn Resolve) -> Self {
-        let cgroup = r.cgroup(t.pid);
+    fn end(t: &'a Task, netns: Option<u32>, r: &dyn Resolve) -> Self {
         Self {
             netns,
-            container: cgroup.as_deref().and_then(container_of),
-            cgroup,
+            cgroup: r.cgroup(t.pid),
             ..Self::from(t)
         }
     }
@@ -184,51 +225,52 @@ fn network_json(e: &NetworkEvidence, netns: Option<u32>, r: &dyn Resolve) -> Net
 }
 
 #[derive(Serialize, Debug, Clone)]
-pub struct SignalJson {
+pub struct SignalJson<'a> {
     pub number: i32,
     pub name: &'static str,
     pub code: i32,
     pub code_name: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sender: Option<ProcessJson>,
+    pub sender: Option<ProcessJson<'a>>,
 }
 
 #[derive(Serialize, Debug, Clone)]
-pub struct OomJson {
+pub struct OomJson<'a> {
     pub scope: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit_bytes: Option<u64>,
-    pub victim: ProcessJson,
-    pub killer: ProcessJson,
+    pub victim: ProcessJson<'a>,
+    pub killer: ProcessJson<'a>,
 }
 
+/// `event: "reset"`, borrowing from its verdict.
 #[derive(Serialize, Debug, Clone)]
-pub struct ResetJson {
+pub struct ResetJson<'a> {
     pub schema_version: u32,
     pub event: &'static str,
-    pub time: String,
+    pub time: Rfc3339,
     pub cause: &'static str,
     pub transport: &'static str,
-    pub local: String,
-    pub remote: String,
+    pub local: &'a str,
+    pub remote: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub receiver: Option<ProcessJson>,
+    pub receiver: Option<ProcessJson<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub receiver_role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub peer: Option<ProcessJson>,
+    pub peer: Option<ProcessJson<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub aborted_by: Option<ProcessJson>,
+    pub aborted_by: Option<ProcessJson<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub signal: Option<SignalJson>,
+    pub signal: Option<SignalJson<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub oom: Option<OomJson>,
+    pub oom: Option<OomJson<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub kernel_reason: Option<String>,
+    pub kernel_reason: Option<&'a str>,
     pub peer_exiting: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seen_by_receiver: Option<bool>,
@@ -239,20 +281,20 @@ pub struct ResetJson {
     /// The line nginx wrote in its error.log for this reset (see `--nginx-error-log`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nginx: Option<NginxJson>,
-    pub hint: String,
+    pub hint: Cow<'static, str>,
 }
 
 /// `event: "refused"` / `"timed_out"`: a connection that failed without a reset.
 #[derive(Serialize, Debug, Clone)]
-pub struct RefusedJson {
+pub struct RefusedJson<'a> {
     pub schema_version: u32,
     pub event: &'static str,
-    pub time: String,
+    pub time: Rfc3339,
     pub transport: &'static str,
     pub local: String,
     pub remote: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub receiver: Option<ProcessJson>,
+    pub receiver: Option<ProcessJson<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub receiver_role: Option<&'static str>,
     pub errno: i32,
@@ -260,7 +302,7 @@ pub struct RefusedJson {
     pub hint: String,
 }
 
-pub fn refused_json(f: &Refusal, r: &dyn Resolve) -> RefusedJson {
+pub fn refused_json<'a>(f: &'a Refusal, r: &dyn Resolve) -> RefusedJson<'a> {
     let (event, error, hint) = match f.error {
         111 => (
             "refused",
@@ -276,7 +318,7 @@ pub fn refused_json(f: &Refusal, r: &dyn Resolve) -> RefusedJson {
     RefusedJson {
         schema_version: SCHEMA_VERSION,
         event,
-        time: rfc3339_utc(r.wall_time_ns(f.time_ns)),
+        time: Rfc3339(r.wall_time_ns(f.time_ns)),
         transport: "tcp",
         local: f.local.to_string(),
         remote: f.remote.to_string(),
@@ -292,7 +334,7 @@ pub fn refused_json(f: &Refusal, r: &dyn Resolve) -> RefusedJson {
 pub struct LostJson {
     pub schema_version: u32,
     pub event: &'static str,
-    pub time: String,
+    pub time: Rfc3339,
     /// Kernel samples dropped since the previous `lost` event (ring buffer full).
     pub count: u64,
     /// Dropped since start.
@@ -301,7 +343,7 @@ pub struct LostJson {
     pub decode_errors: Option<u64>,
 }
 
-pub fn reset_json(a: &Attribution, r: &dyn Resolve) -> ResetJson {
+pub fn reset_json<'a>(a: &'a Attribution, r: &'a dyn Resolve) -> ResetJson<'a> {
     let oom = a.cause.oom().map(|o| {
         let info = r.memcg(o.memcg_id);
         let (scope, cgroup, limit) = match &info {
@@ -326,15 +368,15 @@ pub fn reset_json(a: &Attribution, r: &dyn Resolve) -> ResetJson {
         .network
         .as_ref()
         .map(|e| network_json(e, a.receiver_netns, r));
-    let hint = hints::hint(a, oom.as_ref(), kernel_reason.as_deref(), network.as_ref());
+    let hint = hints::hint(a, oom.as_ref(), kernel_reason, network.as_ref());
     ResetJson {
         schema_version: SCHEMA_VERSION,
         event: "reset",
-        time: rfc3339_utc(r.wall_time_ns(a.time_ns)),
+        time: Rfc3339(r.wall_time_ns(a.time_ns)),
         cause: a.cause.as_str(),
         transport: a.transport.as_str(),
-        local: a.local.clone(),
-        remote: a.remote.clone(),
+        local: &a.local,
+        remote: &a.remote,
         receiver: a
             .receiver
             .as_ref()
@@ -434,8 +476,8 @@ mod tests {
 
     struct Fixed;
     impl Resolve for Fixed {
-        fn reason_name(&self, reason: u32) -> Option<String> {
-            (reason == 11).then(|| "TCP_ABORT_ON_CLOSE".to_string())
+        fn reason_name(&self, reason: u32) -> Option<&str> {
+            (reason == 11).then_some("TCP_ABORT_ON_CLOSE")
         }
         fn memcg(&self, id: u64) -> Option<MemcgInfo> {
             (id == 7).then(|| MemcgInfo {
@@ -570,7 +612,8 @@ mod tests {
         assert_eq!(kinds, CauseKind::ALL, "every cause is covered");
         for cause in causes {
             let cause_name = cause.as_str();
-            let j = reset_json(&attribution(cause), &Fixed);
+            let verdict = attribution(cause);
+            let j = reset_json(&verdict, &Fixed);
             assert!(
                 !j.hint.is_empty() && j.hint.ends_with('.'),
                 "{cause_name}: {}",
