@@ -337,7 +337,7 @@ struct Resolver {
 /// may be reused, a process moved).
 #[derive(Default)]
 struct CgroupCache {
-    by_pid: HashMap<u32, (Instant, Option<Rc<CgroupInfo>>)>,
+    by_pid: crate::attribute::FastMap<u32, (Instant, Option<Rc<CgroupInfo>>)>,
 }
 
 impl CgroupCache {
@@ -619,14 +619,29 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// The error.log follower's tick: new lines, waits that are over.
-    fn nginx_tick(&mut self) -> io::Result<()> {
+    /// When nginx's error.log is read next: within NGINX_TICK while a verdict waits for its
+    /// line (or a line for its verdict), else as planned.
+    fn nginx_due(&self, planned: tokio::time::Instant) -> tokio::time::Instant {
+        match &self.nginx {
+            Some(n) if n.busy() => planned.min(tokio::time::Instant::now() + NGINX_TICK),
+            _ => planned,
+        }
+    }
+
+    /// The error.log follower's tick: new lines, waits that are over; plans the next one.
+    fn nginx_tick(&mut self, next: &mut tokio::time::Instant) -> io::Result<()> {
         let now = self.clock();
         let Some(nginx) = self.nginx.as_mut() else {
             return Ok(());
         };
         let mut released = Vec::new();
         nginx.tick(now, &mut released);
+        let every = if nginx.busy() {
+            NGINX_TICK
+        } else {
+            NGINX_IDLE_TICK
+        };
+        *next = tokio::time::Instant::now() + every;
         self.publish(released)
     }
 
@@ -737,36 +752,44 @@ async fn event_loop(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut expire_tick = tokio::time::interval(Duration::from_millis(10));
     expire_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut nginx_tick = tokio::time::interval(NGINX_TICK);
-    nginx_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let follows_nginx = session.nginx.is_some();
+    let mut nginx_next = tokio::time::Instant::now() + NGINX_TICK;
 
+    // Idle, rsttrace sleeps until the kernel wakes it for the first sample of a burst
+    // (programs force a wake-up when the ring was empty, see programs/mod.rs emit()); busy,
+    // samples go in without waking it and it drains on a 10 ms tick, until a tick finds the
+    // ring empty and no verdict waiting.
+    let mut busy = false;
     let stop = loop {
+        nginx_next = session.nginx_due(nginx_next);
         let result: io::Result<bool> = tokio::select! {
-            guard = ring.readable_mut() => {
+            guard = ring.readable_mut(), if !busy => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
                 let r = drain(&mut session, guard.get_inner_mut(), count);
                 guard.clear_ready();
+                busy = true;
+                expire_tick.reset();
                 r.map(|d| d.done)
             }
             _ = tick.tick() => {
                 session.rescan_listeners();
-                session.report_lost(attached.lost_total()).map(|()| false)
+                // Also a backstop for a sample committed, unwoken, while rsttrace went idle.
+                drain(&mut session, ring.get_mut(), count)
+                    .and_then(|d| session.report_lost(attached.lost_total()).map(|()| d.done))
             }
-            // Samples are mostly submitted without waking us (see Config::ring_wakeup_bytes):
-            // drain on this tick, then release verdicts whose wait is over.
-            // Only once the ring is empty: the send of a reset waiting here may still be
-            // queued behind a full batch, and the clock has moved on meanwhile (events are
-            // released by their own times as they are read).
-            _ = expire_tick.tick() => drain(&mut session, ring.get_mut(), count).and_then(|d| {
+            // Release verdicts whose wait is over only once the ring is empty: the send of a
+            // reset waiting here may still be queued behind a full batch, and the clock has
+            // moved on meanwhile (events are released by their own times as they are read).
+            _ = expire_tick.tick(), if busy => drain(&mut session, ring.get_mut(), count).and_then(|d| {
                 if d.emptied {
                     session.expire(monotonic_ns())?;
+                    busy = d.read > 0 || session.attributor.waiting() > 0;
                 }
                 Ok(d.done || session.count_reached(count))
             }),
-            _ = nginx_tick.tick(), if follows_nginx => session
-                .nginx_tick()
-                .map(|()| session.count_reached(count)),
+            _ = tokio::time::sleep_until(nginx_next), if follows_nginx => {
+                session.nginx_tick(&mut nginx_next).map(|()| session.count_reached(count))
+            }
             _ = sigint.recv() => Ok(true),
             _ = sigterm.recv() => Ok(true),
             _ = async {
@@ -830,9 +853,12 @@ fn drain_all(
     Ok(())
 }
 
-/// How often nginx's error.log is read: its lines are what verdicts of nginx's workers wait
-/// for (see nginx::stage).
+/// How often nginx's error.log is read while a verdict of one of its workers waits for its
+/// line, or a line for its verdict (see nginx::stage).
 const NGINX_TICK: Duration = Duration::from_millis(100);
+/// ... and while nothing waits: a line whose reset rsttrace did not see is reported after a
+/// wait of its own anyway, and an idle rsttrace should not wake ten times a second.
+const NGINX_IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// Samples read per turn of the event loop: in a storm the kernel may queue faster than
 /// one pass reads, and signals, ticks and the clean stop must still get their turn.
@@ -844,6 +870,8 @@ struct Drained {
     done: bool,
     /// The ring had nothing more to read.
     emptied: bool,
+    /// Samples read.
+    read: usize,
 }
 
 /// Reads the queued samples (at most DRAIN_BATCH).
@@ -852,11 +880,12 @@ fn drain(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     count: Option<u64>,
 ) -> io::Result<Drained> {
-    for _ in 0..DRAIN_BATCH {
+    for read in 0..DRAIN_BATCH {
         let Some(item) = ring.next() else {
             return Ok(Drained {
                 done: false,
                 emptied: true,
+                read,
             });
         };
         session.handle(&item)?;
@@ -864,11 +893,13 @@ fn drain(
             return Ok(Drained {
                 done: true,
                 emptied: false,
+                read: read + 1,
             });
         }
     }
     Ok(Drained {
         done: false,
         emptied: false,
+        read: DRAIN_BATCH,
     })
 }

@@ -235,8 +235,9 @@ fn count_lost() {
 /// Reserves an event of type `T` (whose first field is a [`Header`]), fills the header,
 /// lets `fill` write the rest, and submits it; counts the loss when the ring is full.
 ///
-/// Samples are submitted without waking rsttrace, which drains on a short timer, until
-/// `ring_wakeup_bytes` wait: a wake-up per sample costs more than the sample in a storm.
+/// Samples are submitted without waking rsttrace, which drains on a short timer while
+/// samples come, until `ring_wakeup_bytes` wait: a wake-up per sample costs more than the
+/// sample in a storm. The first sample into an empty ring wakes it: idle, it sleeps.
 #[inline(always)]
 fn emit<T: 'static>(cfg: &Config, kind: EventKind, fill: impl FnOnce(*mut T)) {
     let Some(mut entry) = EVENTS.reserve::<T>(0) else {
@@ -255,8 +256,11 @@ fn emit<T: 'static>(cfg: &Config, kind: EventKind, fill: impl FnOnce(*mut T)) {
         (*header).comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
     }
     fill(event);
+    // Unconsumed bytes, this sample's reservation (and its 8-byte header) included: no more
+    // than that means the ring was empty, and rsttrace may be idle, waiting for a wake-up.
     let waiting = EVENTS.query(BPF_RB_AVAIL_DATA);
-    let flags = if waiting >= cfg.ring_wakeup_bytes as u64 {
+    let first = waiting <= (core::mem::size_of::<T>() as u64 + 8 + 7) & !7;
+    let flags = if first || waiting >= cfg.ring_wakeup_bytes as u64 {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

@@ -4,7 +4,6 @@
 //! addresses around 6.10), so nothing here is hard-coded: every decoder asks a
 //! [`RecordFormat`] for a field by name and copes with its absence.
 use std::{
-    collections::HashMap,
     fs,
     path::{Path, PathBuf},
 };
@@ -32,12 +31,13 @@ impl Field {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecordFormat {
-    pub fields: HashMap<String, Field>,
+    // Looked up by name for every decoded event: a fast hasher.
+    pub fields: crate::attribute::FastMap<String, Field>,
 }
 
 impl RecordFormat {
     pub fn parse(text: &str) -> Result<Self> {
-        let mut fields = HashMap::new();
+        let mut fields = crate::attribute::FastMap::default();
         for line in text.lines() {
             let line = line.trim();
             let Some(rest) = line.strip_prefix("field:") else {

@@ -144,8 +144,9 @@ impl<P: Borrow<Verdict>> LiveJoin<P> {
         self.stage.finish(out);
     }
 
-    pub fn waiting(&self) -> usize {
-        self.stage.waiting()
+    /// Something waits: a verdict for its line, or a line for its verdict.
+    pub fn busy(&self) -> bool {
+        self.stage.waiting() > 0 || self.stage.lines_waiting() > 0
     }
 
     fn update_following(&mut self) {

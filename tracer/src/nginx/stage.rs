@@ -226,6 +226,11 @@ impl<P: Borrow<Verdict>> JoinStage<P> {
         self.held_count
     }
 
+    /// Lines waiting for their verdict.
+    pub fn lines_waiting(&self) -> usize {
+        self.lines.len()
+    }
+
     /// Whether [`Self::offer`] would hold `verdict` for its line (unless the line is there).
     pub fn waits(&self, verdict: &Verdict) -> bool {
         self.claim_of(verdict).is_some_and(|(_, waits, _)| waits)
