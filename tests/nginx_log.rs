@@ -6,11 +6,8 @@
 //!
 //! Run as root, one test at a time: `cargo xtask test nginx_log`.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rsttrace::nginx::{
@@ -19,8 +16,8 @@ use rsttrace::nginx::{
 };
 use rsttrace_tests::fixtures::{php_script, run_kill, wait_for_php_worker};
 use rsttrace_tests::{
-    children_of, free_port, is_alive, proc_comm, require_root, send_signal, spawn_http_request,
-    wait_for_exit, wait_until, Location, Nginx, PhpFpm, PhpFpmOptions, TempDir,
+    children_of, free_port, is_alive, require_root, send_signal, spawn_http_request, wait_until,
+    Location, NamespacedNginx, NamespacedNginxOptions, Nginx, PhpFpm, PhpFpmOptions, TempDir,
 };
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -157,99 +154,23 @@ fn discovers_follows_and_verifies_real_resets_across_a_rename_rotation() {
     );
 }
 
-/// `unshare --kill-child --pid --mount --net` running nginx; stopped (with its namespaces) on drop.
-struct NamespacedNginx {
-    unshare: Child,
-    master: u32,
-}
-
-impl Drop for NamespacedNginx {
-    fn drop(&mut self) {
-        // nginx is pid 1 of its namespace: when it exits, the kernel kills the rest, and the
-        // mount and network namespaces (with the tmpfs) go with the last process.
-        let _ = send_signal(self.master, libc::SIGTERM);
-        if !wait_for_exit(self.master, Duration::from_secs(10)) {
-            let _ = self.unshare.kill();
-        }
-        let _ = self.unshare.wait();
-    }
-}
-
-fn start_namespaced_nginx(dir: &Path, port: u16) -> NamespacedNginx {
-    let d = dir.display();
-    let conf = format!(
-        "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log info;\n\
-         events {{ worker_connections 64; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {d}/cb; proxy_temp_path {d}/px;\n\
-         \x20 fastcgi_temp_path {d}/fc; uwsgi_temp_path {d}/uw; scgi_temp_path {d}/sc;\n\
-         \x20 server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://127.0.0.1:9; }} }}\n}}\n"
-    );
-    std::fs::write(dir.join("nginx.conf"), conf).expect("writing nginx.conf");
-    // The log folder gets a tmpfs that only the new mount namespace sees: from here the log
-    // exists only under /proc/<master>/root.
-    let script = format!(
-        "mount -t tmpfs rsttrace-test {d}/logs && ip link set lo up && \
-         exec env TZ=Asia/Tokyo nginx -p {d} -c {d}/nginx.conf -g 'daemon off;'"
-    );
-    let unshare = Command::new("unshare")
-        .args([
-            "--kill-child",
-            "--pid",
-            "--mount",
-            "--net",
-            "--fork",
-            "sh",
-            "-c",
-        ])
-        .arg(&script)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("running unshare");
-    let master = wait_until(Duration::from_secs(15), || {
-        children_of(unshare.id()).into_iter().find(|&pid| {
-            proc_comm(pid).as_deref() == Some("nginx")
-                && std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| c.starts_with(b"nginx: master process"))
-        })
-    });
-    let mut ns = NamespacedNginx {
-        unshare,
-        master: master.unwrap_or(0),
-    };
-    if master.is_none() {
-        let _ = ns.unshare.kill();
-        panic!("nginx did not start under unshare: {script}");
-    }
-    ns
-}
-
-/// One HTTP request from a thread that joined nginx's network namespace (setns affects only
-/// the calling thread, and the thread ends with it).
-fn request_in_netns(master: u32, port: u16) -> String {
-    std::thread::spawn(move || {
-        let ns = std::fs::File::open(format!("/proc/{master}/ns/net")).expect("nginx's netns");
-        // SAFETY: a valid namespace fd; only this thread changes namespace.
-        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect in the netns");
-        s.set_read_timeout(Some(REQUEST_TIMEOUT)).expect("timeout");
-        s.write_all(b"GET /x HTTP/1.1\r\nHost: ns\r\nConnection: close\r\n\r\n")
-            .expect("send");
-        let mut answer = String::new();
-        let _ = s.read_to_string(&mut answer);
-        answer
-    })
-    .join()
-    .expect("the request thread")
-}
-
 #[test]
 fn nginx_in_its_own_pid_mount_and_network_namespaces() {
     require_root();
     let dir = TempDir::new("nginx-ns").expect("temp dir");
     dir.subdir("logs", 0o755).expect("logs folder");
     let port = free_port();
-    let ns = start_namespaced_nginx(dir.path(), port);
+    let ns = NamespacedNginx::start(
+        dir.path(),
+        &NamespacedNginxOptions {
+            port,
+            upstream_port: 9,
+            upstream: None,
+            tz: "Asia/Tokyo".into(),
+            cri_log: None,
+        },
+    )
+    .expect("nginx under unshare");
     let master = ns.master;
 
     let instance = wait_until(Duration::from_secs(10), || {
@@ -293,7 +214,7 @@ fn nginx_in_its_own_pid_mount_and_network_namespaces() {
     assert_logged_now(&p, &tz);
 
     // A worker's line: a request inside the namespace to an upstream port nobody listens on.
-    let answer = request_in_netns(master, port);
+    let answer = ns.request("/x").expect("a request in nginx's netns");
     assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
     let refused = next_line(&mut follower, |p| p.is_refused());
     eprintln!("line: {}", String::from_utf8_lossy(&refused));

@@ -25,8 +25,12 @@ const DEFAULTS: &str = "/etc/default/rsttrace";
 const SBIN: &str = "/usr/sbin/rsttrace";
 const MAN_PAGE: &str = "/usr/share/man/man8/rsttrace.8.gz";
 const TIMEOUT: Duration = Duration::from_secs(10);
-/// What rsttrace keeps once attached (reading /proc and logs).
-const KEPT: &[&str] = &["CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"];
+/// What rsttrace keeps once attached: reading /proc and logs, and, while network evidence
+/// is attached (the unit's default), entering other network namespaces to name their
+/// interfaces (setns(CLONE_NEWNET) wants CAP_SYS_ADMIN).
+const KEPT: &[&str] = &["CAP_DAC_READ_SEARCH", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"];
+/// What it keeps with --no-network-hooks.
+const KEPT_WITHOUT_NETWORK: &[&str] = &["CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"];
 /// Every file the package installs, with its mode.
 const FILES: &[(&str, u32)] = &[
     (SBIN, 0o755),
@@ -463,6 +467,22 @@ fn service_capabilities_explain_real_resets_as_nobody() {
         pid_of(&event["signal"]["sender"]),
         Some(std::process::id()),
         "{event}"
+    );
+    tool.stop().expect("rsttrace stops cleanly");
+
+    // Without network evidence nothing needs to enter a namespace: CAP_SYS_ADMIN goes too.
+    let mut command = service.command.clone();
+    command.push("--no-network-hooks".into());
+    let mut tool = Rsttrace::start_command(
+        as_nobody_with(&service.capabilities, &command),
+        libc::SIGINT,
+    )
+    .expect("rsttrace --no-network-hooks starts as nobody with the unit's capabilities");
+    let effective = capabilities(tool.pid(), "CapEff").expect("rsttrace's capabilities");
+    assert_eq!(
+        effective,
+        KEPT_WITHOUT_NETWORK.iter().map(|c| c.to_string()).collect(),
+        "after attaching with --no-network-hooks"
     );
     tool.stop().expect("rsttrace stops cleanly");
 }

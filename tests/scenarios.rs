@@ -140,6 +140,35 @@ fn rsttrace_reset(
     event
 }
 
+/// rsttrace joined nginx's own error.log line to the reset: written by the worker that
+/// received it, about this upstream (`upstream` is how nginx writes it, up to the URI), with
+/// nginx's errno; and that line is really in nginx's error.log.
+fn assert_nginx_line(event: &Value, nginx: &Nginx, upstream: &str, errno: u32) {
+    let line = &event["nginx"];
+    assert!(line.is_object(), "no nginx line joined: {event}");
+    // nginx runs in our pid namespace: the pid it logs is the receiver's.
+    assert_eq!(line["pid"], event["receiver"]["pid"], "{event}");
+    assert_eq!(line["host_pid"], event["receiver"]["pid"], "{event}");
+    assert_eq!(line["errno"], errno, "{event}");
+    let message = line["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&format!("({errno}: ")), "{event}");
+    let logged_upstream = line["upstream"].as_str().unwrap_or_default();
+    assert!(logged_upstream.starts_with(upstream), "{upstream}: {event}");
+    assert_eq!(line["upstream_check"], "confirmed", "{event}");
+    assert_eq!(
+        line["log_file"],
+        nginx.error_log_path().display().to_string(),
+        "{event}"
+    );
+    let connection = line["connection"].as_u64().expect("nginx.connection");
+    let needle = format!("*{connection} {message}");
+    assert!(
+        nginx.error_log_contents().contains(&needle),
+        "nginx's error.log lacks {needle:?}:\n{}",
+        nginx.error_log_contents()
+    );
+}
+
 /// The scenarios above serve nginx a 502: its recv()/writev()/connect() failed.
 fn assert_seen(event: &Value) {
     assert_eq!(
@@ -232,6 +261,12 @@ fn php_fpm_tcp_worker_kill9() {
     assert_eq!(pid_of(&event["signal"]["sender"]), Some(kill), "{event}");
     assert_eq!(event["signal"]["sender"]["comm"], "kill", "{event}");
     assert_seen(&event);
+    assert_nginx_line(
+        &event,
+        &nginx,
+        &format!("fastcgi://127.0.0.1:{}", fpm.port()),
+        104,
+    );
     stop_and_check(&mut tool, &event);
 }
 
@@ -282,6 +317,12 @@ fn php_fpm_request_terminate_timeout() {
         "{event}"
     );
     assert_seen(&event);
+    assert_nginx_line(
+        &event,
+        &nginx,
+        &format!("fastcgi://127.0.0.1:{}", fpm.port()),
+        104,
+    );
     stop_and_check(&mut tool, &event);
 }
 
@@ -338,6 +379,12 @@ fn php_fpm_oom_in_memory_cgroup() {
     assert_eq!(event["oom"]["cgroup"], cgroup.path(), "{event}");
     assert_eq!(pid_of(&event["oom"]["victim"]), Some(worker), "{event}");
     assert_seen(&event);
+    assert_nginx_line(
+        &event,
+        &nginx,
+        &format!("fastcgi://127.0.0.1:{}", fpm.port()),
+        104,
+    );
     stop_and_check(&mut tool, &event);
 }
 
@@ -394,6 +441,12 @@ fn gunicorn_segfault() {
         assert_eq!(pid_of(&event["signal"]["sender"]), Some(worker), "{event}");
     }
     assert_seen(&event);
+    assert_nginx_line(
+        &event,
+        &nginx,
+        &format!("http://127.0.0.1:{}/py/segv", gunicorn.port()),
+        104,
+    );
     stop_and_check(&mut tool, &event);
 }
 
@@ -427,6 +480,12 @@ fn gunicorn_live_abort() {
     assert_eq!(pid_of(&event["peer"]), Some(worker), "{event}");
     assert!(event["signal"].is_null(), "no signal is involved: {event}");
     assert_seen(&event);
+    assert_nginx_line(
+        &event,
+        &nginx,
+        &format!("http://127.0.0.1:{}/py/abort", gunicorn.port()),
+        104,
+    );
     stop_and_check(&mut tool, &event);
 }
 
@@ -477,6 +536,12 @@ fn gunicorn_exit_3() {
     assert_eq!(event["exit_code"], 3, "{event}");
     assert_eq!(pid_of(&event["peer"]), Some(worker), "{event}");
     assert_seen(&event);
+    assert_nginx_line(
+        &event,
+        &nginx,
+        &format!("http://127.0.0.1:{}/py/exit3", gunicorn.port()),
+        104,
+    );
     stop_and_check(&mut tool, &event);
 }
 
@@ -499,6 +564,12 @@ fn nginx_to_closed_port() {
     let event = rsttrace_reset(&tool, &trace, &kernel, &nginx);
     assert_eq!(event["cause"], "no_socket", "{event}");
     assert_seen(&event);
+    assert_nginx_line(
+        &event,
+        &nginx,
+        &format!("http://127.0.0.1:{closed}/closed/x"),
+        111,
+    );
     stop_and_check(&mut tool, &event);
 }
 
@@ -603,6 +674,7 @@ fn php_fpm_unix_worker_kill9() {
     assert_eq!(event["signal"]["number"], 9, "{event}");
     assert_eq!(pid_of(&event["signal"]["sender"]), Some(kill), "{event}");
     assert_eq!(event["listener_closed"], false, "{event}");
+    assert_nginx_line(&event, &nginx, &format!("fastcgi://unix:{path}:"), 104);
     stop_and_check(&mut tool, &event);
 }
 
@@ -628,6 +700,7 @@ fn php_fpm_unix_request_terminate_timeout() {
         Some(fpm.master_pid()),
         "the FPM master terminated the worker: {event}"
     );
+    assert_nginx_line(&event, &nginx, &format!("fastcgi://unix:{path}:"), 104);
     stop_and_check(&mut tool, &event);
 }
 
@@ -656,6 +729,7 @@ fn php_fpm_unix_oom_in_memory_cgroup() {
     assert_eq!(pid_of(&event["peer"]), Some(worker), "{event}");
     assert_eq!(event["oom"]["scope"], "cgroup", "{event}");
     assert_eq!(event["oom"]["cgroup"], cgroup.path(), "{event}");
+    assert_nginx_line(&event, &nginx, &format!("fastcgi://unix:{path}:"), 104);
     stop_and_check(&mut tool, &event);
 }
 
@@ -699,13 +773,37 @@ fn php_fpm_unix_stopped_with_queued_requests() {
     );
     assert_eq!(closed["cause"], "signal", "{closed}");
     assert_eq!(pid_of(&closed["signal"]["sender"]), Some(kill), "{closed}");
+    // Verdicts of nginx's workers wait for nginx's line (up to 1.5 s): wait for all three.
+    let listener_closed = |all: &[Value]| {
+        all.iter()
+            .filter(|e| e["transport"] == "unix" && e["listener_closed"] == true)
+            .count()
+    };
+    let three = wait_until(REPORT_TIMEOUT, || {
+        (listener_closed(&tool.events()) >= 3).then_some(())
+    });
     let all = tool.events();
-    let listener_closed = all
-        .iter()
-        .filter(|e| e["transport"] == "unix" && e["listener_closed"] == true)
-        .count();
-    assert_eq!(listener_closed, 3, "one per queued request: {all:#?}");
+    assert!(three.is_some(), "one per queued request: {all:#?}");
+    assert_eq!(listener_closed(&all), 3, "one per queued request: {all:#?}");
     let busy_event = unix_reset(&tool, &nginx, &path, |e| e["listener_closed"] == false);
+    // nginx logged one 104 line per request; each reset carries its own.
+    let unix_resets: Vec<Value> = tool
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "reset" && e["transport"] == "unix")
+        .collect();
+    let mut connections = Vec::new();
+    for event in &unix_resets {
+        assert_nginx_line(event, &nginx, &format!("fastcgi://unix:{path}:"), 104);
+        connections.push(event["nginx"]["connection"].as_u64());
+    }
+    connections.sort_unstable();
+    connections.dedup();
+    assert_eq!(
+        connections.len(),
+        4,
+        "four lines, one per reset: {unix_resets:#?}"
+    );
     assert_eq!(pid_of(&busy_event["peer"]), Some(worker), "{busy_event}");
     assert_eq!(busy_event["cause"], "signal", "{busy_event}");
     assert_eq!(

@@ -186,7 +186,12 @@ impl Nginx {
     }
 
     pub fn error_log_contents(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+        std::fs::read_to_string(self.error_log_path()).unwrap_or_default()
+    }
+
+    /// The error.log its configuration names (`error_log DIR/error.log info;`).
+    pub fn error_log_path(&self) -> PathBuf {
+        self.dir.path().join("error.log")
     }
 
     /// Waits until error.log contains `needle`.

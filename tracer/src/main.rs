@@ -10,7 +10,9 @@ use clap::{CommandFactory as _, Parser, ValueEnum};
 use rsttrace::{
     check,
     generate::{generate, Generated},
-    loader, output,
+    loader,
+    nginx::LogChoice,
+    output,
     session::{self, Failure, FailureKind, Options},
 };
 
@@ -28,10 +30,20 @@ Examples:
   sudo rsttrace --pid 4242 --count 1     stop after the first reset involving pid 4242 or its children
   sudo rsttrace --duration 10m | jq 'select(.cause == \"oom_kill\")'
   sudo rsttrace --check                  what this kernel supports
+  sudo rsttrace --nginx-error-log /var/log/nginx/error.log --nginx-error-log /srv/site/error.log
+                                         join these error.log files (default: the running nginx's)
+  sudo rsttrace --nginx-error-log /var/log/pods/web_nginx-7d4_0c1e/nginx/0.log
+                                         an nginx container logging to stderr (Kubernetes' CRI log)
+  sudo rsttrace --metrics 9477           also serve Prometheus metrics on 127.0.0.1:9477/metrics
+  sudo rsttrace --metrics 0.0.0.0:9477   ... on every address (only when asked)
 
 Output:
   Each reset is one JSON line (schema_version 1; every field is described in README.md):
   cause is one of oom_kill, signal, crash, exit, abort, no_socket, kernel, network, unknown.
+  A reset nginx received carries {\"nginx\":{...}}, the line nginx logged for it (a reset of
+  an nginx worker waits up to 1.5 s for it, so lines may come out of kernel order); a 104 line
+  no reset explains is an {\"event\":\"unexplained\",...} line. The last line at stop is
+  {\"event\":\"summary\",...} (with --format text, a table on stderr).
   Samples the kernel had to drop are reported as {\"event\":\"lost\",...} lines, never silently.
 
 Privileges:
@@ -93,6 +105,24 @@ struct Args {
     /// kills, and is where the packet hook attaches.
     #[arg(long, value_name = "DIR")]
     cgroup_root: Option<PathBuf>,
+    /// An nginx error.log to join with the resets (repeatable; a file nginx writes, or a
+    /// Kubernetes CRI log of an nginx logging to stderr). Default: the error_log files of the
+    /// running nginx (found from its configuration, also inside containers), else
+    /// /var/log/nginx/error.log when it exists.
+    #[arg(
+        long = "nginx-error-log",
+        value_name = "PATH",
+        conflicts_with = "no_nginx_log"
+    )]
+    nginx_error_log: Vec<std::path::PathBuf>,
+    /// Do not read nginx's error.log: no `nginx` object, no `unexplained` events, no reset
+    /// waits for a line.
+    #[arg(long)]
+    no_nginx_log: bool,
+    /// Serve Prometheus metrics on ADDR (/metrics): PORT (on 127.0.0.1), IP:PORT or
+    /// [IPv6]:PORT. Other than loopback only when given: 0.0.0.0:9477.
+    #[arg(long, value_name = "ADDR", value_parser = rsttrace::metrics::parse_addr)]
+    metrics: Option<std::net::SocketAddr>,
     /// Print what this kernel supports and which hook serves each capability, then exit.
     #[arg(long)]
     check: bool,
@@ -203,6 +233,14 @@ impl Args {
             debug_events: self.debug_events,
             syscall_hooks: self.syscall_hooks,
             syscall_args_at_entry: self.syscall_args_at_entry,
+            nginx_log: if self.no_nginx_log {
+                None
+            } else if self.nginx_error_log.is_empty() {
+                Some(LogChoice::Discover)
+            } else {
+                Some(LogChoice::Files(self.nginx_error_log.clone()))
+            },
+            metrics: self.metrics,
         }
     }
 }
@@ -233,6 +271,22 @@ mod tests {
         assert_eq!(parse_ring_kib("4096"), Ok(4096 * 1024));
         assert!(parse_ring_kib("3000").is_err());
         assert!(parse_ring_kib("2").is_err());
+    }
+
+    #[test]
+    fn nginx_log_choices() {
+        let opts = |args: &[&str]| {
+            Args::try_parse_from([&["rsttrace"], args].concat()).map(|a| a.options().nginx_log)
+        };
+        assert_eq!(opts(&[]).ok(), Some(Some(LogChoice::Discover)));
+        assert_eq!(opts(&["--no-nginx-log"]).ok(), Some(None));
+        assert_eq!(
+            opts(&["--nginx-error-log", "/a", "--nginx-error-log", "/b"]).ok(),
+            Some(Some(LogChoice::Files(vec!["/a".into(), "/b".into()])))
+        );
+        assert!(opts(&["--nginx-error-log", "/a", "--no-nginx-log"]).is_err());
+        let err = Args::try_parse_from(["rsttrace", "--metrics", ":9477"]).expect_err("ambiguous");
+        assert!(err.to_string().contains("0.0.0.0:9477"), "{err}");
     }
 
     #[test]

@@ -438,6 +438,9 @@ pub struct Attribution {
     pub receiver_sock: u64,
     /// A syscall of the receiver returned ECONNRESET for it (None: not known yet).
     pub seen_by_receiver: Option<bool>,
+    /// When that syscall failed (ktime): the moment the receiver met the error, which is
+    /// the order nginx writes its error.log lines in (a TCP reset may be read later).
+    pub seen_ns: Option<u64>,
     /// unix: the peer was never accepted; its listener was closed (the peer is then the
     /// process that owned the listener).
     pub listener_closed: bool,
@@ -526,6 +529,7 @@ impl Attribution {
             remote,
             receiver_sock,
             seen_by_receiver: None,
+            seen_ns: None,
             listener_closed: false,
             receiver,
             receiver_role: None,

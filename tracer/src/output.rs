@@ -3,7 +3,8 @@ use std::io::{self, BufWriter, Stdout, Write};
 
 use crate::{
     model::{Attribution, Refusal},
-    report::{self, LostJson, Resolve, SCHEMA_VERSION},
+    nginx::LoggedLine,
+    report::{self, LostJson, Resolve, SummaryJson, SCHEMA_VERSION},
     timefmt::Rfc3339,
 };
 
@@ -28,8 +29,16 @@ impl Output {
         }
     }
 
-    pub fn verdict(&mut self, verdict: &Attribution, resolve: &dyn Resolve) -> io::Result<()> {
-        let json = report::reset_json(verdict, resolve);
+    /// A reset, with the line nginx logged for it when the join found one. `resolve`: the
+    /// live facts, or those recorded when the verdict left the engine (it waited for its line).
+    pub fn reset(
+        &mut self,
+        verdict: &Attribution,
+        nginx: Option<&LoggedLine>,
+        resolve: &dyn Resolve,
+    ) -> io::Result<()> {
+        let mut json = report::reset_json(verdict, resolve);
+        json.nginx = nginx.and_then(report::nginx_json);
         match self.format {
             Format::Json => {
                 serde_json::to_writer(&mut self.out, &json)?;
@@ -77,6 +86,35 @@ impl Output {
                 "{} LOST {lost} kernel samples (ring buffer full; {total} since start); raise --buffer-size",
                 json.time
             ),
+        }
+    }
+
+    /// An nginx reset line no reset rsttrace saw explains; `lost_total`: samples lost so far.
+    pub fn unexplained(&mut self, line: &LoggedLine, lost_total: u64) -> io::Result<()> {
+        let Some(json) = report::unexplained_json(line, lost_total) else {
+            return Ok(());
+        };
+        match self.format {
+            Format::Json => {
+                serde_json::to_writer(&mut self.out, &json)?;
+                self.out.write_all(b"\n")
+            }
+            Format::Text => writeln!(self.out, "{}", report::render_unexplained_text(&json)),
+        }
+    }
+
+    /// The last line: JSON on stdout, or a small table on stderr for `--format text` (whose
+    /// stdout is for the resets alone).
+    pub fn summary(&mut self, json: &SummaryJson) -> io::Result<()> {
+        match self.format {
+            Format::Json => {
+                serde_json::to_writer(&mut self.out, json)?;
+                self.out.write_all(b"\n")
+            }
+            Format::Text => {
+                eprintln!("{}", report::render_summary_text(json));
+                Ok(())
+            }
         }
     }
 

@@ -3,8 +3,10 @@
 use std::{
     collections::HashMap,
     io,
+    net::SocketAddr,
     path::{Path, PathBuf},
     rc::Rc,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -22,10 +24,13 @@ use crate::{
     host::{in_own_cgroup_namespace, local_addresses, monotonic_ns},
     kernel::{short_reason_name, KernelFacts},
     loader,
+    metrics::Metrics,
     model::{KernelEvent, Verdict},
+    nginx::{Clock, LiveJoin, LogChoice, Released},
     output::{Format, Output},
     privileges::{drop_attach_capabilities, missing_capabilities},
-    report::{CgroupInfo, MemcgInfo, NetnsJson, Resolve},
+    report::{self, CgroupInfo, LostTotals, MemcgInfo, NetnsJson, Resolve},
+    summary::Tally,
     timefmt::realtime_offset_ns,
     unix::ListenerScanner,
     watch::{self, Watch},
@@ -78,6 +83,10 @@ pub struct Options {
     pub debug_events: bool,
     pub syscall_hooks: bool,
     pub syscall_args_at_entry: bool,
+    /// Where nginx's error.log comes from; `None`: `--no-nginx-log`.
+    pub nginx_log: Option<LogChoice>,
+    /// `--metrics`: where to serve /metrics.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Checks that rsttrace can run here and resolves this kernel's facts, with the options
@@ -148,6 +157,11 @@ pub fn run(
     preload: loader::Preload,
 ) -> Result<(), Failure> {
     let watch = watch_from(opts)?;
+    let listener = opts
+        .metrics
+        .map(crate::metrics::bind)
+        .transpose()
+        .fail_with(FailureKind::Runtime)?;
     // A refusal is a host that cannot run rsttrace as configured (exit 3: systemd's unit
     // does not restart on it), not a fault.
     let (attached, events) =
@@ -182,8 +196,35 @@ pub fn run(
         let _context = runtime.enter();
         Signals::install().fail_with(FailureKind::Runtime)?
     };
+    let metrics = match listener {
+        Some(listener) => {
+            let metrics = Arc::new(Metrics::new(
+                env!("CARGO_PKG_VERSION"),
+                &crate::metrics::kernel_release(),
+            ));
+            let addr = listener.local_addr().ok();
+            let _context = runtime.enter();
+            crate::metrics::serve(listener, Arc::clone(&metrics))
+                .fail_with(FailureKind::Runtime)?;
+            Some((metrics, addr))
+        }
+        None => None,
+    };
+    // Before "attached" is said: a reset right after it must find its nginx known.
+    let nginx = opts
+        .nginx_log
+        .clone()
+        .map(|choice| LiveJoin::start(choice, realtime_offset_ns()));
     announce(facts, opts, &watch, &attached, started);
     let mut session = Session::new(facts, opts, watch);
+    if let Some((_, Some(addr))) = &metrics {
+        eprintln!("rsttrace: serving metrics on http://{addr}/metrics");
+    }
+    session.nginx = nginx.map(|mut n| {
+        n.announce();
+        n
+    });
+    session.metrics = metrics.map(|(m, _)| m);
     session.seed_listeners();
     runtime
         .block_on(event_loop(session, attached, events, signals, opts))
@@ -397,6 +438,11 @@ struct Session<'a> {
     lost_reported: u64,
     decode_errors: u64,
     decode_errors_reported: u64,
+    /// The error.log join; verdicts pass through it before the watch filter.
+    nginx: Option<LiveJoin<Outgoing>>,
+    /// What was printed, for the summary at stop.
+    tally: Tally,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl<'a> Session<'a> {
@@ -424,6 +470,9 @@ impl<'a> Session<'a> {
             lost_reported: 0,
             decode_errors: 0,
             decode_errors_reported: 0,
+            nginx: None,
+            tally: Tally::new(realtime_offset_ns() + i128::from(monotonic_ns())),
+            metrics: None,
         }
     }
 
@@ -481,27 +530,140 @@ impl<'a> Session<'a> {
         result
     }
 
+    /// Hands the engine's verdicts to the nginx join (all of them, before the filter: a
+    /// filtered reset must still claim its line), then prints what it releases.
     fn emit(&mut self, verdicts: &mut Vec<Verdict>) -> io::Result<()> {
+        if verdicts.is_empty() {
+            return Ok(());
+        }
+        let mut released = Vec::with_capacity(verdicts.len());
+        let now = self.clock();
         for verdict in verdicts.drain(..) {
-            match &verdict {
-                Verdict::Reset(a) => {
-                    if !self.watch.matches(a.receiver.as_ref())
-                        && !self.watch.matches(a.peer.as_ref())
-                    {
-                        continue;
+            let outgoing = self.outgoing(verdict);
+            match self.nginx.as_mut() {
+                Some(nginx) => nginx.offer(outgoing, now, &mut released),
+                None => released.push(Released::Verdict(outgoing, None)),
+            }
+        }
+        self.publish(released)
+    }
+
+    /// Whether the verdict is to be printed (the filter's answer now, as the watched set
+    /// changes with forks), and, for one that will wait for nginx's line, the facts its
+    /// rendering reads, recorded now: by the time the line comes they may be gone (the
+    /// memory cgroup of a container just OOM-killed, /proc of a dead peer).
+    fn outgoing(&mut self, verdict: Verdict) -> Outgoing {
+        let visible = match &verdict {
+            Verdict::Reset(a) => {
+                self.watch.matches(a.receiver.as_ref()) || self.watch.matches(a.peer.as_ref())
+            }
+            Verdict::Refused(f) => self.watch.matches(f.receiver.as_ref()),
+        };
+        let waits = self.nginx.as_mut().is_some_and(|n| n.will_wait(&verdict));
+        let facts = match &verdict {
+            Verdict::Reset(a) if visible && waits => Some(report::record(&self.resolver, |r| {
+                let _ = report::reset_json(a, r);
+            })),
+            _ => None,
+        };
+        Outgoing {
+            verdict,
+            visible,
+            facts,
+        }
+    }
+
+    fn clock(&self) -> Clock {
+        let mono_ns = monotonic_ns();
+        Clock {
+            mono_ns,
+            unix_ns: self.resolver.offset_ns + i128::from(mono_ns),
+        }
+    }
+
+    /// Prints and counts what passed the filter.
+    fn publish(&mut self, released: Vec<Released<Outgoing>>) -> io::Result<()> {
+        for r in released {
+            match r {
+                Released::Verdict(outgoing, _) if !outgoing.visible => {}
+                Released::Verdict(outgoing, line) => match &outgoing.verdict {
+                    Verdict::Reset(a) => {
+                        let facts: &dyn Resolve = match &outgoing.facts {
+                            Some(recorded) => recorded,
+                            None => &self.resolver,
+                        };
+                        self.output.reset(a, line.as_deref(), facts)?;
+                        self.tally.reset(a, line.is_some());
+                        if let Some(m) = &self.metrics {
+                            m.reset(a);
+                        }
+                        self.reported += 1;
                     }
-                    self.output.verdict(a, &self.resolver)?;
-                }
-                Verdict::Refused(f) => {
-                    if !self.watch.matches(f.receiver.as_ref()) {
-                        continue;
+                    Verdict::Refused(f) => {
+                        self.output.refusal(f, &self.resolver)?;
+                        self.tally.refusal(f);
+                        self.reported += 1;
                     }
-                    self.output.refusal(f, &self.resolver)?;
+                },
+                // Printed whatever the filter: its peer is unknown, so no filter can say it
+                // is not about the watched processes.
+                Released::Unexplained(line) => {
+                    self.output.unexplained(&line, self.lost_reported)?;
+                    self.tally.unexplained();
+                    if let Some(m) = &self.metrics {
+                        m.unexplained();
+                    }
                 }
             }
-            self.reported += 1;
         }
         Ok(())
+    }
+
+    /// When nginx's error.log is read next: within NGINX_TICK while a verdict waits for its
+    /// line (or a line for its verdict), else as planned.
+    fn nginx_due(&self, planned: tokio::time::Instant) -> tokio::time::Instant {
+        match &self.nginx {
+            Some(n) if n.busy() => planned.min(tokio::time::Instant::now() + NGINX_TICK),
+            _ => planned,
+        }
+    }
+
+    /// The error.log follower's tick: new lines, waits that are over; plans the next one.
+    fn nginx_tick(&mut self, next: &mut tokio::time::Instant) -> io::Result<()> {
+        let now = self.clock();
+        let Some(nginx) = self.nginx.as_mut() else {
+            return Ok(());
+        };
+        let mut released = Vec::new();
+        nginx.tick(now, &mut released);
+        let every = if nginx.busy() {
+            NGINX_TICK
+        } else {
+            NGINX_IDLE_TICK
+        };
+        *next = tokio::time::Instant::now() + every;
+        self.publish(released)
+    }
+
+    /// At stop, after the engine let go of everything: the last lines, every wait ended.
+    fn nginx_finish(&mut self) -> io::Result<()> {
+        let now = self.clock();
+        let Some(nginx) = self.nginx.as_mut() else {
+            return Ok(());
+        };
+        let mut released = Vec::new();
+        nginx.finish(now, &mut released);
+        self.publish(released)
+    }
+
+    fn summary(&mut self) -> io::Result<()> {
+        let now = self.clock().unix_ns;
+        let lost = LostTotals {
+            samples: self.lost_reported,
+            decode_errors: self.decode_errors,
+        };
+        let json = self.tally.json(now, lost);
+        self.output.summary(&json)
     }
 
     fn rescan_listeners(&mut self) {
@@ -522,12 +684,29 @@ impl<'a> Session<'a> {
         }
         self.lost_reported = lost_total;
         self.decode_errors_reported = self.decode_errors;
+        if let Some(m) = &self.metrics {
+            m.lost(lost);
+        }
         let now = self.resolver.offset_ns + i128::from(monotonic_ns());
         self.output.lost(now, lost, lost_total, decode)
     }
 
     fn count_reached(&self, count: Option<u64>) -> bool {
         count.is_some_and(|c| self.reported >= c)
+    }
+}
+
+/// A verdict on its way out: whether it passed the filter, and the facts recorded for its
+/// rendering when it waits for nginx's line.
+struct Outgoing {
+    verdict: Verdict,
+    visible: bool,
+    facts: Option<report::Recorded>,
+}
+
+impl std::borrow::Borrow<Verdict> for Outgoing {
+    fn borrow(&self) -> &Verdict {
+        &self.verdict
     }
 }
 
@@ -573,6 +752,8 @@ async fn event_loop(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut expire_tick = tokio::time::interval(Duration::from_millis(10));
     expire_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let follows_nginx = session.nginx.is_some();
+    let mut nginx_next = tokio::time::Instant::now() + NGINX_TICK;
 
     // Idle, rsttrace sleeps until the kernel wakes it for the first sample of a burst
     // (programs force a wake-up when the ring was empty, see programs/mod.rs emit()); busy,
@@ -580,6 +761,7 @@ async fn event_loop(
     // ring empty and no verdict waiting.
     let mut busy = false;
     let stop = loop {
+        nginx_next = session.nginx_due(nginx_next);
         let result: io::Result<bool> = tokio::select! {
             guard = ring.readable_mut(), if !busy => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
@@ -605,6 +787,9 @@ async fn event_loop(
                 }
                 Ok(d.done || session.count_reached(count))
             }),
+            _ = tokio::time::sleep_until(nginx_next), if follows_nginx => {
+                session.nginx_tick(&mut nginx_next).map(|()| session.count_reached(count))
+            }
             _ = sigint.recv() => Ok(true),
             _ = sigterm.recv() => Ok(true),
             _ = async {
@@ -639,7 +824,9 @@ fn finish(
     attached.detach();
     let flushed = drain_all(session, ring).and_then(|unread| {
         session.expire(u64::MAX)?;
+        session.nginx_finish()?;
         session.report_lost(attached.lost_total() + unread)?;
+        session.summary()?;
         session.output.flush()?;
         Ok(unread)
     });
@@ -678,6 +865,13 @@ fn drain_all(
     }
     Ok(unread)
 }
+
+/// How often nginx's error.log is read while a verdict of one of its workers waits for its
+/// line, or a line for its verdict (see nginx::stage).
+const NGINX_TICK: Duration = Duration::from_millis(100);
+/// ... and while nothing waits: a line whose reset rsttrace did not see is reported after a
+/// wait of its own anyway, and an idle rsttrace should not wake ten times a second.
+const NGINX_IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// Samples read per turn of the event loop: in a storm the kernel may queue faster than
 /// one pass reads, and signals, ticks and the clean stop must still get their turn.

@@ -133,10 +133,23 @@ fn build(release: bool) -> Result<PathBuf> {
     }
     run_checked(&mut cmd)?;
     let profile = if release { "release" } else { "debug" };
-    Ok(workspace_root()
-        .join("target")
-        .join(profile)
-        .join("rsttrace"))
+    Ok(target_dir().join(profile).join("rsttrace"))
+}
+
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR` when set (worktrees sharing a machine
+/// each keep their own), else the workspace's `target`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                workspace_root().join(dir)
+            }
+        }
+        _ => workspace_root().join("target"),
+    }
 }
 
 fn as_root(bin: &Path, args: &[String]) -> Command {
@@ -197,6 +210,10 @@ fn test(filter: Option<&str>) -> Result<()> {
             "network",
             "--test",
             "nginx_log",
+            "--test",
+            "nginx_join",
+            "--test",
+            "metrics",
         ])
         .args([
             "--test",

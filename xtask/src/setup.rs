@@ -64,6 +64,8 @@ const TEST_PACKAGES: &[&str] = &[
     "python3-venv", // kubernetes-validate's virtual environment
     "mmdebstrap",   // cargo xtask service-test: a Debian 12 root file system with systemd
     "cpio",
+    // tests/metrics.rs: a real Prometheus server scrapes rsttrace's --metrics.
+    "prometheus",
 ];
 /// Validates Kubernetes manifests against the API's schemas offline (PyPI).
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";

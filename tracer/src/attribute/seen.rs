@@ -109,6 +109,7 @@ fn same_owner(a: &Attribution, e: &SocketError) -> bool {
 /// The receiver's call `e` failed on the socket the verdict's reset hit.
 fn seen(a: &mut Attribution, e: &SocketError) {
     a.seen_by_receiver = Some(true);
+    a.seen_ns = Some(e.time_ns);
     // The task whose call failed owns the socket: it names a receiver whose connect or
     // accept rsttrace did not see (a connection older than rsttrace, a keepalive timeout's
     // other end that never read before).

@@ -39,6 +39,7 @@ impl UnixResets {
         );
         // For unix sockets the receiver's failed call is the reset itself.
         out.seen_by_receiver = Some(true);
+        out.seen_ns = Some(e.time_ns);
         // An accepted unix socket carries its listener's address (unix_stream_connect(),
         // net/unix/af_unix.c); a connecting one has none unless it bound one itself.
         out.receiver_role = Some(if peer.path.is_some() {

@@ -348,9 +348,28 @@ impl PidMap {
         Self { master, map }
     }
 
+    /// A map from known (logged pid, pid here) pairs: an nginx in another pid namespace
+    /// whose pids were read elsewhere (tests, recorded sessions).
+    pub fn from_pairs(master: u32, pairs: impl IntoIterator<Item = (u32, u32)>) -> Self {
+        Self {
+            master,
+            map: pairs.into_iter().collect(),
+        }
+    }
+
     /// The pid here of the nginx process that logged `logged_pid`.
     pub fn host_pid(&self, logged_pid: u32) -> Option<u32> {
         self.map.get(&logged_pid).copied()
+    }
+
+    /// Whether `pid` (here) is this nginx's master or one of its workers.
+    pub fn contains_host(&self, pid: u32) -> bool {
+        self.map.values().any(|p| *p == pid)
+    }
+
+    /// The master's pid here.
+    pub fn master(&self) -> u32 {
+        self.master
     }
 }
 

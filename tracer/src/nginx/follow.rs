@@ -6,14 +6,16 @@
 //!   keeps writing to the renamed file until it reopens its logs (`nginx -s reopen`, USR1, in
 //!   logrotate's postrotate), so the old file stays open and is drained until it has been
 //!   quiet for [`Limits::drain_quiet`], while the new file is read from its start.
-//! - **copytruncate**: same inode, now shorter than what was read: read again from 0.
+//! - **copytruncate**: same inode, now shorter than what was read, or no longer holding the
+//!   bytes last read where they were (truncated, then appended to past the old size before
+//!   this poll): read again from 0.
 //!
 //! Only whole lines (ending in `\n`) are returned; a line longer than [`Limits::max_line`] is
 //! returned cut to that length with `cut` set, the rest skipped up to its newline.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -94,7 +96,14 @@ struct Reader {
     /// Inside an over-long line: drop bytes up to the next newline.
     skipping: bool,
     last_change: Instant,
+    /// The last bytes read (up to [`TAIL`]), which end at `offset`: if the file no longer
+    /// holds them there, it was truncated and written again.
+    tail: Vec<u8>,
 }
+
+/// Bytes kept to recognise a file rewritten in place. nginx's lines start with a time and
+/// carry a connection number, so 64 bytes differ between any two.
+const TAIL: usize = 64;
 
 impl Follower {
     pub fn new(paths: impl IntoIterator<Item = PathBuf>, start: StartAt, limits: Limits) -> Self {
@@ -119,6 +128,24 @@ impl Follower {
             f.start_at_end = false;
         }
         follower
+    }
+
+    /// Follows one more file (an nginx that started after us); nothing if it is followed
+    /// already. Its lines from now on with [`StartAt::End`].
+    pub fn add(&mut self, path: PathBuf, start: StartAt) {
+        if self.files.iter().any(|f| f.path == path) {
+            return;
+        }
+        let mut followed = Followed {
+            path,
+            current: None,
+            draining: Vec::new(),
+            start_at_end: start == StartAt::End,
+            reported_error: false,
+        };
+        followed.open_if_needed(&mut self.notices);
+        followed.start_at_end = false;
+        self.files.push(followed);
     }
 
     /// Reads what was appended since the last poll and returns the complete lines.
@@ -163,11 +190,12 @@ impl Followed {
                 notices.push(Notice::Rotated(path.clone()));
                 self.open_if_needed(notices);
             }
-            Ok(meta) if meta.len() < reader.offset => {
+            Ok(meta) if meta.len() < reader.offset || reader.rewritten() => {
                 // copytruncate: the same file, cut back. What was pending belonged to the
                 // copy; nginx (O_APPEND) now writes from the new end.
                 reader.offset = 0;
                 reader.pending.clear();
+                reader.tail.clear();
                 reader.skipping = false;
                 notices.push(Notice::Truncated(path.clone()));
             }
@@ -226,7 +254,22 @@ impl Reader {
             pending: Vec::new(),
             skipping: false,
             last_change: Instant::now(),
+            tail: Vec::new(),
         })
+    }
+
+    /// The bytes last read are no longer where they were read.
+    fn rewritten(&self) -> bool {
+        if self.tail.is_empty() {
+            return false;
+        }
+        let at = self.offset - self.tail.len() as u64;
+        let mut now = vec![0u8; self.tail.len()];
+        match self.file.read_exact_at(&mut now, at) {
+            Ok(()) => now != self.tail,
+            // Shorter than that: the size check says so.
+            Err(_) => false,
+        }
     }
 
     /// Reads up to the per-poll budget; returns whether anything was read.
@@ -246,6 +289,10 @@ impl Reader {
             any = true;
             budget -= n;
             self.offset += n as u64;
+            let keep = n.min(TAIL);
+            let drop = (self.tail.len() + keep).saturating_sub(TAIL);
+            self.tail.drain(..drop);
+            self.tail.extend_from_slice(&buf[n - keep..n]);
             self.split(&buf[..n], path, limits.max_line, out);
         }
         if any {
@@ -402,6 +449,19 @@ mod tests {
             .expect("truncate");
         nginx.write_all(b"four\n").expect("write");
         assert_eq!(texts(&f.poll()), ["four"]);
+        assert!(f.take_notices().contains(&Notice::Truncated(path.clone())));
+        // Truncated, then written past the old size before the next poll: the bytes last
+        // read are gone from where they were.
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open")
+            .set_len(0)
+            .expect("truncate");
+        nginx
+            .write_all(b"five, a longer line than four was\n")
+            .expect("write");
+        assert_eq!(texts(&f.poll()), ["five, a longer line than four was"]);
         assert!(f.take_notices().contains(&Notice::Truncated(path)));
     }
 

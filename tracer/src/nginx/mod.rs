@@ -26,14 +26,18 @@ pub mod conf;
 pub mod discover;
 pub mod follow;
 pub mod join;
+pub mod live;
 pub mod parse;
+pub mod stage;
 pub mod time;
 pub mod upstream;
 
 pub use discover::{discover, error_log_paths, NginxInstance, PidMap};
 pub use follow::{Follower, Limits, Line, Notice, StartAt};
 pub use join::{join, Join, ResetKey};
+pub use live::{LiveJoin, LogChoice};
 pub use parse::{Errno, ErrorLine, Kind, Level, Syscall};
+pub use stage::{Clock, JoinStage, LoggedLine, Released};
 pub use time::{LogTime, NginxTimeZone, UtcSeconds};
 pub use upstream::{verify_upstream, RequestContext, UpstreamAddr, UpstreamMatch};
 

@@ -1,13 +1,19 @@
 //! Rendering: the JSON lines contract (schema_version 1, documented in README.md), the
 //! hints ([`hints`]) and the human text form ([`text`]).
 mod hints;
+mod nginx;
+mod recorded;
 mod text;
 
 use std::{borrow::Cow, rc::Rc};
 
 use serde::{ser::SerializeStruct as _, Serialize, Serializer};
 
-pub use text::{render_refused_text, render_text};
+pub use nginx::{
+    nginx_json, unexplained_json, LostTotals, NginxJson, SummaryJson, UnexplainedJson,
+};
+pub use recorded::{record, Recorded};
+pub use text::{render_refused_text, render_summary_text, render_text, render_unexplained_text};
 
 use crate::{
     attribute::{hops_away, hops_closer, initial_ttl, SI_KERNEL},
@@ -272,6 +278,9 @@ pub struct ResetJson<'a> {
     pub listener_closed: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkJson>,
+    /// The line nginx wrote in its error.log for this reset (see `--nginx-error-log`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nginx: Option<NginxJson>,
     pub hint: Cow<'static, str>,
 }
 
@@ -392,6 +401,7 @@ pub fn reset_json<'a>(a: &'a Attribution, r: &'a dyn Resolve) -> ResetJson<'a> {
         seen_by_receiver: a.seen_by_receiver,
         listener_closed: (a.transport == Transport::Unix).then_some(a.listener_closed),
         network,
+        nginx: None,
         hint,
     }
 }
@@ -498,6 +508,7 @@ mod tests {
             remote: "127.0.0.1:9000".into(),
             receiver_sock: 1,
             seen_by_receiver: Some(true),
+            seen_ns: None,
             listener_closed: false,
             receiver: Some(task(10, "nginx")),
             receiver_role: None,

@@ -1,7 +1,7 @@
 //! The human form: one line per reset with its evidence, then its hint.
 use std::fmt::Write as _;
 
-use super::{RefusedJson, ResetJson};
+use super::{NginxJson, RefusedJson, ResetJson, SummaryJson, UnexplainedJson};
 
 pub fn render_text(j: &ResetJson) -> String {
     let mut line = format!(
@@ -53,8 +53,76 @@ pub fn render_text(j: &ResetJson) -> String {
             let _ = write!(line, " forged_in_netns={}", ns.inode);
         }
     }
+    if let Some(n) = &j.nginx {
+        let _ = write!(line, "\n    nginx: {}", nginx_text(n));
+    }
     let _ = write!(line, "\n    {}", j.hint);
     line
+}
+
+/// `[error] *12 recv() failed (104: ...) while ... request="GET /x HTTP/1.1" upstream=...`
+fn nginx_text(n: &NginxJson) -> String {
+    let mut out = format!("[{}]", n.level);
+    if let Some(c) = n.connection {
+        let _ = write!(out, " *{c}");
+    }
+    let _ = write!(out, " {}", n.message);
+    if let Some(r) = &n.request {
+        let _ = write!(out, " request={r:?}");
+    }
+    if let Some(u) = &n.upstream {
+        let _ = write!(out, " upstream={u}");
+    }
+    out
+}
+
+pub fn render_unexplained_text(j: &UnexplainedJson) -> String {
+    let n = &j.nginx;
+    format!(
+        "{} {:<9} nginx[{}] {} ({})\n    {}",
+        j.time,
+        "unexplained",
+        n.host_pid.unwrap_or(n.pid),
+        nginx_text(n),
+        n.log_file,
+        j.hint
+    )
+}
+
+/// The summary as a small table (for stderr).
+pub fn render_summary_text(j: &SummaryJson) -> String {
+    let mut out = format!(
+        "rsttrace: summary: {} reset(s) in {:.1} s ({} with nginx's line), {} refused, {} timed out, \
+         {} unexplained nginx line(s), {} kernel sample(s) lost",
+        j.resets,
+        j.duration_s,
+        j.with_nginx_line,
+        j.refused,
+        j.timed_out,
+        j.unexplained,
+        j.lost.samples
+    );
+    let tables = [
+        ("cause", &j.by_cause),
+        ("peer", &j.by_peer),
+        ("upstream", &j.by_upstream),
+        ("seen", &j.seen_by_receiver),
+    ];
+    let width = tables
+        .iter()
+        .flat_map(|(title, t)| t.keys().map(String::len).chain([title.len()]))
+        .max()
+        .unwrap_or(0);
+    for (title, table) in tables {
+        if table.is_empty() {
+            continue;
+        }
+        let _ = write!(out, "\n  {title:<width$}  resets");
+        for (key, n) in table {
+            let _ = write!(out, "\n  {key:<width$}  {n:>6}");
+        }
+    }
+    out
 }
 
 pub fn render_refused_text(j: &RefusedJson) -> String {

@@ -36,8 +36,10 @@ const PREFIX: &str = "vm: service: ";
 /// CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE
 /// (include/uapi/linux/capability.h: 39, 38, 21, 12, 2, 19): the unit's bounding set.
 const UNIT_SET: u64 = 1 << 39 | 1 << 38 | 1 << 21 | 1 << 12 | 1 << 2 | 1 << 19;
-/// What rsttrace keeps once attached: CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE.
-const KEPT_SET: u64 = 1 << 2 | 1 << 19;
+/// What rsttrace keeps once attached with network evidence (the unit's default):
+/// CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, and CAP_SYS_ADMIN to enter other network
+/// namespaces when naming their interfaces.
+const KEPT_SET: u64 = 1 << 2 | 1 << 19 | 1 << 21;
 
 /// The guest's test, run by a one-shot unit once the system is up.
 const GUEST_TEST: &str = r#"#!/bin/sh
