@@ -245,7 +245,14 @@ fn report_rst(skb: *mut __sk_buff, seg: &Segment) {
 pub fn inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
     let cfg = config();
     let sk: u64 = ctx.arg(0);
-    // SAFETY: the tracepoint's socket, alive for this program's run; reads fault safely.
+    // Most reports are a RST's ECONNRESET (or EPIPE): leave on the error alone. A connecting
+    // socket's ICMP error comes with sk_err 0 (see reported_error), so 0 goes on.
+    // SAFETY: the tracepoint's socket, alive for this program's run; a fault reads as 0.
+    let hard = unsafe { read_field::<i32>(sk, cfg.sock_err) }.unwrap_or(0);
+    if hard != 0 && hard != ECONNREFUSED && hard != ETIMEDOUT {
+        return 0;
+    }
+    // SAFETY: as above.
     let (protocol, family) = unsafe {
         (
             read_field::<u16>(sk, cfg.sock_protocol).unwrap_or(0),
