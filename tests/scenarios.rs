@@ -3,6 +3,7 @@
 //!
 //! Run as root, one test at a time: `cargo xtask test` (sets RSTTRACE_BIN).
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,6 +26,11 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// the headers and at most a few KiB), so the upstream's receive queue holds unread data.
 const BIG_BODY: usize = 1 << 20;
 
+/// The loopback upstreams run on: 127.0.0.1, and ::1 for the IPv6 variants (nginx still
+/// listens on 127.0.0.1; only its upstream connections are IPv6).
+const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+
 const CAUSES: [&str; 9] = [
     "oom_kill",
     "signal",
@@ -44,20 +50,27 @@ fn response(request: JoinHandle<Result<(u16, String)>>) -> (u16, String) {
         .expect("the request to nginx failed")
 }
 
-/// Ground truth: the kernel delivered a RST to a socket connected to 127.0.0.1:`upstream_port`
-/// (nginx's upstream connection). Returns the tcp_receive_reset record.
-fn kernel_reset_to_nginx(trace: &KernelResetTrace, upstream_port: u16) -> TraceEvent {
+/// Ground truth: the kernel delivered a RST to a socket of the upstream's family connected to
+/// `upstream` (nginx's upstream connection). Returns the tcp_receive_reset record.
+fn kernel_reset_to_nginx(trace: &KernelResetTrace, upstream: SocketAddr) -> TraceEvent {
     let reset = trace
-        .wait_receive_reset(upstream_port, REPORT_TIMEOUT)
+        .wait_receive_reset_from(upstream, REPORT_TIMEOUT)
         .unwrap_or_else(|| {
             panic!(
-                "the kernel delivered no RST to a socket connected to 127.0.0.1:{upstream_port}; \
-                 the scenario is broken, not rsttrace. Trace:\n{}",
+                "the kernel delivered no RST to a socket connected to {upstream}; the scenario \
+                 is broken, not rsttrace. Trace:\n{}",
                 trace.raw()
             )
         });
     eprintln!("kernel: {}", reset.line.trim());
-    if let Some(send) = trace.send_reset_for(reset.port("sport").unwrap_or_default(), upstream_port)
+    let family = if upstream.is_ipv6() {
+        "AF_INET6"
+    } else {
+        "AF_INET"
+    };
+    assert_eq!(reset.field("family"), Some(family), "{}", reset.line);
+    if let Some(send) =
+        trace.send_reset_for(reset.port("sport").unwrap_or_default(), upstream.port())
     {
         eprintln!("kernel: {}", send.line.trim());
     }
@@ -74,6 +87,27 @@ fn assert_fpm_child_exit(fpm: &PhpFpm, worker: u32, how: &str) {
     );
 }
 
+/// Ground truth from nginx: an error.log line with `needle` (the failed call and its 104)
+/// naming the upstream, e.g. `recv() failed (104: Connection reset by peer) ... upstream:
+/// "fastcgi://[::1]:9000"`.
+fn assert_upstream_reset_logged(nginx: &Nginx, needle: &str, scheme: &str, upstream: SocketAddr) {
+    let upstream = format!("upstream: \"{scheme}://{upstream}");
+    let line = wait_until(REPORT_TIMEOUT, || {
+        nginx
+            .error_log_contents()
+            .lines()
+            .find(|l| l.contains(needle) && l.contains(&upstream))
+            .map(str::to_string)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "nginx's error.log has no {needle:?} line naming {upstream:?}:\n{}",
+            nginx.error_log_contents()
+        )
+    });
+    eprintln!("nginx: {line}");
+}
+
 fn assert_error_log(nginx: &Nginx, needle: &str) {
     assert!(
         nginx.wait_error_log(needle, REPORT_TIMEOUT),
@@ -87,27 +121,33 @@ fn pid_of(v: &Value) -> Option<u32> {
 }
 
 /// Finds rsttrace's reset event for the connection the kernel reset and checks the parts of
-/// the contract every event shares.
+/// the contract every event shares, its endpoints among them (as the kernel recorded them:
+/// "127.0.0.1:PORT", or "[::1]:PORT" for an IPv6 connection).
 fn rsttrace_reset(
     tool: &Rsttrace,
     trace: &KernelResetTrace,
     kernel: &TraceEvent,
     nginx: &Nginx,
 ) -> Value {
-    let local = kernel.port("sport").expect("receive_reset has sport");
-    let remote = kernel.port("dport").expect("receive_reset has dport");
+    let local_addr = kernel.local().expect("receive_reset has saddrv6 and sport");
+    let remote_addr = kernel
+        .remote()
+        .expect("receive_reset has daddrv6 and dport");
+    let (local, remote) = (local_addr.port(), remote_addr.port());
     let event = tool
         .wait_for_reset(local, remote, REPORT_TIMEOUT)
         .unwrap_or_else(|| {
             panic!(
-                "rsttrace reported no reset for 127.0.0.1:{local} -> 127.0.0.1:{remote} \
-                 within {REPORT_TIMEOUT:?}"
+                "rsttrace reported no reset for {local_addr} -> {remote_addr} within \
+                 {REPORT_TIMEOUT:?}"
             )
         });
     eprintln!("rsttrace: {event}");
 
     assert_eq!(event["schema_version"], 1, "{event}");
     assert_eq!(event["transport"], "tcp", "{event}");
+    assert_eq!(event["local"], local_addr.to_string(), "{event}");
+    assert_eq!(event["remote"], remote_addr.to_string(), "{event}");
     let time = event["time"].as_str().unwrap_or_default();
     let unix = rfc3339_utc_seconds(time)
         .unwrap_or_else(|| panic!("time is not RFC 3339 UTC (…Z): {event}"));
@@ -225,8 +265,23 @@ fn stop_and_check(tool: &mut Rsttrace, event: &Value) {
 
 #[test]
 fn php_fpm_tcp_worker_kill9() {
+    php_fpm_tcp_worker_kill9_on(V4);
+}
+
+/// The same over IPv6: php-fpm listens on [::1], nginx has `fastcgi_pass [::1]:PORT`.
+#[test]
+fn php_fpm_tcp_worker_kill9_ipv6() {
+    php_fpm_tcp_worker_kill9_on(V6);
+}
+
+fn php_fpm_tcp_worker_kill9_on(listen: IpAddr) {
     require_root();
-    let fpm = PhpFpm::start(PhpFpmOptions::default()).expect("starting php-fpm");
+    let fpm = PhpFpm::start(PhpFpmOptions {
+        listen,
+        ..PhpFpmOptions::default()
+    })
+    .expect("starting php-fpm");
+    assert_eq!(fpm.addr().ip(), listen);
     let marker = fpm.state_dir().join("started");
     fpm.write_script("sleep.php", &php_script(&marker, "sleep(30);"))
         .expect("writing sleep.php");
@@ -250,10 +305,17 @@ fn php_fpm_tcp_worker_kill9() {
     assert_eq!(status, 502);
     assert_fpm_child_exit(&fpm, worker, "signal 9 (SIGKILL)");
 
-    let kernel = kernel_reset_to_nginx(&trace, fpm.port());
-    assert_error_log(&nginx, "(104: Connection reset by peer)");
+    let kernel = kernel_reset_to_nginx(&trace, fpm.addr());
+    assert_upstream_reset_logged(
+        &nginx,
+        "recv() failed (104: Connection reset by peer)",
+        "fastcgi",
+        fpm.addr(),
+    );
 
     let event = rsttrace_reset(&tool, &trace, &kernel, &nginx);
+    assert_eq!(event["remote"], fpm.addr().to_string(), "{event}");
+    assert_eq!(event["receiver_role"], "client", "{event}");
     assert_eq!(event["cause"], "signal", "{event}");
     assert_eq!(pid_of(&event["peer"]), Some(worker), "{event}");
     assert_eq!(event["signal"]["number"], 9, "{event}");
@@ -304,7 +366,7 @@ fn php_fpm_request_terminate_timeout() {
         fpm.log()
     );
 
-    let kernel = kernel_reset_to_nginx(&trace, fpm.port());
+    let kernel = kernel_reset_to_nginx(&trace, fpm.addr());
     assert_error_log(&nginx, "(104: Connection reset by peer)");
 
     let event = rsttrace_reset(&tool, &trace, &kernel, &nginx);
@@ -369,7 +431,7 @@ fn php_fpm_oom_in_memory_cgroup() {
         "the cgroup's OOM kill count did not grow ({oom_kills_before} -> {oom_kills:?})"
     );
 
-    let kernel = kernel_reset_to_nginx(&trace, fpm.port());
+    let kernel = kernel_reset_to_nginx(&trace, fpm.addr());
     assert_error_log(&nginx, "(104: Connection reset by peer)");
 
     let event = rsttrace_reset(&tool, &trace, &kernel, &nginx);
@@ -388,24 +450,31 @@ fn php_fpm_oom_in_memory_cgroup() {
     stop_and_check(&mut tool, &event);
 }
 
-/// Starts gunicorn (one worker) and nginx in front of it; returns them and the worker's pid.
-fn gunicorn_behind_nginx() -> (Gunicorn, Nginx, u32) {
-    let gunicorn =
-        Gunicorn::start(GUNICORN_APP, GunicornOptions::default()).expect("starting gunicorn");
+/// Starts gunicorn (one worker) on `listen` and nginx (on 127.0.0.1) in front of it; returns
+/// them and the worker's pid.
+fn gunicorn_behind_nginx(listen: IpAddr) -> (Gunicorn, Nginx, u32) {
+    let gunicorn = Gunicorn::start(
+        GUNICORN_APP,
+        GunicornOptions {
+            listen: vec![listen],
+            ..GunicornOptions::default()
+        },
+    )
+    .expect("starting gunicorn");
     let workers = gunicorn.worker_pids();
     assert_eq!(
         workers.len(),
         1,
         "one gunicorn worker expected: {workers:?}"
     );
-    let nginx = Nginx::start(&[Location::py(gunicorn.port())]).expect("starting nginx");
+    let nginx = Nginx::start(&[Location::http("/py/", gunicorn.addr())]).expect("starting nginx");
     (gunicorn, nginx, workers[0])
 }
 
 #[test]
 fn gunicorn_segfault() {
     require_root();
-    let (gunicorn, nginx, worker) = gunicorn_behind_nginx();
+    let (gunicorn, nginx, worker) = gunicorn_behind_nginx(V4);
     let trace = KernelResetTrace::start().expect("starting the kernel trace");
     let mut tool = Rsttrace::start(&[]).expect("starting rsttrace");
 
@@ -429,7 +498,7 @@ fn gunicorn_segfault() {
         gunicorn.log()
     );
 
-    let kernel = kernel_reset_to_nginx(&trace, gunicorn.port());
+    let kernel = kernel_reset_to_nginx(&trace, gunicorn.addr());
     assert_error_log(&nginx, "(104: Connection reset by peer)");
 
     let event = rsttrace_reset(&tool, &trace, &kernel, &nginx);
@@ -452,8 +521,18 @@ fn gunicorn_segfault() {
 
 #[test]
 fn gunicorn_live_abort() {
+    gunicorn_live_abort_on(V4);
+}
+
+/// The same over IPv6: gunicorn binds [::1], nginx has `proxy_pass http://[::1]:PORT`.
+#[test]
+fn gunicorn_live_abort_ipv6() {
+    gunicorn_live_abort_on(V6);
+}
+
+fn gunicorn_live_abort_on(listen: IpAddr) {
     require_root();
-    let (gunicorn, nginx, worker) = gunicorn_behind_nginx();
+    let (gunicorn, nginx, worker) = gunicorn_behind_nginx(listen);
     let trace = KernelResetTrace::start().expect("starting the kernel trace");
     let mut tool = Rsttrace::start(&[]).expect("starting rsttrace");
 
@@ -468,15 +547,41 @@ fn gunicorn_live_abort() {
     .expect("POST /py/abort");
     assert_eq!(status, 502);
 
-    let kernel = kernel_reset_to_nginx(&trace, gunicorn.port());
-    assert_error_log(&nginx, "(104: Connection reset by peer)");
+    let kernel = kernel_reset_to_nginx(&trace, gunicorn.addr());
+    // tcp_close() (net/ipv4/tcp.c) in the worker's own close(): data was unread, so an
+    // active reset instead of a FIN.
+    let nginx_port = kernel.port("sport").expect("receive_reset has sport");
+    let send = trace
+        .send_reset_for(nginx_port, gunicorn.port())
+        .unwrap_or_else(|| panic!("no tcp_send_reset for this connection:\n{}", trace.raw()));
+    assert_eq!(
+        send.field("reason"),
+        Some("TCP_ABORT_ON_CLOSE"),
+        "{}",
+        send.line
+    );
+    assert_eq!(
+        send.task_pid, worker,
+        "sent in the worker's close(): {}",
+        send.line
+    );
+    // recv() or writev(): the RST may land while nginx still sends the body.
+    assert_upstream_reset_logged(
+        &nginx,
+        "(104: Connection reset by peer)",
+        "http",
+        gunicorn.addr(),
+    );
     assert!(is_alive(worker), "the worker died:\n{}", gunicorn.log());
     let (status, body) = http_request(nginx.port(), "GET", "/py/pid", b"", REQUEST_TIMEOUT)
         .expect("GET /py/pid after the abort");
     assert_eq!((status, body.trim()), (200, worker.to_string().as_str()));
 
     let event = rsttrace_reset(&tool, &trace, &kernel, &nginx);
+    assert_eq!(event["remote"], gunicorn.addr().to_string(), "{event}");
+    assert_eq!(event["receiver_role"], "client", "{event}");
     assert_eq!(event["cause"], "abort", "{event}");
+    assert_eq!(event["kernel_reason"], "TCP_ABORT_ON_CLOSE", "{event}");
     assert_eq!(pid_of(&event["peer"]), Some(worker), "{event}");
     assert!(event["signal"].is_null(), "no signal is involved: {event}");
     assert_seen(&event);
@@ -492,7 +597,7 @@ fn gunicorn_live_abort() {
 #[test]
 fn gunicorn_exit_3() {
     require_root();
-    let (gunicorn, nginx, worker) = gunicorn_behind_nginx();
+    let (gunicorn, nginx, worker) = gunicorn_behind_nginx(V4);
     let trace = KernelResetTrace::start().expect("starting the kernel trace");
     let mut tool = Rsttrace::start(&["--pid-of", "nginx"]).expect("starting rsttrace");
 
@@ -528,7 +633,7 @@ fn gunicorn_exit_3() {
         "the worker is still alive"
     );
 
-    let kernel = kernel_reset_to_nginx(&trace, gunicorn.port());
+    let kernel = kernel_reset_to_nginx(&trace, gunicorn.addr());
     assert_error_log(&nginx, "(104: Connection reset by peer)");
 
     let event = rsttrace_reset(&tool, &trace, &kernel, &nginx);
@@ -558,7 +663,7 @@ fn nginx_to_closed_port() {
         .expect("GET /closed/x");
     assert_eq!(status, 502);
 
-    let kernel = kernel_reset_to_nginx(&trace, closed);
+    let kernel = kernel_reset_to_nginx(&trace, SocketAddr::new(V4, closed));
     assert_error_log(&nginx, "(111: Connection refused)");
 
     let event = rsttrace_reset(&tool, &trace, &kernel, &nginx);
@@ -604,7 +709,7 @@ fn harness_servers_answer_through_nginx() {
         }
     }
 
-    let (gunicorn, nginx, worker) = gunicorn_behind_nginx();
+    let (gunicorn, nginx, worker) = gunicorn_behind_nginx(V4);
     let (status, body) = http_request(nginx.port(), "POST", "/py/pid", b"hello", REQUEST_TIMEOUT)
         .expect("POST /py/pid");
     assert_eq!((status, body.trim()), (200, worker.to_string().as_str()));
@@ -824,7 +929,7 @@ fn reset_after_a_complete_response_is_not_seen() {
     // only a TIME_WAIT remnant, no socket) or, with upstream keepalive, reads the idle
     // connection and so sees the error. A client that got its whole response and simply
     // does not touch the socket again is the case: it is this test, talking to gunicorn.
-    let (gunicorn, _nginx, worker) = gunicorn_behind_nginx();
+    let (gunicorn, _nginx, worker) = gunicorn_behind_nginx(V4);
     let trace = KernelResetTrace::start().expect("starting the kernel trace");
     let mut tool = Rsttrace::start(&[]).expect("starting rsttrace");
     let mut stream = TcpStream::connect(("127.0.0.1", gunicorn.port())).expect("connecting");

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::netns::Netns;
-use crate::process::{children_of, free_port, wait_listening_at, Placement, Service};
+use crate::process::{children_of, server_port, wait_listening_at, Placement, Service};
 use crate::tempdir::TempDir;
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -65,7 +65,7 @@ impl Gunicorn {
         }
         let dir = TempDir::new("gunicorn")?;
         dir.write("app.py", app_source)?;
-        let port = free_port();
+        let port = server_port(options.listen[0], options.netns.as_ref());
         let addrs: Vec<SocketAddr> = options
             .listen
             .iter()

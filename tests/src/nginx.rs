@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 
 use crate::netns::Netns;
 use crate::php_fpm::PhpFpm;
-use crate::process::{children_of, free_port, wait_listening_at, wait_until, Placement, Service};
+use crate::process::{children_of, server_port, wait_listening_at, wait_until, Placement, Service};
 use crate::tempdir::TempDir;
 
 const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -125,7 +125,10 @@ impl Nginx {
     /// [`Self::start`] with a listen address, a network namespace, upstream keepalive.
     pub fn start_with(locations: &[Location], options: NginxOptions) -> Result<Self> {
         let dir = TempDir::new("nginx")?;
-        let addr = SocketAddr::new(options.listen, free_port());
+        let addr = SocketAddr::new(
+            options.listen,
+            server_port(options.listen, options.netns.as_ref()),
+        );
         let conf = dir.write("nginx.conf", config(dir.path(), addr, locations, &options))?;
         let error_log = dir.path().join("error.log");
         let mut cmd = Command::new("nginx");

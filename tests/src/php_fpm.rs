@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::netns::Netns;
-use crate::process::{children_of, free_port, wait_listening_at, Placement, Service};
+use crate::process::{children_of, server_port, wait_listening_at, Placement, Service};
 use crate::tempdir::TempDir;
 
 const PHP_FPM: &str = "php-fpm8.2";
@@ -79,7 +79,10 @@ impl PhpFpm {
         let dir = TempDir::new("php-fpm")?;
         let docroot = dir.subdir("www", 0o755)?;
         let state_dir = dir.subdir("state", 0o777)?;
-        let addr = SocketAddr::new(options.listen, free_port());
+        let addr = SocketAddr::new(
+            options.listen,
+            server_port(options.listen, options.netns.as_ref()),
+        );
         let unix_socket = options.unix_socket.then(|| dir.path().join("php-fpm.sock"));
         let conf = dir.write(
             "php-fpm.conf",

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::fs::{self, File};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
@@ -33,12 +33,26 @@ pub fn require_root() {
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .expect("binding 127.0.0.1:0 to find a free port");
+    free_port_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+fn free_port_on(ip: IpAddr) -> u16 {
+    let listener = TcpListener::bind((ip, 0))
+        .unwrap_or_else(|e| panic!("binding {ip} port 0 to find a free port: {e}"));
     listener
         .local_addr()
         .expect("local address of a bound listener")
         .port()
+}
+
+/// The port for a server that will listen on `ip` inside `netns`: one free on `ip` itself in
+/// the host's namespace (a port free on 127.0.0.1 may be taken on ::1); in another namespace,
+/// whose addresses the host lacks, one free on 127.0.0.1 here.
+pub(crate) fn server_port(ip: IpAddr, netns: Option<&Netns>) -> u16 {
+    match netns {
+        None => free_port_on(ip),
+        Some(_) => free_port(),
+    }
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, or `None` once `timeout` has passed.

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -36,6 +37,23 @@ impl TraceEvent {
     /// A numeric port field (receive_reset's sport/dport).
     pub fn port(&self, key: &str) -> Option<u16> {
         self.field(key)?.parse().ok()
+    }
+
+    /// The receiving socket's own end of a tcp_receive_reset record (saddrv6, sport).
+    pub fn local(&self) -> Option<SocketAddr> {
+        Some(SocketAddr::new(self.ip("saddrv6")?, self.port("sport")?))
+    }
+
+    /// The other end of a tcp_receive_reset record (daddrv6, dport): who sent the RST.
+    pub fn remote(&self) -> Option<SocketAddr> {
+        Some(SocketAddr::new(self.ip("daddrv6")?, self.port("dport")?))
+    }
+
+    /// An address field of TP_STORE_ADDRS (include/trace/events/tcp.h): the v6 fields hold
+    /// an AF_INET socket's address v4-mapped, given back here in its IPv4 form.
+    fn ip(&self, key: &str) -> Option<IpAddr> {
+        let v6: Ipv6Addr = self.field(key)?.parse().ok()?;
+        Some(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4))
     }
 
     /// The port of an "addr:port" field (send_reset's src/dest on kernels >= 6.10).
@@ -118,6 +136,20 @@ impl KernelResetTrace {
         })
     }
 
+    /// Waits for a reset received by a socket connected to `remote` (address and port: the
+    /// port alone may be another test's on another address).
+    pub fn wait_receive_reset_from(
+        &self,
+        remote: SocketAddr,
+        timeout: Duration,
+    ) -> Option<TraceEvent> {
+        wait_until(timeout, || {
+            self.events()
+                .into_iter()
+                .find(|e| e.name == "tcp_receive_reset" && e.remote() == Some(remote))
+        })
+    }
+
     /// The tcp_send_reset that answered the connection `local_port` → `remote_port` (as seen
     /// from the receiving side), when this kernel prints addresses with ports (>= 6.10).
     pub fn send_reset_for(&self, local_port: u16, remote_port: u16) -> Option<TraceEvent> {
@@ -158,6 +190,19 @@ mod tests {
         assert_eq!(e.task_pid, 4242);
         assert_eq!(e.port("sport"), Some(43210));
         assert_eq!(e.port("dport"), Some(9000));
+        assert_eq!(e.local(), Some("127.0.0.1:43210".parse().expect("addr")));
+        assert_eq!(e.remote(), Some("127.0.0.1:9000".parse().expect("addr")));
+    }
+
+    #[test]
+    fn parses_an_ipv6_receive_reset() {
+        let line = "  nginx-812 [000] ..s2. 9.5: tcp_receive_reset: family=AF_INET6 \
+                    sport=43210 dport=9000 saddr=0.0.0.0 daddr=0.0.0.0 saddrv6=::1 \
+                    daddrv6=::1 sock_cookie=2a";
+        let e = TraceEvent::parse(line).expect("a trace line");
+        assert_eq!(e.field("family"), Some("AF_INET6"));
+        assert_eq!(e.local(), Some("[::1]:43210".parse().expect("addr")));
+        assert_eq!(e.remote(), Some("[::1]:9000".parse().expect("addr")));
     }
 
     #[test]
