@@ -16,7 +16,7 @@ use rsttrace_tests::{
 const RESETS: u64 = 1_000_000;
 const TENTHS: u64 = 10;
 const MAX_PEAK_RSS: u64 = 30_000_000;
-/// CPU per reset in the last tenth over the first, at most (issue 10).
+/// CPU per reset at the end over the start (medians of three tenths), at most (issue 10).
 const MAX_DRIFT: f64 = 1.2;
 
 /// What rsttrace printed: reset lines received by this process (the generator runs in it)
@@ -202,14 +202,36 @@ fn check(tenths: &[Tenth], tally: &Tally, made: u64, kernel_aborts: u64, peak_rs
         peak_rss <= MAX_PEAK_RSS,
         "rsttrace's peak RSS {peak_rss} bytes is over {MAX_PEAK_RSS}"
     );
-    let first = per_reset_us(tenths[0].rsttrace_cpu, tenths[0].made);
-    let last = tenths
-        .last()
-        .map_or(0.0, |t| per_reset_us(t.rsttrace_cpu, t.made));
+    // Growth is read from the median of the first three tenths against the last three: on
+    // these shared 2-vCPU machines a single tenth's CPU per reset swings by +-15 % with no
+    // trend (three runs of the same build: 5.2 to 6.9 us in any position), so one tenth
+    // against another fails on noise; a leak or a growing table moves all three.
+    let per_reset: Vec<f64> = tenths
+        .iter()
+        .map(|t| per_reset_us(t.rsttrace_cpu, t.made))
+        .collect();
+    let (first, last) = (
+        median3(&per_reset[..3]),
+        median3(&per_reset[per_reset.len() - 3..]),
+    );
+    eprintln!(
+        "million: rsttrace CPU per reset, median of the first three tenths {first:.2} us, of the \
+         last three {last:.2} us ({:.2}x; single tenths: {:.2}x)",
+        last / first,
+        per_reset[per_reset.len() - 1] / per_reset[0]
+    );
     assert!(
         last <= MAX_DRIFT * first,
-        "rsttrace's CPU per reset grew from {first:.2} us (first tenth) to {last:.2} us (last)"
+        "rsttrace's CPU per reset grew from {first:.2} us (first three tenths) to {last:.2} us \
+         (last three)"
     );
+}
+
+/// The median of three figures.
+fn median3(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 #[test]

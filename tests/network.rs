@@ -21,8 +21,11 @@ use serde_json::Value;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `.../ok` answers at once; `.../slow` sends a first chunk, says so, waits 3 s and sends the
-/// rest (time to break the path mid-response).
+/// `.../ok` answers at once; `.../slow` sends a first chunk, says so, waits 3 s, sends a
+/// second and, 2 s later, the rest (time to break the path mid-response). The pause after the
+/// second chunk matters: nginx's ACK of the first may cross the router before the REJECT is
+/// in place, and without upstream keepalive gunicorn closes right after its last chunk, so
+/// nginx's first rejected segment must come while the response is still unfinished.
 const APP: &str = r#"
 import time
 
@@ -35,6 +38,8 @@ def application(environ, start_response):
             print("slow: first chunk sent", flush=True)
             time.sleep(3)
             yield b"second chunk\n" * 100
+            time.sleep(2)
+            yield b"third chunk\n" * 100
         return body()
     return [b"ok from the backend namespace\n"]
 "#;

@@ -326,7 +326,8 @@ fn php_fpm_tcp_worker_kill9_on(listen: IpAddr) {
     assert_nginx_line(
         &event,
         &nginx,
-        &format!("fastcgi://127.0.0.1:{}", fpm.port()),
+        // nginx writes the address as SocketAddr does: [::1]:PORT for IPv6.
+        &format!("fastcgi://{}", fpm.addr()),
         104,
     );
     stop_and_check(&mut tool, &event);
@@ -588,7 +589,7 @@ fn gunicorn_live_abort_on(listen: IpAddr) {
     assert_nginx_line(
         &event,
         &nginx,
-        &format!("http://127.0.0.1:{}/py/abort", gunicorn.port()),
+        &format!("http://{}/py/abort", gunicorn.addr()),
         104,
     );
     stop_and_check(&mut tool, &event);

@@ -684,9 +684,13 @@ fn net4_docker_container_aborts_through_bridge_dnat_and_proxy() {
         proxy_side.line.trim()
     );
     let events = trace.events();
+    // By the container's address, not the port alone: docker-proxy's host listener on
+    // 0.0.0.0:8200 may answer a late segment with a reset of its own (reason TCP_FLAGS,
+    // src=0.0.0.0:8200), which is not the container's socket.
+    let container_src = bridge.to_string();
     let sends: Vec<&TraceEvent> = events
         .iter()
-        .filter(|e| e.name == "tcp_send_reset" && e.addr_port("src") == Some(8200))
+        .filter(|e| e.name == "tcp_send_reset" && e.field("src") == Some(container_src.as_str()))
         .collect();
     for send in &sends {
         eprintln!("kernel: {}", send.line.trim());

@@ -196,11 +196,20 @@ pub fn send_signal(pid: u32, sig: i32) -> Result<()> {
 /// test binary killed outright (no Drop) does not leave servers behind.
 pub(crate) fn stop_with_parent(cmd: &mut Command, signal: i32) {
     let signal = libc::c_ulong::try_from(signal).expect("signal numbers are positive");
-    // SAFETY: the closure only makes the async-signal-safe prctl syscall.
+    // SAFETY: the closure only makes the async-signal-safe prctl and signal syscalls.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, signal) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // A harness started in the background by a shell without job control (`cargo
+            // test &`) inherits SIGINT and SIGQUIT ignored, and an ignored signal survives
+            // exec; sh cannot trap it again (POSIX, "Signals ignored on entry"). The tool
+            // gets the dispositions an operator's terminal would give it.
+            for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM] {
+                if libc::signal(sig, libc::SIG_DFL) == libc::SIG_ERR {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });

@@ -64,8 +64,8 @@ pub struct BenchArgs {
     /// Let the scheduler place the storm generator anywhere.
     #[arg(long)]
     pub no_pin: bool,
-    /// Steady-load rounds per path, each one alternating pair (nothing / mode) for the floor
-    /// and rsttrace [default: 10, quick 3].
+    /// Steady-load rounds per path, each one alternating pair (nothing / mode) for the floor,
+    /// rsttrace and rsttrace with --no-network-hooks [default: 10, quick 3].
     #[arg(long)]
     pub load_rounds: Option<u32>,
     /// Length of each wrk run, in seconds [default: 2, quick 1].
@@ -139,8 +139,8 @@ impl Settings {
     fn describe(&self) -> String {
         format!(
             "Reset storm: {} alternating pairs of {} s runs (nothing / mode) for each of floor, \
-             rsttrace, bpftrace; steady load: {} pairs of {} s runs for each of floor, rsttrace and \
-             each path, wrk -t1 -c{}; {} rounds with the kernel's statistics on per workload and \
+             rsttrace, bpftrace; steady load: {} pairs of {} s runs for each of floor, rsttrace, \
+             rsttrace --no-network-hooks and each path, wrk -t1 -c{}; {} rounds with the kernel's statistics on per workload and \
              mode; {} start-ups each. Figures are medians over pairs, (min–max) beside them.",
             self.storm_rounds,
             self.storm_secs,
@@ -263,7 +263,7 @@ fn measure(ctx: &Ctx) -> Result<Measured> {
     eprintln!("bench: reset-to-line latency");
     let latency = latency::measure(ctx)?;
     eprintln!(
-        "bench: steady load ({} rounds x 2 pairs x 3 paths, {} s runs)",
+        "bench: steady load ({} rounds x 3 pairs x 3 paths, {} s runs)",
         s.load_rounds, s.load_secs
     );
     let load = load::measure(ctx)?;

@@ -125,31 +125,41 @@ pub fn run_checked(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Builds rsttrace and returns the binary cargo wrote: its path comes from cargo's own
+/// artifact message, so a `CARGO_TARGET_DIR` (or `build.target-dir`) is honoured instead of
+/// running a stale or missing `target/` binary of this checkout.
 fn build(release: bool) -> Result<PathBuf> {
     let mut cmd = cargo();
-    cmd.args(["build", "--package", "rsttrace", "--bin", "rsttrace"]);
+    cmd.args([
+        "build",
+        "--package",
+        "rsttrace",
+        "--bin",
+        "rsttrace",
+        "--message-format=json-render-diagnostics",
+    ]);
     if release {
         cmd.arg("--release");
     }
-    run_checked(&mut cmd)?;
-    let profile = if release { "release" } else { "debug" };
-    Ok(target_dir().join(profile).join("rsttrace"))
+    eprintln!("xtask: $ {}", display(&cmd));
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("could not start {}", display(&cmd)))?;
+    if !out.status.success() {
+        bail!("{} failed ({})", display(&cmd), out.status);
+    }
+    built_executable(&String::from_utf8_lossy(&out.stdout), "rsttrace")
+        .with_context(|| format!("{} named no `rsttrace` executable", display(&cmd)))
 }
 
-/// Where cargo puts what it builds: `CARGO_TARGET_DIR` when set (worktrees sharing a machine
-/// each keep their own), else the workspace's `target`.
-pub fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) if !dir.is_empty() => {
-            let dir = PathBuf::from(dir);
-            if dir.is_absolute() {
-                dir
-            } else {
-                workspace_root().join(dir)
-            }
-        }
-        _ => workspace_root().join("target"),
-    }
+/// The executable of binary target `name` in cargo's JSON messages (one per line).
+fn built_executable(messages: &str, name: &str) -> Option<PathBuf> {
+    messages
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == name)
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
 }
 
 fn as_root(bin: &Path, args: &[String]) -> Command {
@@ -260,4 +270,25 @@ fn demo() -> Result<()> {
         bail!("the demo attaches eBPF programs and starts servers: run `cargo xtask demo` as root");
     }
     run_checked(&mut cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_executable_comes_from_cargos_artifact_message() {
+        let messages = concat!(
+            r#"{"reason":"compiler-artifact","target":{"name":"tracer_ebpf"},"executable":null}"#,
+            "\n",
+            r#"{"reason":"compiler-artifact","target":{"name":"rsttrace"},"executable":"/t/release/rsttrace"}"#,
+            "\n",
+            r#"{"reason":"build-finished","success":true}"#,
+        );
+        assert_eq!(
+            built_executable(messages, "rsttrace"),
+            Some(PathBuf::from("/t/release/rsttrace"))
+        );
+        assert_eq!(built_executable(messages, "other"), None);
+    }
 }

@@ -7,7 +7,10 @@
 //! rsttrace's own user space, the rest for the tracepoints' record formatting and the ring
 //! buffer. A proxied request costs ~150–250 µs of CPU across wrk, nginx and the upstream, so
 //! 1.02 leaves ~3–5 µs, of which 1.5 µs of BPF (issue 10): hooks that run on every socket call
-//! or packet must leave in tens of nanoseconds when there is nothing to record.
+//! or packet must leave in tens of nanoseconds when there is nothing to record. Of that, the
+//! network hooks together (the packet program and the per-connection error report) get
+//! 0.5 µs per proxied request: a request crosses ~10 TCP segments on loopback, each of which
+//! is neither an RST nor (past the first) its flow's baseline.
 
 /// Storm: (workload + rsttrace CPU) per reset / workload CPU per reset without, at most.
 pub const STORM_COST_RATIO: f64 = 1.10;
@@ -24,6 +27,9 @@ pub const P99_MS: f64 = 50.0;
 pub const BPF_NS_PER_RESET: f64 = 2000.0;
 /// All of rsttrace's programs together, per proxied request.
 pub const BPF_NS_PER_REQUEST: f64 = 1500.0;
+/// rsttrace's network hooks together (per packet, per connection), per proxied request,
+/// counted over the floor: sum over those hooks of (ns/run - floor ns/run) x runs/request.
+pub const NETWORK_NS_PER_REQUEST: f64 = 500.0;
 /// rsttrace's user-space CPU per reset of the storm.
 pub const USER_NS_PER_RESET: f64 = 2000.0;
 
@@ -109,6 +115,29 @@ pub fn hook_budget(hook: &str, unit: Unit) -> HookBudget {
     }
 }
 
+/// Whether the hook named `hook` is one of rsttrace's network hooks — per packet (cgroup
+/// skb, tcp_probe), per connection (sockops; inet_sk_error_report, which reports the
+/// refusals and timeouts no RST explains) — whose sum has its own budget per request. Keyed
+/// by the attach point, as [`hook_budget`] is.
+pub fn is_network_hook(hook: &str) -> bool {
+    matches!(
+        hook.rsplit(':').next().unwrap_or(hook),
+        "ingress" | "egress" | "tcp_probe" | "sockops" | "inet_sk_error_report"
+    )
+}
+
+/// What the network hooks add per unit over the floor: per hook (name, ns/run, runs/unit,
+/// the floor's ns/run on it if measured), what it adds per run times its runs, summed. A
+/// hook measured below its floor adds nothing (it cannot pay for another's cost); one
+/// without a floor figure counts its whole run time, as [`HookBudget::allows`] does.
+pub fn network_ns_over_floor(hooks: &[(&str, f64, f64, Option<f64>)]) -> f64 {
+    hooks
+        .iter()
+        .filter(|(hook, ..)| is_network_hook(hook))
+        .map(|&(_, ns, runs, floor)| (ns - floor.unwrap_or(0.0)).max(0.0) * runs)
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +153,23 @@ mod tests {
         assert!(load.allows(120.0, Some(100.0), 10.0));
         assert!(!load.allows(200.0, Some(100.0), 10.0));
         assert_eq!(hook_budget("x:unknown", Unit::Reset).over_floor_ns, 100.0);
+    }
+
+    #[test]
+    fn network_hooks_are_summed_over_their_floor() {
+        assert!(is_network_hook("cgroup:ingress"));
+        assert!(is_network_hook("raw:inet_sk_error_report"));
+        assert!(!is_network_hook("raw:sock_recv_length"));
+        let ns = network_ns_over_floor(&[
+            // 10 packets a request, 20 ns each over the floor's 90
+            ("cgroup:ingress", 110.0, 10.0, Some(90.0)),
+            // below its floor: adds nothing
+            ("raw:inet_sk_error_report", 80.0, 0.5, Some(100.0)),
+            // not a network hook
+            ("raw:sock_recv_length", 500.0, 10.0, Some(90.0)),
+            // no floor figure: all of it
+            ("raw:tcp_probe", 40.0, 2.0, None),
+        ]);
+        assert!((ns - 280.0).abs() < 1e-9, "{ns}");
     }
 }

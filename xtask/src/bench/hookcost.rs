@@ -17,7 +17,10 @@ use super::table::{HookRow, Verdict};
 use super::tracers::{Mode, Running};
 use super::{bpf, Ctx};
 
-pub const METHOD: &str = "Per hook: in rounds of their own (the ratio rounds run with statistics off) the bench holds bpf(BPF_ENABLE_STATS, BPF_STATS_RUN_TIME), which is scoped to its file descriptor, while rsttrace (or the floor) runs beside one workload run, and reads run_cnt and run_time_ns of every program rsttrace holds from /proc/PID/fdinfo before and after. ns/run = run time / runs; runs/unit = runs / resets made or requests completed (hooks are host-wide: other activity on the machine counts too); ns/unit = their product; `all programs` is the run time of every program per unit. `rsttrace user space` is its process CPU per unit in the ratio rounds. Floor ns/run is the count-only program on the same hook in the same kind of round; a hook's ns/run budget is counted over it (the kernel's run time includes a clock read and the call, ~100 ns on this VM), and a hook with fewer than 0.01 runs per unit is not on the workload's path (context).";
+pub const METHOD: &str = "Per hook: in rounds of their own (the ratio rounds run with statistics off) the bench holds bpf(BPF_ENABLE_STATS, BPF_STATS_RUN_TIME), which is scoped to its file descriptor, while rsttrace (or the floor) runs beside one workload run, and reads run_cnt and run_time_ns of every program rsttrace holds from /proc/PID/fdinfo before and after. ns/run = run time / runs; runs/unit = runs / resets made or requests completed (hooks are host-wide: other activity on the machine counts too); ns/unit = their product; `all programs` is the run time of every program per unit. `network hooks` sums what the network hooks (the packet program on cgroup ingress, inet_sk_error_report) add over the floor: per hook (median ns/run - floor ns/run, at least 0) x median runs/unit, the medians of their own rows, held against 500 ns per proxied request. `rsttrace user space` is its process CPU per unit in the ratio rounds. Floor ns/run is the count-only program on the same hook in the same kind of round; a hook's ns/run budget is counted over it (the kernel's run time includes a clock read and the call, ~100 ns on this VM), and a hook with fewer than 0.01 runs per unit is not on the workload's path (context).";
+
+/// Per (program, hook): the rounds' ns/run and runs/unit.
+type PerProgram = BTreeMap<(String, String), (Vec<f64>, Vec<f64>)>;
 
 /// Below this many runs per unit of work a hook is not on the workload's path.
 const MIN_RUNS_PER_UNIT: f64 = 0.01;
@@ -140,8 +143,8 @@ impl HookCost {
     }
 
     /// Per (program, hook) over the rounds of `mode`: ns per run and runs per unit.
-    fn per_program(&self, mode: Mode) -> BTreeMap<(String, String), (Vec<f64>, Vec<f64>)> {
-        let mut out: BTreeMap<(String, String), (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    fn per_program(&self, mode: Mode) -> PerProgram {
+        let mut out = PerProgram::new();
         for r in self.rounds.iter().filter(|r| r.mode == mode && r.units > 0) {
             for p in &r.programs {
                 let e = out.entry((p.program.clone(), p.hook.clone())).or_default();
@@ -176,8 +179,9 @@ impl HookCost {
             .into_iter()
             .filter_map(|((_, hook), (ns, _))| Some((hook, Spread::of(&ns)?.median)))
             .collect();
-        let mut rows: Vec<HookRow> = self
-            .per_program(Mode::Rsttrace)
+        let programs = self.per_program(Mode::Rsttrace);
+        let network = self.network_row(&programs, &floor);
+        let mut rows: Vec<HookRow> = programs
             .into_iter()
             .map(|((program, hook), (ns, runs))| {
                 let budget = budget::hook_budget(&hook, self.unit);
@@ -192,6 +196,7 @@ impl HookCost {
                 )
             })
             .collect();
+        rows.extend(network);
         let floor_total = self.ns_per_unit(Mode::Floor);
         rows.push(HookRow {
             workload: self.workload.clone(),
@@ -223,6 +228,56 @@ impl HookCost {
             verdict: Verdict::of(total.is_some_and(|t| t.median <= limit)),
         });
         rows
+    }
+
+    /// The network hooks together, per unit, over the floor (`budget::network_ns_over_floor`
+    /// on the medians the hooks' own rows show): held against its budget per request, context
+    /// per reset. `None` when rsttrace attached none.
+    fn network_row(&self, programs: &PerProgram, floor: &HashMap<String, f64>) -> Option<HookRow> {
+        let mut hooks: Vec<(&str, &str, f64, f64)> = programs
+            .iter()
+            .filter(|((_, hook), _)| budget::is_network_hook(hook))
+            .map(|((program, hook), (ns, runs))| {
+                let median = |v: &[f64]| Spread::of(v).map_or(0.0, |s| s.median);
+                (program.as_str(), hook.as_str(), median(ns), median(runs))
+            })
+            .collect();
+        // Per packet (cgroup:...) before per connection (raw:...), as the issue names them.
+        hooks.sort_by_key(|h| h.1);
+        if hooks.is_empty() {
+            return None;
+        }
+        let over_floor = budget::network_ns_over_floor(
+            &hooks
+                .iter()
+                .map(|&(_, hook, ns, runs)| (hook, ns, runs, floor.get(hook).copied()))
+                .collect::<Vec<_>>(),
+        );
+        let program_names = hooks.iter().map(|h| h.0).collect::<Vec<_>>().join(" + ");
+        let attach_points = hooks.iter().map(|h| h.1).collect::<Vec<_>>().join(" + ");
+        let counted = "over the floor: sum of (ns/run - floor ns/run) x runs/unit";
+        let (budget, verdict) = match self.unit {
+            Unit::Request => (
+                format!(
+                    "<= {:.0} ns/request {counted}",
+                    budget::NETWORK_NS_PER_REQUEST
+                ),
+                Verdict::of(over_floor <= budget::NETWORK_NS_PER_REQUEST),
+            ),
+            Unit::Reset => (format!("- ({counted})"), Verdict::Context),
+        };
+        Some(HookRow {
+            workload: self.workload.clone(),
+            unit: self.unit.name(),
+            program: format!("network hooks ({program_names})"),
+            hook: attach_points,
+            ns_per_run: None,
+            runs_per_unit: None,
+            ns_per_unit: Some(over_floor),
+            floor_ns_per_run: None,
+            budget,
+            verdict,
+        })
     }
 
     fn row(

@@ -81,8 +81,13 @@ pub fn schedule(traced: &[Mode], rounds: u32) -> Vec<Slot> {
     slots
 }
 
-/// Per pair: `f(mode's run) / f(its no-tracer partner)`.
-fn paired(samples: &[Sample], mode: Mode, f: impl Fn(&Sample) -> Option<f64>) -> Vec<f64> {
+/// Per pair of `mode`: (its round, `f(mode's run)`, `f(its no-tracer partner)`), the
+/// partner's figure positive.
+fn paired_figures(
+    samples: &[Sample],
+    mode: Mode,
+    f: &impl Fn(&Sample) -> Option<f64>,
+) -> Vec<(u32, f64, f64)> {
     samples
         .iter()
         .filter(|s| s.mode == mode)
@@ -91,7 +96,32 @@ fn paired(samples: &[Sample], mode: Mode, f: impl Fn(&Sample) -> Option<f64>) ->
                 .iter()
                 .find(|b| b.mode == Mode::None && b.pair == s.pair)?;
             let (a, b) = (f(s)?, f(base)?);
-            (b > 0.0).then(|| a / b)
+            (b > 0.0).then_some((s.round, a, b))
+        })
+        .collect()
+}
+
+/// Per pair: `f(mode's run) / f(its no-tracer partner)`.
+fn paired(samples: &[Sample], mode: Mode, f: impl Fn(&Sample) -> Option<f64>) -> Vec<f64> {
+    paired_figures(samples, mode, &f)
+        .into_iter()
+        .map(|(_, a, b)| a / b)
+        .collect()
+}
+
+/// Per round holding a pair of each: (cost ratio of `a` - cost ratio of `b`, that difference
+/// in microseconds per unit, i.e. times the mean cost per unit of the two pairs' no-tracer
+/// runs). Both pairs of a round ran within a few seconds of each other, so the difference
+/// carries less of the machine's drift than two medians taken over all rounds.
+pub fn cost_differences(samples: &[Sample], a: Mode, b: Mode) -> Vec<(f64, f64)> {
+    let cost = Sample::cost_per_unit;
+    let of_b = paired_figures(samples, b, &cost);
+    paired_figures(samples, a, &cost)
+        .into_iter()
+        .filter_map(|(round, ta, na)| {
+            let &(_, tb, nb) = of_b.iter().find(|(r, ..)| *r == round)?;
+            let diff = ta / na - tb / nb;
+            Some((diff, diff * (na + nb) / 2.0 * 1e6))
         })
         .collect()
 }
@@ -174,5 +204,24 @@ mod tests {
         assert!((cost[1] - 2.0).abs() < 1e-9, "{cost:?}");
         let rate = rate_ratios(&samples, Mode::Rsttrace);
         assert!((rate[0] - 0.8).abs() < 1e-9, "{rate:?}");
+    }
+
+    #[test]
+    fn differences_are_taken_within_a_round() {
+        let in_round = |round, s: Sample| Sample { round, ..s };
+        let samples = [
+            // round 0: 1.2 - 1.1 = 0.1 of a 10 us (mean) baseline: 1 us
+            in_round(0, sample(0, Mode::None, 100, 1.0e-3, 0.0)),
+            in_round(0, sample(0, Mode::Rsttrace, 100, 1.2e-3, 0.0)),
+            in_round(0, sample(1, Mode::RsttraceNoNet, 100, 1.1e-3, 0.0)),
+            in_round(0, sample(1, Mode::None, 100, 1.0e-3, 0.0)),
+            // round 1 has no RsttraceNoNet pair: no difference
+            in_round(1, sample(2, Mode::None, 100, 1.0e-3, 0.0)),
+            in_round(1, sample(2, Mode::Rsttrace, 100, 3.0e-3, 0.0)),
+        ];
+        let d = cost_differences(&samples, Mode::Rsttrace, Mode::RsttraceNoNet);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!((d[0].0 - 0.1).abs() < 1e-9, "{d:?}");
+        assert!((d[0].1 - 1.0).abs() < 1e-9, "{d:?}");
     }
 }

@@ -212,8 +212,19 @@ impl FileTracer {
     /// `rsttrace --format json` (no filter: every reset on the host, full attribution),
     /// stdout to `DIR/TAG.out`; ready once stderr says `attached`.
     pub fn rsttrace(ctx: &Ctx, tag: &str) -> Result<Self> {
+        Self::rsttrace_with(ctx, tag, &[])
+    }
+
+    /// [`FileTracer::rsttrace`] with `extra` options (those the bench-wide `--rsttrace-arg`s
+    /// already give are not repeated: clap refuses a flag given twice).
+    pub fn rsttrace_with(ctx: &Ctx, tag: &str, extra: &[&str]) -> Result<Self> {
         let mut cmd = ctx.rsttrace_command();
         cmd.args(["--format", "json"]);
+        cmd.args(
+            extra
+                .iter()
+                .filter(|a| !ctx.rsttrace_args.iter().any(|g| g == *a)),
+        );
         Self::start("rsttrace", cmd, &ctx.tmp, tag, Stream::Stderr, "attached")
     }
 
@@ -295,6 +306,9 @@ enum Stream {
     Stderr,
 }
 
+/// rsttrace's option that attaches no packet hook.
+pub const NO_NETWORK_HOOKS: &str = "--no-network-hooks";
+
 /// What runs beside the workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -303,6 +317,9 @@ pub enum Mode {
     /// Count-only programs on rsttrace's hooks.
     Floor,
     Rsttrace,
+    /// rsttrace with `--no-network-hooks`: no packet program (`rst_evidence`); the
+    /// refusal hook (`inet_sk_error_report`) stays, it serves another capability.
+    RsttraceNoNet,
     /// bpftrace printing the raw facts of both reset tracepoints.
     Bpftrace,
 }
@@ -313,6 +330,7 @@ impl Mode {
             Mode::None => "none",
             Mode::Floor => "floor",
             Mode::Rsttrace => "rsttrace",
+            Mode::RsttraceNoNet => "rsttrace-no-net",
             Mode::Bpftrace => "bpftrace",
         }
     }
@@ -344,6 +362,9 @@ impl Running {
             Mode::None => Inner::Nothing,
             Mode::Floor => Inner::Floor(Floor::attach(&ctx.hooks)?),
             Mode::Rsttrace => Inner::Process(FileTracer::rsttrace(ctx, tag)?),
+            Mode::RsttraceNoNet => {
+                Inner::Process(FileTracer::rsttrace_with(ctx, tag, &[NO_NETWORK_HOOKS])?)
+            }
             Mode::Bpftrace => Inner::Process(FileTracer::bpftrace(&ctx.script, &ctx.tmp, tag)?),
         };
         let mut running = Self {
