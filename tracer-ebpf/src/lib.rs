@@ -105,6 +105,10 @@ pub const FATAL_SIGNAL_MASK: u64 = {
 /// Name of the map counting ring buffer reservation failures (per CPU, index 0).
 pub const LOST_MAP: &str = "LOST";
 pub const EVENTS_MAP: &str = "EVENTS";
+/// Name of the one-slot array in which rsttrace says whether it sleeps until woken
+/// ([`READER_SLEEPS`]) or drains on its own timer (0).
+pub const READER_MAP: &str = "READER";
+pub const READER_SLEEPS: u32 = 1;
 pub const CONFIG_GLOBAL: &str = "CONFIG";
 
 #[cfg(feature = "user")]

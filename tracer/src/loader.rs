@@ -4,11 +4,13 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
-use tracer_ebpf::{Config, CONFIG_GLOBAL, EVENTS_MAP, LOST_MAP, NO_OFFSET};
+use tracer_ebpf::{
+    Config, CONFIG_GLOBAL, EVENTS_MAP, LOST_MAP, NO_OFFSET, READER_MAP, READER_SLEEPS,
+};
 
 use crate::{
     hooks::{Attach, Hook, Tier},
@@ -24,6 +26,8 @@ pub struct Attached {
     /// and the loss counter, taken out of it, stay readable).
     ebpf: Option<Ebpf>,
     lost: PerCpuArray<MapData, u64>,
+    /// Whether rsttrace sleeps until a sample wakes it (see programs/mod.rs emit()).
+    reader: Array<MapData, u32>,
     pub hooks: usize,
     /// Of those, syscall tracepoints: while any is attached, every syscall of every
     /// process takes the kernel's traced path (TIF_SYSCALL_TRACEPOINT).
@@ -131,10 +135,15 @@ fn attach_with<'a>(
         ebpf.take_map(LOST_MAP)
             .ok_or_else(|| anyhow!("map {LOST_MAP} missing"))?,
     )?;
+    let reader = Array::try_from(
+        ebpf.take_map(READER_MAP)
+            .ok_or_else(|| anyhow!("map {READER_MAP} missing"))?,
+    )?;
     Ok((
         Attached {
             ebpf: Some(ebpf),
             lost,
+            reader,
             hooks,
             syscall_hooks,
             elapsed_ms: started.elapsed().as_millis(),
@@ -211,6 +220,15 @@ impl Attached {
     /// Detaches and unloads every program now.
     pub fn detach(&mut self) {
         self.ebpf = None;
+    }
+
+    /// Tells the programs whether rsttrace is about to sleep until a sample wakes it (every
+    /// sample then wakes it) or drains on its own timer (none does, short of a filling ring).
+    pub fn set_reader_sleeps(&mut self, sleeps: bool) -> Result<()> {
+        let value = if sleeps { READER_SLEEPS } else { 0 };
+        self.reader
+            .set(0, value, 0)
+            .context("writing the reader's state for the programs")
     }
 
     /// Samples the kernel could not queue since start (ring buffer full), all CPUs.

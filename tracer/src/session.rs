@@ -755,16 +755,20 @@ async fn event_loop(
     let follows_nginx = session.nginx.is_some();
     let mut nginx_next = tokio::time::Instant::now() + NGINX_TICK;
 
-    // Idle, rsttrace sleeps until the kernel wakes it for the first sample of a burst
-    // (programs force a wake-up when the ring was empty, see programs/mod.rs emit()); busy,
-    // samples go in without waking it and it drains on a 10 ms tick, until a tick finds the
-    // ring empty and no verdict waiting.
-    let mut busy = false;
+    // Idle, rsttrace sleeps until a sample wakes it (it says so in the READER map, and the
+    // programs force a wake-up while it does, see programs/mod.rs emit()); busy, samples go
+    // in without waking it and it drains on a 10 ms tick, until a tick finds the ring empty
+    // and no verdict waiting. Should the flag not be writable, it stays busy: correct, only
+    // never idle.
+    let mut busy = attached.set_reader_sleeps(true).is_err();
     let stop = loop {
         nginx_next = session.nginx_due(nginx_next);
         let result: io::Result<bool> = tokio::select! {
             guard = ring.readable_mut(), if !busy => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
+                // Awake: samples from now on need not wake it (a failed write only costs
+                // wake-ups).
+                let _ = attached.set_reader_sleeps(false);
                 let r = drain(&mut session, guard.get_inner_mut(), count);
                 guard.clear_ready();
                 busy = true;
@@ -784,6 +788,17 @@ async fn event_loop(
                 if d.emptied {
                     session.expire(monotonic_ns())?;
                     busy = d.read > 0 || session.attributor.waiting() > 0;
+                    if !busy {
+                        // Going to sleep: say so first, then a last look for what was
+                        // committed before the programs could see it.
+                        busy = attached.set_reader_sleeps(true).is_err();
+                        let look = drain(&mut session, ring.get_mut(), count)?;
+                        if look.read > 0 {
+                            let _ = attached.set_reader_sleeps(false);
+                            busy = true;
+                        }
+                        return Ok(d.done || look.done || session.count_reached(count));
+                    }
                 }
                 Ok(d.done || session.count_reached(count))
             }),
