@@ -781,27 +781,11 @@ async fn event_loop(
                 drain(&mut session, ring.get_mut(), count)
                     .and_then(|d| session.report_lost(attached.lost_total()).map(|()| d.done))
             }
-            // Release verdicts whose wait is over only once the ring is empty: the send of a
-            // reset waiting here may still be queued behind a full batch, and the clock has
-            // moved on meanwhile (events are released by their own times as they are read).
-            _ = expire_tick.tick(), if busy => drain(&mut session, ring.get_mut(), count).and_then(|d| {
-                if d.emptied {
-                    session.expire(monotonic_ns())?;
-                    busy = d.read > 0 || session.attributor.waiting() > 0;
-                    if !busy {
-                        // Going to sleep: say so first, then a last look for what was
-                        // committed before the programs could see it.
-                        busy = attached.set_reader_sleeps(true).is_err();
-                        let look = drain(&mut session, ring.get_mut(), count)?;
-                        if look.read > 0 {
-                            let _ = attached.set_reader_sleeps(false);
-                            busy = true;
-                        }
-                        return Ok(d.done || look.done || session.count_reached(count));
-                    }
-                }
-                Ok(d.done || session.count_reached(count))
-            }),
+            _ = expire_tick.tick(), if busy => busy_tick(&mut session, ring.get_mut(), &mut attached, count)
+                .map(|(done, still_busy)| {
+                    busy = still_busy;
+                    done
+                }),
             _ = tokio::time::sleep_until(nginx_next), if follows_nginx => {
                 session.nginx_tick(&mut nginx_next).map(|()| session.count_reached(count))
             }
@@ -825,6 +809,37 @@ async fn event_loop(
         finish(&mut session, ring.get_mut(), &mut attached)?;
     }
     Ok(())
+}
+
+/// The busy loop's 10 ms tick: drains, and once the ring is empty releases the verdicts
+/// whose wait is over; with nothing left to wait for, goes idle. Verdicts are released only
+/// once the ring is empty: the send of a reset waiting here may still be queued behind a full
+/// batch, and the clock has moved on meanwhile (events are released by their own times as
+/// they are read). Returns (--count reached, still busy).
+fn busy_tick(
+    session: &mut Session<'_>,
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    attached: &mut loader::Attached,
+    count: Option<u64>,
+) -> io::Result<(bool, bool)> {
+    let d = drain(session, ring, count)?;
+    if !d.emptied {
+        return Ok((d.done || session.count_reached(count), true));
+    }
+    session.expire(monotonic_ns())?;
+    if d.read > 0 || session.attributor.waiting() > 0 {
+        return Ok((d.done || session.count_reached(count), true));
+    }
+    // Going to sleep: say so first, then a last look for what was committed before the
+    // programs could see it. Should the flag not be writable, stay busy: correct, only
+    // never idle.
+    let mut busy = attached.set_reader_sleeps(true).is_err();
+    let look = drain(session, ring, count)?;
+    if look.read > 0 {
+        let _ = attached.set_reader_sleeps(false);
+        busy = true;
+    }
+    Ok((d.done || look.done || session.count_reached(count), busy))
 }
 
 /// Detaches, then reports what the kernel had queued (for at most STOP_DRAIN: a stop must
