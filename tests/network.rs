@@ -13,8 +13,8 @@ use std::time::Duration;
 use rsttrace_tests::fixtures::{php_script, run_kill, wait_for_php_worker};
 use rsttrace_tests::{
     http_request_at, require_root, AbortServer, ContainerCgroup, ContainerLayout, Family, Guest,
-    GuestOptions, Gunicorn, GunicornOptions, Location, Netns, Nginx, NginxOptions, OwnedNetns,
-    PhpFpm, PhpFpmOptions, Placement, Rsttrace, Topology,
+    GuestOptions, Gunicorn, GunicornOptions, IptRule, Location, Netns, Nginx, NginxOptions,
+    OwnedNetns, PhpFpm, PhpFpmOptions, Placement, Rsttrace, Topology,
 };
 use serde_json::Value;
 
@@ -50,6 +50,24 @@ fn pid_of(v: &Value) -> Option<u32> {
 
 fn inode(ns: &Netns) -> u64 {
     ns.inode().expect("the namespace's inode")
+}
+
+/// `CHAIN: -d ADDR -p tcp --dport PORT -j REJECT --reject-with tcp-reset` in `ns`, with the
+/// iptables of `to`'s family.
+fn reject_tcp_to(ns: &Netns, chain: &str, to: SocketAddr) -> IptRule {
+    ns.iptables(Family::of(to.ip()))
+        .reject_tcp_reset(
+            chain,
+            &[
+                "-d",
+                &to.ip().to_string(),
+                "-p",
+                "tcp",
+                "--dport",
+                &to.port().to_string(),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("REJECT to {to} in {chain}: {e:#}"))
 }
 
 fn assert_error_log(nginx: &Nginx, needle: &str) {
@@ -163,21 +181,7 @@ fn a_router_reject_mid_response_is_a_path_device_forged_in_the_router() {
         "{}",
         gunicorn.log()
     );
-    let reject = topo
-        .router()
-        .iptables(Family::V4)
-        .reject_tcp_reset(
-            "FORWARD",
-            &[
-                "-d",
-                &py4.ip().to_string(),
-                "-p",
-                "tcp",
-                "--dport",
-                &py4.port().to_string(),
-            ],
-        )
-        .expect("the router's REJECT");
+    let reject = reject_tcp_to(topo.router(), "FORWARD", py4);
     let _ = slow.join();
     assert_error_log(
         &nginx,
@@ -215,21 +219,7 @@ fn the_same_over_ipv6_compares_hop_limits() {
     let py6 = gunicorn.addrs()[1];
     // The connection nginx keeps alive: its SYN-ACK gives the flow's hop limit.
     assert_eq!(get(topo.client(), &nginx, "/py6/ok"), 200);
-    let reject = topo
-        .router()
-        .iptables(Family::V6)
-        .reject_tcp_reset(
-            "FORWARD",
-            &[
-                "-d",
-                &py6.ip().to_string(),
-                "-p",
-                "tcp",
-                "--dport",
-                &py6.port().to_string(),
-            ],
-        )
-        .expect("the router's ip6tables REJECT");
+    let reject = reject_tcp_to(topo.router(), "FORWARD", py6);
     assert_eq!(get(topo.client(), &nginx, "/py6/ok"), 502);
     assert_error_log(&nginx, "recv() failed (104: Connection reset by peer)");
     reject
@@ -271,21 +261,7 @@ fn a_keepalive_connection_older_than_rsttrace_still_gets_its_baseline() {
         )
         .expect("ss");
     assert_eq!(before, after, "the same kept-alive connection served both");
-    let reject = topo
-        .router()
-        .iptables(Family::V4)
-        .reject_tcp_reset(
-            "FORWARD",
-            &[
-                "-d",
-                &py4.ip().to_string(),
-                "-p",
-                "tcp",
-                "--dport",
-                &py4.port().to_string(),
-            ],
-        )
-        .expect("the router's REJECT");
+    let reject = reject_tcp_to(topo.router(), "FORWARD", py4);
     assert_eq!(get(topo.client(), &nginx, "/py/ok"), 502);
     assert_error_log(&nginx, "(104: Connection reset by peer)");
     reject
@@ -304,21 +280,7 @@ fn a_reject_in_nginx_own_output_chain_is_the_local_firewall() {
     let (gunicorn, nginx) = gunicorn_behind_nginx(&topo);
     let mut tool = Rsttrace::start(&[]).expect("starting rsttrace");
     let py4 = gunicorn.addrs()[0];
-    let reject = topo
-        .client()
-        .iptables(Family::V4)
-        .reject_tcp_reset(
-            "OUTPUT",
-            &[
-                "-d",
-                &py4.ip().to_string(),
-                "-p",
-                "tcp",
-                "--dport",
-                &py4.port().to_string(),
-            ],
-        )
-        .expect("the client's own REJECT");
+    let reject = reject_tcp_to(topo.client(), "OUTPUT", py4);
     assert_eq!(get(topo.client(), &nginx, "/py/ok"), 502);
     assert_error_log(&nginx, "connect() failed (111: Connection refused)");
     reject
@@ -904,21 +866,7 @@ fn the_root_cgroup_program_coexists_and_goes_with_a_killed_rsttrace() {
     // Traffic flows through both, and rsttrace's program sees the RST segment.
     assert_eq!(get(topo.client(), &nginx, "/py/ok"), 200);
     let py4 = gunicorn.addrs()[0];
-    let reject = topo
-        .client()
-        .iptables(Family::V4)
-        .reject_tcp_reset(
-            "OUTPUT",
-            &[
-                "-d",
-                &py4.ip().to_string(),
-                "-p",
-                "tcp",
-                "--dport",
-                &py4.port().to_string(),
-            ],
-        )
-        .expect("the client's own REJECT");
+    let reject = reject_tcp_to(topo.client(), "OUTPUT", py4);
     assert_eq!(get(topo.client(), &nginx, "/py/ok"), 502);
     let event = nginx_reset(&tool, py4);
     assert_eq!(event["network"]["origin"], "local_firewall", "{event}");
