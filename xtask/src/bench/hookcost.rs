@@ -198,35 +198,27 @@ impl HookCost {
             .collect();
         rows.extend(network);
         let floor_total = self.ns_per_unit(Mode::Floor);
-        rows.push(HookRow {
-            workload: self.workload.clone(),
-            unit: self.unit.name(),
-            program: "all floor programs".into(),
-            hook: "-".into(),
-            ns_per_run: None,
-            runs_per_unit: None,
-            ns_per_unit: floor_total.map(|s| s.median),
-            floor_ns_per_run: None,
-            budget: "-".into(),
-            verdict: Verdict::Context,
-        });
+        rows.push(HookRow::total(
+            self.workload.clone(),
+            self.unit.name(),
+            "all floor programs".into(),
+            floor_total.map(|s| s.median),
+            "-".into(),
+            Verdict::Context,
+        ));
         let total = self.bpf_ns_per_unit();
         let limit = match self.unit {
             Unit::Reset => budget::BPF_NS_PER_RESET,
             Unit::Request => budget::BPF_NS_PER_REQUEST,
         };
-        rows.push(HookRow {
-            workload: self.workload.clone(),
-            unit: self.unit.name(),
-            program: "all programs".into(),
-            hook: "-".into(),
-            ns_per_run: None,
-            runs_per_unit: None,
-            ns_per_unit: total.map(|s| s.median),
-            floor_ns_per_run: None,
-            budget: format!("<= {limit:.0} ns/{}", self.unit.name()),
-            verdict: Verdict::of(total.is_some_and(|t| t.median <= limit)),
-        });
+        rows.push(HookRow::total(
+            self.workload.clone(),
+            self.unit.name(),
+            "all programs".into(),
+            total.map(|s| s.median),
+            format!("<= {limit:.0} ns/{}", self.unit.name()),
+            Verdict::of(total.is_some_and(|t| t.median <= limit)),
+        ));
         rows
     }
 
@@ -267,16 +259,15 @@ impl HookCost {
             Unit::Reset => (format!("- ({counted})"), Verdict::Context),
         };
         Some(HookRow {
-            workload: self.workload.clone(),
-            unit: self.unit.name(),
-            program: format!("network hooks ({program_names})"),
             hook: attach_points,
-            ns_per_run: None,
-            runs_per_unit: None,
-            ns_per_unit: Some(over_floor),
-            floor_ns_per_run: None,
-            budget,
-            verdict,
+            ..HookRow::total(
+                self.workload.clone(),
+                self.unit.name(),
+                format!("network hooks ({program_names})"),
+                Some(over_floor),
+                budget,
+                verdict,
+            )
         })
     }
 

@@ -231,18 +231,14 @@ impl TargetLoad {
         let user = pairs::spread_of(&self.samples, Mode::Rsttrace, |s| {
             (s.units > 0).then(|| s.tracer_cpu_s * 1e9 / s.units as f64)
         });
-        rows.push(HookRow {
-            workload: self.name.to_string(),
-            unit: Unit::Request.name(),
-            program: "rsttrace user space".into(),
-            hook: "-".into(),
-            ns_per_run: None,
-            runs_per_unit: None,
-            ns_per_unit: user.map(|u| u.median),
-            floor_ns_per_run: None,
-            budget: "-".into(),
-            verdict: Verdict::Context,
-        });
+        rows.push(HookRow::total(
+            self.name.to_string(),
+            Unit::Request.name(),
+            "rsttrace user space".into(),
+            user.map(|u| u.median),
+            "-".into(),
+            Verdict::Context,
+        ));
         rows
     }
 }

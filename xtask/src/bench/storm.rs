@@ -281,18 +281,14 @@ impl Storm {
     pub fn hook_rows(&self) -> Vec<HookRow> {
         let mut rows = self.hooks.rows();
         let user = self.user_ns_per_reset();
-        rows.push(HookRow {
-            workload: "storm".into(),
-            unit: Unit::Reset.name(),
-            program: "rsttrace user space".into(),
-            hook: "-".into(),
-            ns_per_run: None,
-            runs_per_unit: None,
-            ns_per_unit: user.map(|u| u.median),
-            floor_ns_per_run: None,
-            budget: format!("<= {:.0} ns/reset", budget::USER_NS_PER_RESET),
-            verdict: Verdict::of(user.is_some_and(|u| u.median <= budget::USER_NS_PER_RESET)),
-        });
+        rows.push(HookRow::total(
+            "storm".into(),
+            Unit::Reset.name(),
+            "rsttrace user space".into(),
+            user.map(|u| u.median),
+            format!("<= {:.0} ns/reset", budget::USER_NS_PER_RESET),
+            Verdict::of(user.is_some_and(|u| u.median <= budget::USER_NS_PER_RESET)),
+        ));
         rows
     }
 

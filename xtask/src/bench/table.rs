@@ -114,6 +114,30 @@ pub struct HookRow {
 }
 
 impl HookRow {
+    /// A row of figures per unit only (a sum over programs, or user space): no hook, no
+    /// per-run figures.
+    pub fn total(
+        workload: String,
+        unit: &'static str,
+        program: String,
+        ns_per_unit: Option<f64>,
+        budget: String,
+        verdict: Verdict,
+    ) -> Self {
+        Self {
+            workload,
+            unit,
+            program,
+            hook: "-".into(),
+            ns_per_run: None,
+            runs_per_unit: None,
+            ns_per_unit,
+            floor_ns_per_run: None,
+            budget,
+            verdict,
+        }
+    }
+
     fn json(&self) -> Value {
         json!({
             "workload": self.workload,
