@@ -193,7 +193,9 @@ pub fn send_signal(pid: u32, sig: i32) -> Result<()> {
 }
 
 /// Makes the kernel send `signal` to the child when the thread that spawned it dies, so a
-/// test binary killed outright (no Drop) does not leave servers behind.
+/// test binary killed outright (no Drop) does not leave servers behind; and gives the child
+/// default dispositions for the stop signals, so that `signal` (or a test's SIGINT) stops it
+/// even when the harness itself was started with them ignored.
 pub(crate) fn stop_with_parent(cmd: &mut Command, signal: i32) {
     let signal = libc::c_ulong::try_from(signal).expect("signal numbers are positive");
     // SAFETY: the closure only makes the async-signal-safe prctl and signal syscalls.
