@@ -368,6 +368,16 @@ mod tests {
             .expect("open for append")
     }
 
+    /// What logrotate's copytruncate does to the file, after its copy.
+    fn truncate(path: &Path) {
+        OpenOptions::new()
+            .write(true)
+            .open(path)
+            .expect("open")
+            .set_len(0)
+            .expect("truncate");
+    }
+
     fn texts(lines: &[Line]) -> Vec<String> {
         lines
             .iter()
@@ -441,23 +451,13 @@ mod tests {
         // logrotate copytruncate: copy, then truncate in place; nginx's O_APPEND writes
         // continue at the new end.
         std::fs::copy(&path, dir.0.join("error.log.1")).expect("copy");
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .expect("open")
-            .set_len(0)
-            .expect("truncate");
+        truncate(&path);
         nginx.write_all(b"four\n").expect("write");
         assert_eq!(texts(&f.poll()), ["four"]);
         assert!(f.take_notices().contains(&Notice::Truncated(path.clone())));
         // Truncated, then written past the old size before the next poll: the bytes last
         // read are gone from where they were.
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .expect("open")
-            .set_len(0)
-            .expect("truncate");
+        truncate(&path);
         nginx
             .write_all(b"five, a longer line than four was\n")
             .expect("write");
