@@ -16,8 +16,8 @@ use crate::{
         Layouts,
     },
     model::{
-        Baseline, KernelEvent, OomVictim, ProcessExit, ProcessFork, ResetReceived, ResetSent, Role,
-        RstSegment, SignalGenerated, SocketError, SocketRefused, Task, UnixListen, UnixPeer,
+        Baseline, Comm, KernelEvent, OomVictim, ProcessExit, ProcessFork, ResetReceived, ResetSent,
+        Role, RstSegment, SignalGenerated, SocketError, SocketRefused, Task, UnixListen, UnixPeer,
     },
 };
 
@@ -26,6 +26,10 @@ const AF_INET6: u16 = 10;
 
 pub struct Decoder<'a> {
     layouts: &'a Layouts,
+    /// The reset records' fields, found by name once: a storm decodes two per reset, and
+    /// looking nine names up in each cost more than the rest of decoding.
+    sent: Option<TcpFields<'a>>,
+    received: Option<TcpFields<'a>>,
 }
 
 /// A copy of the plain-old-data event `T` at the start of `bytes`.
@@ -46,7 +50,7 @@ fn current_task(h: &Header) -> Task {
     Task {
         pid: (h.pid_tgid >> 32) as u32,
         tid: h.pid_tgid as u32,
-        comm: comm_str(&h.comm),
+        comm: Comm::from_kernel(&h.comm),
     }
 }
 
@@ -57,7 +61,11 @@ fn valid(buf: &[u8], len: u32) -> &[u8] {
 
 impl<'a> Decoder<'a> {
     pub fn new(layouts: &'a Layouts) -> Self {
-        Self { layouts }
+        Self {
+            layouts,
+            sent: layouts.get(EventKind::ResetSent).map(TcpFields::find),
+            received: layouts.get(EventKind::ResetReceived).map(TcpFields::find),
+        }
     }
 
     pub fn decode(&self, bytes: &[u8]) -> Result<KernelEvent> {
@@ -86,35 +94,54 @@ impl<'a> Decoder<'a> {
         }
     }
 
+    fn tcp_record<'r>(
+        kind: EventKind,
+        fields: &'r Option<TcpFields<'a>>,
+        raw: &'r [u8],
+    ) -> Result<(Record<'r>, &'r TcpFields<'a>)> {
+        match fields {
+            Some(f) => Ok((
+                Record {
+                    raw,
+                    format: f.format,
+                },
+                f,
+            )),
+            None => bail!("no record layout for {kind:?} samples"),
+        }
+    }
+
     fn reset_sent(&self, e: &event::ResetSent) -> Result<KernelEvent> {
-        let rec = self.record(EventKind::ResetSent, valid(&e.record, e.record_len))?;
+        let raw = valid(&e.record, e.record_len);
+        let (rec, f) = Self::tcp_record(EventKind::ResetSent, &self.sent, raw)?;
         Ok(KernelEvent::ResetSent(ResetSent {
             time_ns: e.header.ktime_ns,
             current: current_task(&e.header),
             current_exiting: e.task_flags & PF_EXITING != 0,
             owner: owner(&e.owner),
-            sk: rec.u64("skaddr")?,
-            reason: rec.opt_u64("reason").map(|r| r as u32),
-            state: rec.opt_u64("state").map(|v| v as u32),
+            sk: rec.u64_of(&f.skaddr, "skaddr")?,
+            reason: rec.opt_u64_of(&f.reason).map(|r| r as u32),
+            state: rec.opt_u64_of(&f.state).map(|v| v as u32),
             orphan: e.orphan != 0,
             seq: (e.has_seq != 0).then_some(e.seq),
             netns: (e.netns != 0).then_some(e.netns),
-            src: rec.endpoint(true)?,
-            dst: rec.endpoint(false)?,
+            src: rec.endpoint(&f.src)?,
+            dst: rec.endpoint(&f.dst)?,
         }))
     }
 
     fn reset_received(&self, e: &event::ResetReceived) -> Result<KernelEvent> {
-        let rec = self.record(EventKind::ResetReceived, valid(&e.record, e.record_len))?;
+        let raw = valid(&e.record, e.record_len);
+        let (rec, f) = Self::tcp_record(EventKind::ResetReceived, &self.received, raw)?;
         Ok(KernelEvent::ResetReceived(ResetReceived {
             time_ns: e.header.ktime_ns,
             current: current_task(&e.header),
             owner: owner(&e.owner),
             owner_role: role(&e.owner),
-            sk: rec.u64("skaddr")?,
-            local: rec.endpoint(true)?,
-            remote: rec.endpoint(false)?,
-            sock_cookie: rec.opt_u64("sock_cookie"),
+            sk: rec.u64_of(&f.skaddr, "skaddr")?,
+            local: rec.endpoint(&f.src)?,
+            remote: rec.endpoint(&f.dst)?,
+            sock_cookie: rec.opt_u64_of(&f.sock_cookie),
             rcv_nxt: (e.has_seq != 0).then_some(e.rcv_nxt),
             netns: (e.netns != 0).then_some(e.netns),
         }))
@@ -261,7 +288,7 @@ fn owner(o: &SockOwner) -> Option<Task> {
     (o.tgid != 0).then(|| Task {
         pid: o.tgid,
         tid: o.pid,
-        comm: comm_str(&o.comm),
+        comm: Comm::from_kernel(&o.comm),
     })
 }
 
@@ -323,19 +350,8 @@ impl Record<'_> {
         })
     }
 
-    fn u64(&self, name: &str) -> Result<u64> {
-        Ok(self.int(self.field(name)?)? as u64)
-    }
-
     fn i64(&self, name: &str) -> Result<i64> {
         Ok(self.int(self.field(name)?)? as i64)
-    }
-
-    fn opt_u64(&self, name: &str) -> Option<u64> {
-        self.format
-            .field(name)
-            .and_then(|f| self.int(f).ok())
-            .map(|v| v as u64)
     }
 
     fn opt_i64(&self, name: &str) -> Option<i64> {
@@ -360,37 +376,121 @@ impl Record<'_> {
         Ok(comm_str(self.bytes(field)?))
     }
 
-    /// The source (`src == true`) or destination endpoint of a TCP record, in either of the
-    /// kernel's layouts:
-    /// - 6.10+: `saddr`/`daddr` are 28-byte sockaddr_in/sockaddr_in6 (port inside);
-    /// - before: `sport`/`dport` (host order), `family`, `saddr`/`daddr` (4 bytes),
-    ///   `saddr_v6`/`daddr_v6` (16 bytes).
-    fn endpoint(&self, src: bool) -> Result<SocketAddr> {
+    fn u64_of(&self, field: &Option<Field>, name: &str) -> Result<u64> {
+        match field {
+            Some(f) => Ok(self.int(f)? as u64),
+            None => bail!("record has no field `{name}`"),
+        }
+    }
+
+    fn opt_u64_of(&self, field: &Option<Field>) -> Option<u64> {
+        field
+            .as_ref()
+            .and_then(|f| self.int(f).ok())
+            .map(|v| v as u64)
+    }
+
+    fn endpoint(&self, fields: &Result<EndpointFields, String>) -> Result<SocketAddr> {
+        let fields = match fields {
+            Ok(f) => f,
+            Err(e) => bail!("{e}"),
+        };
+        match fields {
+            EndpointFields::Sockaddr(addr) => sockaddr(self.bytes(addr)?),
+            EndpointFields::Split {
+                addr,
+                port,
+                family,
+                v6,
+            } => {
+                let port = self.int(port)? as u16;
+                let ip = match self.int(family)? as u16 {
+                    AF_INET => {
+                        let b = self.bytes(addr)?;
+                        IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+                    }
+                    AF_INET6 => {
+                        let Some(v6) = v6 else {
+                            bail!("record has no IPv6 address field");
+                        };
+                        let b = self.bytes(v6)?;
+                        let mut a = [0u8; 16];
+                        a.copy_from_slice(&b[..16]);
+                        IpAddr::V6(Ipv6Addr::from(a))
+                    }
+                    other => bail!("unknown address family {other}"),
+                };
+                Ok(SocketAddr::new(ip, port))
+            }
+        }
+    }
+}
+
+/// The fields of a tcp:tcp_send_reset or tcp:tcp_receive_reset record on this kernel.
+struct TcpFields<'a> {
+    format: &'a RecordFormat,
+    skaddr: Option<Field>,
+    reason: Option<Field>,
+    state: Option<Field>,
+    sock_cookie: Option<Field>,
+    /// Err: what the record lacks, reported for each sample as the lookup by name did.
+    src: Result<EndpointFields, String>,
+    dst: Result<EndpointFields, String>,
+}
+
+/// Where one endpoint of a TCP record lies, in either of the kernel's layouts:
+/// - 6.10+: `saddr`/`daddr` are 28-byte sockaddr_in/sockaddr_in6 (port inside);
+/// - before: `sport`/`dport` (host order), `family`, `saddr`/`daddr` (4 bytes),
+///   `saddr_v6`/`daddr_v6` (16 bytes).
+enum EndpointFields {
+    Sockaddr(Field),
+    Split {
+        addr: Field,
+        port: Field,
+        family: Field,
+        v6: Option<Field>,
+    },
+}
+
+impl<'a> TcpFields<'a> {
+    fn find(format: &'a RecordFormat) -> Self {
+        let field = |name: &str| format.field(name).cloned();
+        Self {
+            format,
+            skaddr: field("skaddr"),
+            reason: field("reason"),
+            state: field("state"),
+            sock_cookie: field("sock_cookie"),
+            src: EndpointFields::find(format, true),
+            dst: EndpointFields::find(format, false),
+        }
+    }
+}
+
+impl EndpointFields {
+    /// The source (`src == true`) or destination endpoint's fields.
+    fn find(format: &RecordFormat, src: bool) -> Result<Self, String> {
         let (addr, port, v6) = if src {
             ("saddr", "sport", "saddr_v6")
         } else {
             ("daddr", "dport", "daddr_v6")
         };
-        let addr_field = self.field(addr)?;
-        if addr_field.size >= 16 {
-            return sockaddr(self.bytes(addr_field)?);
-        }
-        let port = self.u64(port)? as u16;
-        let family = self.u64("family")? as u16;
-        let ip = match family {
-            AF_INET => {
-                let b = self.bytes(addr_field)?;
-                IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
-            }
-            AF_INET6 => {
-                let b = self.bytes(self.field(v6)?)?;
-                let mut a = [0u8; 16];
-                a.copy_from_slice(&b[..16]);
-                IpAddr::V6(Ipv6Addr::from(a))
-            }
-            other => bail!("unknown address family {other}"),
+        let field = |name: &str| {
+            format
+                .field(name)
+                .cloned()
+                .ok_or_else(|| format!("record has no field `{name}`"))
         };
-        Ok(SocketAddr::new(ip, port))
+        let addr = field(addr)?;
+        if addr.size >= 16 {
+            return Ok(Self::Sockaddr(addr));
+        }
+        Ok(Self::Split {
+            addr,
+            port: field(port)?,
+            family: field("family")?,
+            v6: field(v6).ok(),
+        })
     }
 }
 

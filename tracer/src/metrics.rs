@@ -46,7 +46,7 @@ pub struct ResetLabels {
 impl ResetLabels {
     pub fn of(a: &Attribution) -> Self {
         let comm = |t: Option<&crate::model::Task>| {
-            t.map_or_else(|| "unknown".to_string(), |t| t.comm.clone())
+            t.map_or_else(|| "unknown".to_string(), |t| t.comm.to_string())
         };
         Self {
             cause: a.cause.as_str().to_string(),

@@ -6,7 +6,82 @@ use std::net::SocketAddr;
 pub struct Task {
     pub pid: u32,
     pub tid: u32,
-    pub comm: String,
+    pub comm: Comm,
+}
+
+/// A task's name as the kernel keeps it (TASK_COMM_LEN, 16 bytes with its NUL), held
+/// inline: every sample names one or two tasks, and a storm decodes four samples per reset,
+/// so a String each was most of the allocations made per reset.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Comm {
+    bytes: [u8; Comm::CAPACITY],
+    len: u8,
+}
+
+impl Comm {
+    pub const CAPACITY: usize = 16;
+
+    /// From the kernel's NUL-padded bytes; invalid UTF-8 becomes U+FFFD, as
+    /// String::from_utf8_lossy writes it, cut at a character to fit.
+    pub fn from_kernel(raw: &[u8]) -> Self {
+        let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        match std::str::from_utf8(&raw[..end]) {
+            Ok(s) => Self::from(s),
+            Err(_) => Self::from(String::from_utf8_lossy(&raw[..end]).as_ref()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only whole characters of a str are ever stored (see From<&str>).
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl From<&str> for Comm {
+    /// The first 16 bytes' worth of whole characters of `s`.
+    fn from(s: &str) -> Self {
+        let mut len = s.len().min(Self::CAPACITY);
+        while !s.is_char_boundary(len) {
+            len -= 1;
+        }
+        let mut bytes = [0u8; Self::CAPACITY];
+        bytes[..len].copy_from_slice(&s.as_bytes()[..len]);
+        Self {
+            bytes,
+            len: len as u8,
+        }
+    }
+}
+
+impl std::ops::Deref for Comm {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq<str> for Comm {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Comm {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 /// Which end of its connection a socket is.
@@ -540,5 +615,23 @@ impl Attribution {
             peer_netns: None,
             network: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod comm_tests {
+    use super::Comm;
+
+    #[test]
+    fn comms_read_as_the_kernel_wrote_them() {
+        assert_eq!(Comm::from_kernel(b"php-fpm8.2\0\0\0\0\0\0"), "php-fpm8.2");
+        assert_eq!(Comm::from_kernel(b"0123456789abcdef"), "0123456789abcdef");
+        assert_eq!(Comm::from_kernel(b"\0garbage"), "");
+        // Invalid UTF-8 reads as String::from_utf8_lossy reads it, cut at a whole character.
+        assert_eq!(Comm::from_kernel(b"ab\xffcd\0"), "ab\u{fffd}cd");
+        let cut = Comm::from_kernel(b"\xff\xff\xff\xff\xff\xff");
+        assert_eq!(cut, "\u{fffd}".repeat(5).as_str());
+        assert_eq!(Comm::from("tâche-très-longue"), "tâche-très-lon");
+        assert_eq!(format!("{:?}", Comm::from("a\"b")), "\"a\\\"b\"");
     }
 }

@@ -19,6 +19,8 @@ pub enum Format {
 pub struct Output {
     format: Format,
     out: BufWriter<Stdout>,
+    /// One JSON line at a time, reused: no allocation per line.
+    line: Vec<u8>,
 }
 
 impl Output {
@@ -26,6 +28,7 @@ impl Output {
         Self {
             format,
             out: BufWriter::with_capacity(64 * 1024, io::stdout()),
+            line: Vec::with_capacity(4096),
         }
     }
 
@@ -40,10 +43,7 @@ impl Output {
         let mut json = report::reset_json(verdict, resolve);
         json.nginx = nginx.and_then(report::nginx_json);
         match self.format {
-            Format::Json => {
-                serde_json::to_writer(&mut self.out, &json)?;
-                self.out.write_all(b"\n")
-            }
+            Format::Json => self.json(&json),
             Format::Text => writeln!(self.out, "{}", report::render_text(&json)),
         }
     }
@@ -51,10 +51,7 @@ impl Output {
     pub fn refusal(&mut self, refusal: &Refusal, resolve: &dyn Resolve) -> io::Result<()> {
         let json = report::refused_json(refusal, resolve);
         match self.format {
-            Format::Json => {
-                serde_json::to_writer(&mut self.out, &json)?;
-                self.out.write_all(b"\n")
-            }
+            Format::Json => self.json(&json),
             Format::Text => writeln!(self.out, "{}", report::render_refused_text(&json)),
         }
     }
@@ -78,8 +75,7 @@ impl Output {
         };
         match self.format {
             Format::Json => {
-                serde_json::to_writer(&mut self.out, &json)?;
-                self.out.write_all(b"\n")
+                self.json(&json)
             }
             Format::Text => writeln!(
                 self.out,
@@ -95,10 +91,7 @@ impl Output {
             return Ok(());
         };
         match self.format {
-            Format::Json => {
-                serde_json::to_writer(&mut self.out, &json)?;
-                self.out.write_all(b"\n")
-            }
+            Format::Json => self.json(&json),
             Format::Text => writeln!(self.out, "{}", report::render_unexplained_text(&json)),
         }
     }
@@ -107,15 +100,18 @@ impl Output {
     /// stdout is for the resets alone).
     pub fn summary(&mut self, json: &SummaryJson) -> io::Result<()> {
         match self.format {
-            Format::Json => {
-                serde_json::to_writer(&mut self.out, json)?;
-                self.out.write_all(b"\n")
-            }
+            Format::Json => self.json(&json),
             Format::Text => {
                 eprintln!("{}", report::render_summary_text(json));
                 Ok(())
             }
         }
+    }
+
+    fn json<T: serde::Serialize + ?Sized>(&mut self, value: &T) -> io::Result<()> {
+        self.line.clear();
+        report::json_line(&mut self.line, value)?;
+        self.out.write_all(&self.line)
     }
 
     pub fn flush(&mut self) -> io::Result<()> {

@@ -83,7 +83,7 @@ fn owners(by_inode: HashMap<u64, String>) -> Vec<UnixListen> {
                 owner: Task {
                     pid,
                     tid: pid,
-                    comm: comm.trim_end().to_string(),
+                    comm: comm.trim_end().into(),
                 },
                 path: path.clone(),
             });

@@ -121,7 +121,7 @@ impl<'a> From<&'a Task> for ProcessJson<'a> {
     fn from(t: &'a Task) -> Self {
         Self {
             pid: t.pid,
-            comm: &t.comm,
+            comm: t.comm.as_str(),
             netns: None,
             cgroup: None,
         }
@@ -343,6 +343,15 @@ pub struct LostJson {
     pub decode_errors: Option<u64>,
 }
 
+/// Appends `value` as one JSON line to `out`: every line rsttrace prints goes through here
+/// (sonic-rs: the same Serialize impls as serde_json, and the same bytes, as the goldens
+/// check, with SIMD string escaping).
+pub fn json_line<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> std::io::Result<()> {
+    sonic_rs::to_writer(&mut *out, value).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    Ok(())
+}
+
 pub fn reset_json<'a>(a: &'a Attribution, r: &'a dyn Resolve) -> ResetJson<'a> {
     let oom = a.cause.oom().map(|o| {
         let info = r.memcg(o.memcg_id);
@@ -519,6 +528,32 @@ mod tests {
             peer_netns: None,
             network: None,
         }
+    }
+
+    #[test]
+    fn json_lines_are_what_serde_json_writes() {
+        // Whatever a comm or a path holds: quotes, backslashes, control bytes, non-ASCII.
+        let tricky = "a\"b\\c\n\t\r\u{1}\u{1f}\u{7f} é 😀 </script>";
+        let p = ProcessJson {
+            pid: 7,
+            comm: tricky,
+            netns: Some(4026531833),
+            cgroup: None,
+        };
+        let floats =
+            serde_json::json!({"duration_s": 5.877, "tiny": 1e-7, "big": 1.5e300, "n": -3});
+        for value in [serde_json::to_value(&p).expect("json"), floats] {
+            let mut line = Vec::new();
+            json_line(&mut line, &value).expect("json line");
+            let expected = serde_json::to_string(&value).expect("json") + "\n";
+            assert_eq!(String::from_utf8(line).expect("utf-8"), expected);
+        }
+        let mut line = Vec::new();
+        json_line(&mut line, &p).expect("json line");
+        assert_eq!(
+            String::from_utf8(line).expect("utf-8"),
+            serde_json::to_string(&p).expect("json") + "\n"
+        );
     }
 
     #[test]

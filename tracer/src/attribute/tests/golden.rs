@@ -6,7 +6,7 @@ use std::{collections::HashMap, fs, path::PathBuf};
 
 use crate::{
     model::Attribution,
-    report::{render_text, reset_json, MemcgInfo, Resolve},
+    report::{json_line, render_text, reset_json, MemcgInfo, Resolve},
 };
 
 /// Fixed facts for rendering: the test's reason names, one limited memory cgroup (id 77,
@@ -38,15 +38,14 @@ fn render(verdicts: &[Attribution]) -> (String, String) {
     let resolver = Fixed {
         reasons: super::reasons(),
     };
-    let (mut json, mut text) = (String::new(), String::new());
+    let (mut json, mut text) = (Vec::new(), String::new());
     for v in verdicts {
         let j = reset_json(v, &resolver);
-        json.push_str(&serde_json::to_string(&j).expect("render"));
-        json.push('\n');
+        json_line(&mut json, &j).expect("render");
         text.push_str(&render_text(&j));
         text.push('\n');
     }
-    (json, text)
+    (String::from_utf8(json).expect("JSON is UTF-8"), text)
 }
 
 /// Compares `verdicts` with the golden file named after the running test (libtest names
