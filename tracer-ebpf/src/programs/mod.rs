@@ -211,8 +211,9 @@ fn learn_owner(cfg: &Config, sk: u64, family: u16, role: u8) {
     } else {
         0
     };
-    // SAFETY: the value is copied out at once.
-    let known = unsafe { SOCK_OWNERS.get(&sk) }.copied();
+    let slot = SOCK_OWNERS.get_ptr_mut(&sk);
+    // SAFETY: a map value pointer, valid for this program run, copied out at once.
+    let known = slot.map(|p| unsafe { *p });
     let role = match known {
         // A destroyed socket's record belongs to a socket that no longer exists.
         Some(o) if o.destroyed_ns != 0 => role,
@@ -227,7 +228,25 @@ fn learn_owner(cfg: &Config, sk: u64, family: u16, role: u8) {
     } else {
         0
     };
-    let _ = SOCK_OWNERS.insert(&sk, &current_owner(role, ino, peer_ino), 0);
+    record_owner(sk, slot, &current_owner(role, ino, peer_ino));
+}
+
+/// Records `owner` for `sk`, over `slot` (its record, looked up by the caller) when it has
+/// one. The slab gives a new socket the address of one just freed, whose record is usually
+/// still in the map (marked destroyed): overwriting it where it lies costs the lookup alone,
+/// where an insert into the full LRU map takes an element from its free lists, evicting one
+/// (kernel/bpf/bpf_lru_list.c), and frees the old. Written in place, a record can be seen
+/// half-written by a program on another CPU; nothing reads the record of a socket being
+/// connected, and a torn owner is evidence user space checks, not a key.
+#[inline(always)]
+fn record_owner(sk: u64, slot: Option<*mut SockOwner>, owner: &SockOwner) {
+    match slot {
+        // SAFETY: a map value pointer, valid for this program run.
+        Some(p) => unsafe { *p = *owner },
+        None => {
+            let _ = SOCK_OWNERS.insert(&sk, owner, 0);
+        }
+    }
 }
 
 fn count_lost() {

@@ -14,7 +14,7 @@ use tracer_ebpf::{
 
 use super::{
     config, copy_bytes, current_owner, current_task, emit, forget_learned, lookup_owner,
-    mark_learned, read_field, record_field, record_len, sock_netns, SOCK_OWNERS,
+    mark_learned, read_field, record_field, record_len, record_owner, sock_netns, SOCK_OWNERS,
 };
 
 const TCP_ESTABLISHED: i32 = 1;
@@ -132,24 +132,23 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     if unsafe { read_field::<u16>(sk, cfg.sock_protocol) } != Some(IPPROTO_TCP) {
         return 0;
     }
+    let slot = SOCK_OWNERS.get_ptr_mut(&sk);
     if connecting {
         let owner = current_owner(role::CLIENT, 0, 0);
-        let _ = SOCK_OWNERS.insert(&sk, &owner, 0);
+        record_owner(sk, slot, &owner);
         mark_learned(sk, owner.tgid);
     } else {
         // An owner recorded by accept() on the syscall path stays; a destroyed socket's
         // record at this address goes.
-        // SAFETY: the value is copied out at once.
-        if let Some(o) = unsafe { SOCK_OWNERS.get(&sk) } {
-            if o.destroyed_ns == 0 {
-                return 0;
-            }
+        // SAFETY: a map value pointer, valid for this program run.
+        if slot.is_some_and(|p| unsafe { (*p).destroyed_ns } == 0) {
+            return 0;
         }
         let server = SockOwner {
             role: role::SERVER,
             ..SockOwner::UNKNOWN
         };
-        let _ = SOCK_OWNERS.insert(&sk, &server, 0);
+        record_owner(sk, slot, &server);
     }
     0
 }
