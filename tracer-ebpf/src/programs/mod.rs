@@ -44,13 +44,14 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static SOCK_OWNERS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(65536, 0);
 
-/// TCP sockets whose owner the task using them was already recorded for, by slot: the
+/// Sockets whose owner the task using them was already recorded for, by slot: the
 /// socket-call hooks run on every send and receive of the host, and this answers most of
 /// them without reading the socket or the owner map. A slot holds one (socket, tgid) pair;
-/// tcp:tcp_destroy_sock clears it, since the socket's address is reused at once. Unix
-/// sockets are never cached: nothing reports their release, and a reused address would
-/// hide a new socket's owner (see SockOwner::ino). Global, not per CPU, so that the
-/// destruction clears whichever CPU learnt it; racing writes at worst cost a lookup.
+/// tcp:tcp_destroy_sock clears a TCP socket's, since its address is reused at once. Nothing
+/// reports a unix socket's release, so its slot also holds the socket's inode number (never
+/// reused, see SockOwner::ino), read again on every hit: two loads where the owner map
+/// costs a hash lookup. Global, not per CPU, so that the destruction clears whichever CPU
+/// learnt it; racing writes at worst cost a lookup.
 #[map]
 static LEARNED: Array<Learned> = Array::with_max_entries(LEARNED_SLOTS, 0);
 
@@ -62,29 +63,34 @@ struct Learned {
     sk: u64,
     tgid: u32,
     _pad: u32,
+    /// The unix socket's inode number; 0 for TCP.
+    ino: u64,
 }
 
-/// tcp_sock objects are ~2 KiB apart in their slab: the bits above that vary.
+/// Sockets lie 1 KiB (unix_sock) to 2.3 KiB (tcp_sock) apart in their slabs: the bits above
+/// that vary.
 #[inline(always)]
 fn learned_slot(sk: u64) -> u32 {
-    ((sk >> 11) ^ (sk >> 23)) as u32 & (LEARNED_SLOTS - 1)
+    ((sk >> 10) ^ (sk >> 22)) as u32 & (LEARNED_SLOTS - 1)
 }
 
 #[inline(always)]
-fn already_learned(sk: u64, tgid: u32) -> bool {
-    LEARNED
-        .get(learned_slot(sk))
-        .is_some_and(|l| l.sk == sk && l.tgid == tgid)
+fn already_learned(cfg: &Config, sk: u64, tgid: u32) -> bool {
+    let Some(l) = LEARNED.get(learned_slot(sk)) else {
+        return false;
+    };
+    l.sk == sk && l.tgid == tgid && (l.ino == 0 || l.ino == sock_ino(cfg, sk))
 }
 
 #[inline(always)]
-fn mark_learned(sk: u64, tgid: u32) {
+fn mark_learned(sk: u64, tgid: u32, ino: u64) {
     if let Some(slot) = LEARNED.get_ptr_mut(learned_slot(sk)) {
         // SAFETY: a map value pointer, valid for this program run; a racing writer on
         // another CPU can only make the next lookup miss.
         unsafe {
             (*slot).sk = sk;
             (*slot).tgid = tgid;
+            (*slot).ino = ino;
         }
     }
 }
@@ -203,9 +209,10 @@ fn lookup_unix_peer_owner(cfg: &Config, peer: u64, sk: u64) -> SockOwner {
 }
 
 /// Records current as the owner of `sk` unless a live record names one already, keeping
-/// the role a state change recorded.
+/// the role a state change recorded. Returns the socket's inode number for a unix socket
+/// (0 for TCP).
 #[inline(always)]
-fn learn_owner(cfg: &Config, sk: u64, family: u16, role: u8) {
+fn learn_owner(cfg: &Config, sk: u64, family: u16, role: u8) -> u64 {
     let ino = if family == AF_UNIX {
         sock_ino(cfg, sk)
     } else {
@@ -217,7 +224,7 @@ fn learn_owner(cfg: &Config, sk: u64, family: u16, role: u8) {
     let role = match known {
         // A destroyed socket's record belongs to a socket that no longer exists.
         Some(o) if o.destroyed_ns != 0 => role,
-        Some(o) if o.tgid != 0 && o.ino == ino => return,
+        Some(o) if o.tgid != 0 && o.ino == ino => return ino,
         Some(o) if role == tracer_ebpf::role::UNKNOWN && o.ino == ino => o.role,
         _ => role,
     };
@@ -229,6 +236,7 @@ fn learn_owner(cfg: &Config, sk: u64, family: u16, role: u8) {
         0
     };
     record_owner(sk, slot, &current_owner(role, ino, peer_ino));
+    ino
 }
 
 /// Records `owner` for `sk`, over `slot` (its record, looked up by the caller) when it has

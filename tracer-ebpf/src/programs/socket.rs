@@ -81,10 +81,10 @@ fn socket_io(ctx: &RawTracePointContext, source: u16) {
     }
     let failed = ret as i64 == -ECONNRESET;
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if !failed && already_learned(sk, tgid) {
+    let cfg = config();
+    if !failed && already_learned(cfg, sk, tgid) {
         return;
     }
-    let cfg = config();
     // SAFETY: the call's socket, alive for this program's run; a fault gives 0.
     let family = unsafe { read_field::<u16>(sk, cfg.sock_family) }.unwrap_or(0);
     let stream = match family {
@@ -102,9 +102,10 @@ fn socket_io(ctx: &RawTracePointContext, source: u16) {
     if !failed {
         // Who uses a socket is learnt from its first read or write: accepted sockets are
         // read by their process before anything else happens on them.
-        learn_owner(cfg, sk, family, tracer_ebpf::role::UNKNOWN);
-        if family != AF_UNIX {
-            mark_learned(sk, tgid);
+        let ino = learn_owner(cfg, sk, family, tracer_ebpf::role::UNKNOWN);
+        // A unix socket is cached only with the inode that tells its reuse apart.
+        if family != AF_UNIX || ino != 0 {
+            mark_learned(sk, tgid, ino);
         }
         return;
     }

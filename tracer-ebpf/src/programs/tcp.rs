@@ -136,7 +136,7 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     if connecting {
         let owner = current_owner(role::CLIENT, 0, 0);
         record_owner(sk, slot, &owner);
-        mark_learned(sk, owner.tgid);
+        mark_learned(sk, owner.tgid, 0);
     } else {
         // An owner recorded by accept() on the syscall path stays; a destroyed socket's
         // record at this address goes.
