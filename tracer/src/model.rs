@@ -32,8 +32,12 @@ impl Comm {
     }
 
     pub fn as_str(&self) -> &str {
-        // Only whole characters of a str are ever stored (see From<&str>).
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+        let bytes = &self.bytes[..usize::from(self.len).min(Self::CAPACITY)];
+        debug_assert!(std::str::from_utf8(bytes).is_ok());
+        // SAFETY: `bytes` and `len` are only ever set by From<&str>, to a prefix of a str
+        // that ends at a character boundary: valid UTF-8. Validating again on every read
+        // cost 3% of a storm's user-space instructions (names are read for every line).
+        unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 }
 

@@ -97,11 +97,15 @@ fn fit(send: &ResetSent, recv: &ResetReceived) -> Option<u8> {
     }
 }
 
+/// Ids of the waiting items under one index key: almost always one, so inline (a storm
+/// indexes two items per reset, and a Vec each was two allocations).
+type Ids = smallvec::SmallVec<[u64; 2]>;
+
 /// Items waiting for their other half, indexed by sequence number and by addresses.
 struct Waiting<T> {
     items: HashMap<u64, T>,
-    by_seq: HashMap<u32, Vec<u64>>,
-    by_tuple: HashMap<Tuple, Vec<u64>>,
+    by_seq: HashMap<u32, Ids>,
+    by_tuple: HashMap<Tuple, Ids>,
     next: u64,
 }
 
@@ -159,7 +163,7 @@ impl<T: Side> Waiting<T> {
     }
 }
 
-fn unindex<K: std::hash::Hash + Eq>(index: &mut HashMap<K, Vec<u64>>, key: K, id: u64) {
+fn unindex<K: std::hash::Hash + Eq>(index: &mut HashMap<K, Ids>, key: K, id: u64) {
     if let Some(ids) = index.get_mut(&key) {
         ids.retain(|i| *i != id);
         if ids.is_empty() {
