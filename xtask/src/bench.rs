@@ -19,6 +19,7 @@ mod machine;
 mod memory;
 mod pairs;
 mod progs;
+mod replay;
 mod servers;
 mod startup;
 mod stats;
@@ -249,6 +250,7 @@ struct Measured {
     storm: storm::Storm,
     latency: latency::Latencies,
     load: load::Load,
+    replay: replay::Replay,
 }
 
 fn measure(ctx: &Ctx) -> Result<Measured> {
@@ -267,11 +269,14 @@ fn measure(ctx: &Ctx) -> Result<Measured> {
         s.load_rounds, s.load_secs
     );
     let load = load::measure(ctx)?;
+    eprintln!("bench: user space in instructions (the storm replayed under callgrind)");
+    let replay = replay::measure()?;
     Ok(Measured {
         startup,
         storm,
         latency,
         load,
+        replay,
     })
 }
 
@@ -279,6 +284,7 @@ impl Measured {
     fn report(&self, ctx: &Ctx, duration_s: f64) -> Report {
         let memory = ctx.memory.borrow();
         let mut rows = self.storm.rows();
+        rows.extend(self.replay.rows());
         rows.extend(self.load.rows());
         rows.extend(self.startup.rows());
         rows.extend(memory.rows());
@@ -308,6 +314,7 @@ impl Measured {
                 startup::METHOD,
                 memory::METHOD,
                 latency::METHOD,
+                replay::METHOD,
             ],
             raw: json!({
                 "storm": self.storm.json(),
@@ -315,6 +322,7 @@ impl Measured {
                 "startup": self.startup.json(),
                 "memory": memory.json(),
                 "latency": self.latency.json(),
+                "replay": self.replay.json(),
             }),
             duration_s,
         }

@@ -38,6 +38,7 @@ const TEST_PACKAGES: &[&str] = &[
     "bpftool",
     "bpftrace", // cargo xtask bench: the baseline tracer and the load generator
     "wrk",
+    "valgrind", // cargo xtask bench: the storm's user space in instructions (callgrind)
     "qemu-system-x86", // cargo xtask vm-test: Debian's kernels under qemu, busybox as their init
     "busybox-static",
     "kmod",     // depmod: modules.dep of a guest kernel's network drivers (tests' guest)
