@@ -129,13 +129,19 @@ pub fn run_checked(cmd: &mut Command) -> Result<()> {
 /// artifact message, so a `CARGO_TARGET_DIR` (or `build.target-dir`) is honoured instead of
 /// running a stale or missing `target/` binary of this checkout.
 fn build(release: bool) -> Result<PathBuf> {
+    build_target(release, "--bin", "rsttrace")
+}
+
+/// Builds target `name` of the rsttrace package (`kind`: `--bin` or `--example`) and
+/// returns the executable cargo wrote.
+fn build_target(release: bool, kind: &str, name: &str) -> Result<PathBuf> {
     let mut cmd = cargo();
     cmd.args([
         "build",
         "--package",
         "rsttrace",
-        "--bin",
-        "rsttrace",
+        kind,
+        name,
         "--message-format=json-render-diagnostics",
     ]);
     if release {
@@ -149,8 +155,8 @@ fn build(release: bool) -> Result<PathBuf> {
     if !out.status.success() {
         bail!("{} failed ({})", display(&cmd), out.status);
     }
-    built_executable(&String::from_utf8_lossy(&out.stdout), "rsttrace")
-        .with_context(|| format!("{} named no `rsttrace` executable", display(&cmd)))
+    built_executable(&String::from_utf8_lossy(&out.stdout), name)
+        .with_context(|| format!("{} named no `{name}` executable", display(&cmd)))
 }
 
 /// The executable of binary target `name` in cargo's JSON messages (one per line).

@@ -19,7 +19,7 @@ pub struct Replay {
 }
 
 pub fn measure() -> Result<Replay> {
-    let exe = build()?;
+    let exe = crate::build_target(true, "--example", "replay_storm")?;
     let mut cmd = Command::new("valgrind");
     cmd.args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
         .arg(&exe)
@@ -46,28 +46,6 @@ pub fn measure() -> Result<Replay> {
         .and_then(|n| n.parse().ok())
         .with_context(|| format!("no instruction count in callgrind's output:\n{stderr}"))?;
     Ok(Replay { instructions })
-}
-
-fn build() -> Result<std::path::PathBuf> {
-    let mut cmd = crate::cargo();
-    cmd.args([
-        "build",
-        "--release",
-        "--package",
-        "rsttrace",
-        "--example",
-        "replay_storm",
-        "--message-format=json-render-diagnostics",
-    ]);
-    let out = cmd
-        .stderr(Stdio::inherit())
-        .output()
-        .context("building the replay example")?;
-    if !out.status.success() {
-        bail!("building the replay example failed ({})", out.status);
-    }
-    crate::built_executable(&String::from_utf8_lossy(&out.stdout), "replay_storm")
-        .context("cargo named no replay_storm executable")
 }
 
 impl Replay {
