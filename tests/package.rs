@@ -491,8 +491,7 @@ fn service_capabilities_explain_real_resets_as_nobody() {
 /// above 2 (`cargo xtask vm-test` shows it needed on Debian 12's kernel); it stands in for
 /// CAP_BPF and CAP_PERFMON, which are granted too so that a host whose sysctl is 2 or less
 /// can drop it. Without it, on this machine, each of the others is needed: taken away
-/// alone, each costs something that can be seen — except CAP_NET_ADMIN, kept for the
-/// cgroup_skb/sockops programs rsttrace does not load yet.
+/// alone, each costs something that can be seen.
 #[test]
 fn each_capability_of_the_unit_is_needed() {
     let _installed = Installed::new();
@@ -529,6 +528,22 @@ fn each_capability_of_the_unit_is_needed() {
         assert_eq!(out.status.code(), Some(3), "without {dropped}: {out:?}");
         assert!(stderr.contains(says), "without {dropped}: {stderr}");
     }
+    // Without CAP_NET_ADMIN the kernel refuses the packet hook (a cgroup_skb program,
+    // is_net_admin_prog_type(), kernel/bpf/syscall.c): the run goes on without network
+    // evidence, and says so.
+    let out = run(&mut as_nobody_with(
+        &without(&base, "CAP_NET_ADMIN"),
+        &bounded,
+    ));
+    let stderr = text(&out.stderr);
+    eprintln!("without CAP_SYS_ADMIN and CAP_NET_ADMIN: {stderr}");
+    let refused_all = !paranoid.trim().parse::<i32>().is_ok_and(|p| p <= 2)
+        && stderr.contains("perf_event_paranoid");
+    assert!(
+        refused_all
+            || (out.status.success() && stderr.contains("could not attach cgroup_skb/ingress")),
+        "without CAP_NET_ADMIN: {out:?}"
+    );
     // Without CAP_SYS_PTRACE the fds of root's processes are unreadable: the unix
     // listener's owner, and so the peer of a listener-closed reset, stays unknown.
     let dir = TempDir::new("package-unix").expect("temp dir");

@@ -87,8 +87,18 @@ impl Rsttrace {
         };
         let deadline = Instant::now() + ATTACH_TIMEOUT;
         loop {
-            if tool.stderr().split_whitespace().any(|w| w == "attached") {
+            let stderr = tool.stderr();
+            if stderr.split_whitespace().any(|w| w == "attached") {
                 tool.pid = rsttrace_process(tool.child.id()).unwrap_or(tool.pid);
+                // Every hook the tests run with must load: a refused optional hook (the
+                // verifier of one kernel, a missing capability) would otherwise only cost
+                // the evidence it gives, and a test could pass without it.
+                if stderr.contains("could not attach") {
+                    bail!(
+                        "rsttrace {:?} runs with a hook refused:\n{stderr}",
+                        tool.args
+                    );
+                }
                 return Ok(tool);
             }
             if let Some(status) = tool.try_exit()? {

@@ -19,7 +19,8 @@ pub struct Header {
     pub _reserved: u32,
     /// bpf_ktime_get_ns() (CLOCK_MONOTONIC).
     pub ktime_ns: u64,
-    /// bpf_get_current_pid_tgid() of the task on the CPU: tgid << 32 | pid.
+    /// bpf_get_current_pid_tgid() of the task on the CPU: tgid << 32 | pid; 0 (and an empty
+    /// comm) in samples of the packet program, which may not ask.
     pub pid_tgid: u64,
     pub comm: [u8; TASK_COMM_LEN],
 }

@@ -274,6 +274,14 @@ fn announce(
             state.hook.purpose
         );
     }
+    // An optional hook the kernel refused costs its capability, not the run: say which.
+    for (hook, why) in &attached.failed {
+        eprintln!(
+            "rsttrace: warning: could not attach {}: no {} ({why})",
+            hook.attach.name(),
+            hook.purpose
+        );
+    }
     let scope = if watch.is_everything() {
         "reporting every reset received on this host".to_string()
     } else {

@@ -277,6 +277,24 @@ fn count_lost() {
 /// a fork loop, 1.4 us without forced wake-ups).
 #[inline(always)]
 fn emit<T: 'static>(cfg: &Config, kind: EventKind, fill: impl FnOnce(*mut T)) {
+    emit_sample::<T, true>(cfg, kind, fill);
+}
+
+/// [`emit`] for a packet program: its header names no task. Before 6.18 the verifier
+/// refuses bpf_get_current_pid_tgid() and bpf_get_current_comm() in cgroup_skb programs
+/// (6.1: "unknown func", 6.12: "program of this type cannot use helper"), and in the
+/// receive path the task on the CPU is nobody's anyway.
+#[inline(always)]
+fn emit_packet<T: 'static>(cfg: &Config, kind: EventKind, fill: impl FnOnce(*mut T)) {
+    emit_sample::<T, false>(cfg, kind, fill);
+}
+
+#[inline(always)]
+fn emit_sample<T: 'static, const TASK: bool>(
+    cfg: &Config,
+    kind: EventKind,
+    fill: impl FnOnce(*mut T),
+) {
     let Some(mut entry) = EVENTS.reserve::<T>(0) else {
         count_lost();
         return;
@@ -289,8 +307,13 @@ fn emit<T: 'static>(cfg: &Config, kind: EventKind, fill: impl FnOnce(*mut T)) {
         (*header).kind = kind as u32;
         (*header)._reserved = 0;
         (*header).ktime_ns = bpf_ktime_get_ns();
-        (*header).pid_tgid = bpf_get_current_pid_tgid();
-        (*header).comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
+        if TASK {
+            (*header).pid_tgid = bpf_get_current_pid_tgid();
+            (*header).comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
+        } else {
+            (*header).pid_tgid = 0;
+            (*header).comm = [0; TASK_COMM_LEN];
+        }
     }
     fill(event);
     // rsttrace sets READER, takes a last look at the ring, and sleeps only if that look

@@ -21,7 +21,7 @@ use tracer_ebpf::{
     Config,
 };
 
-use super::{config, emit, lookup_owner, read_field, sock_netns};
+use super::{config, emit, emit_packet, lookup_owner, read_field, sock_netns};
 
 /// Per-flow TTL baselines, by socket cookie (see event::Baseline).
 #[map]
@@ -215,7 +215,7 @@ fn report_rst(skb: *mut __sk_buff, seg: &Segment) {
     } else {
         0
     };
-    emit::<event::RstSegment>(cfg, EventKind::RstSegment, |e| unsafe {
+    emit_packet::<event::RstSegment>(cfg, EventKind::RstSegment, |e| unsafe {
         (*e).cookie = cookie;
         (*e).family = seg.family;
         (*e).tcp_flags = seg.flags;

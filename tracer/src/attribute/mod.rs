@@ -164,7 +164,15 @@ impl Attributor {
             Some(send) => self.reasons.explain(&mut a, &send, &self.deaths),
             None => {
                 let local = self.is_local(r.remote.ip());
-                let evidence = segment.map(network::evidence);
+                let evidence = segment
+                    .map(network::evidence)
+                    // A RST made on this host that no socket sent is netfilter's, unless
+                    // the kernel's own answers for no socket go untraced here: those look
+                    // the same (loopback, IP ID 0, TTL 64), so the segment tells nothing.
+                    .filter(|e| {
+                        e.origin != crate::model::Origin::LocalFirewall
+                            || self.reasons.traces_no_socket_sends()
+                    });
                 // A reset from a loopback or own address that no traced send explains
                 // was lost on its way to us, unless it came in as this host's firewall's.
                 a.cause = match &evidence {

@@ -140,6 +140,14 @@ impl Reasons {
         )
     }
 
+    /// Whether this kernel traces the resets it sends for no socket (a segment to a closed
+    /// port or a connection already gone). tcp_v4_send_reset() traces them since the
+    /// tracepoint's sk may be NULL (6.9, "trace: tcp: fully support trace_tcp_send_reset"),
+    /// which came just before enum sk_rst_reason (6.10): a kernel with reasons has both.
+    pub fn traces_no_socket_sends(&self) -> bool {
+        !self.0.is_empty()
+    }
+
     /// Explains `out`'s reset with the send that made it on this host.
     pub fn explain(&self, out: &mut Attribution, send: &ResetSent, deaths: &Deaths) {
         out.kernel_reason = send.reason;

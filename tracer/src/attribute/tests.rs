@@ -1137,6 +1137,43 @@ fn a_reset_from_this_hosts_own_firewall_comes_in_on_loopback() {
 }
 
 #[test]
+fn a_refused_connect_before_6_10_is_not_blamed_on_the_firewall() {
+    // Debian 12's 6.1: connect() to a closed loopback port. The kernel answers the SYN from
+    // its control socket (tcp_v4_send_reset(NULL, skb), untraced before 6.9), so only the
+    // segment (loopback, IP ID 0, TTL 64: what netfilter's REJECT sends too) and the
+    // receive are seen; the connecting process's ECONNREFUSED says nothing listened.
+    let mut engine = Attributor::new(&HashMap::new(), HashSet::new());
+    let mut out = Vec::new();
+    let mut seg = segment(99, 64, None, 1, 0);
+    if let KernelEvent::RstSegment(s) = &mut seg {
+        (s.local, s.remote, s.seq, s.tcp_flags) = (addr(NGINX_END), addr(UPSTREAM_END), 0, 0x14);
+    }
+    engine.observe(seg, &mut out);
+    let KernelEvent::ResetReceived(mut r) = received(100) else {
+        unreachable!()
+    };
+    r.rcv_nxt = Some(0);
+    engine.observe(KernelEvent::ResetReceived(r), &mut out);
+    engine.expire(100 + RECEIVE_WAIT + 1, &mut out);
+    engine.observe(
+        KernelEvent::SocketError(SocketError {
+            time_ns: 100 + RECEIVE_WAIT + 2,
+            receiver: nginx(),
+            sock: 0xa,
+            family: 2,
+            ret: -111,
+            unix: None,
+        }),
+        &mut out,
+    );
+    let out = resets(&out);
+    golden::check(&out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].cause.kind(), CauseKind::NoSocket);
+    assert!(out[0].network.is_none(), "{:?}", out[0].network);
+}
+
+#[test]
 fn without_a_baseline_the_origin_is_unknown_but_the_segment_is_told() {
     let a = network_verdict(segment(299, 64, None, 3, 0));
     let n = a.network.expect("network evidence");

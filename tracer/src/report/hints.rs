@@ -85,6 +85,9 @@ fn upstream_hint(
         Cause::NoSocket => "Nothing was listening at the remote address: the upstream is down or restarting, or nginx points at the wrong port.".into(),
         Cause::Kernel => kernel_hint(reason),
         Cause::Network => "The reset came from another host or a device in the path (firewall, load balancer, conntrack): capture on the wire to see which.".into(),
+        // Before 6.10 neither the kernel's answer for a closed port or connection nor
+        // netfilter's REJECT is traced as a send (tcp_v4_send_reset(), net/ipv4/tcp_ipv4.c).
+        Cause::Unknown if a.transport == crate::model::Transport::Tcp => "A reset from this host that no traced send explains: on kernels before 6.10, the kernel's answer for a closed port or connection, or a local firewall REJECT (neither is traced there); else a lost sample (check for `lost` events and run `rsttrace --check`).".into(),
         Cause::Unknown => "A local reset whose sender rsttrace did not see; check for `lost` events and run `rsttrace --check`.".into(),
     }
 }
