@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::table::Row;
 
-pub const METHOD: &str = "User space in instructions: tracer/examples/replay_storm builds the four samples of each loopback abort as the programs write them on 6.18 (the receive, its RST segment, the send, the receiver's failing recv()) and decodes, attributes, renders (JSON lines into memory) and counts them as the session does; it runs for 20,000 resets under valgrind --tool=callgrind, and instructions executed (start-up included) / 20,000 is the figure. Deterministic for a given binary; it leaves out the ring buffer, the syscalls and /proc lookups.";
+pub const METHOD: &str = "User space in instructions: tracer/examples/replay_storm builds the three samples of each loopback abort as the programs write them on 6.18 (the receive, the send, the receiver's failing recv()) and decodes, attributes, renders (JSON lines into memory) and counts them as the session does; it runs for 20,000 resets under valgrind --tool=callgrind, and instructions executed (start-up included) / 20,000 is the figure. Deterministic for a given binary; it leaves out the ring buffer, the syscalls and /proc lookups.";
 
 const RESETS: u64 = 20_000;
 
