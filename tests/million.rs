@@ -16,7 +16,8 @@ use rsttrace_tests::{
 const RESETS: u64 = 1_000_000;
 const TENTHS: u64 = 10;
 const MAX_PEAK_RSS: u64 = 30_000_000;
-/// CPU per reset at the end over the start (medians of three tenths), at most (issue 10).
+/// CPU per reset at the end over the start (medians of three tenths), at most (issue 10);
+/// absolute, or relative to the generator's CPU in the same tenths.
 const MAX_DRIFT: f64 = 1.2;
 
 /// What rsttrace printed: reset lines received by this process (the generator runs in it)
@@ -210,20 +211,30 @@ fn check(tenths: &[Tenth], tally: &Tally, made: u64, kernel_aborts: u64, peak_rs
         .iter()
         .map(|t| per_reset_us(t.rsttrace_cpu, t.made))
         .collect();
-    let (first, last) = (
-        median3(&per_reset[..3]),
-        median3(&per_reset[per_reset.len() - 3..]),
-    );
+    // The same figure over the generator's own CPU per reset in the same tenth. When the
+    // host slows under the run (another guest on the vCPU, a cold cache), both grow alike
+    // and this stays put (one CI run: rsttrace 4.23 -> 5.85 us, generator 30 -> 47 us,
+    // ratio 0.12 -> 0.12); when rsttrace itself grows, only rsttrace's CPU moves.
+    let relative: Vec<f64> = tenths
+        .iter()
+        .map(|t| t.rsttrace_cpu.as_secs_f64() / t.generator_cpu.as_secs_f64().max(1e-9))
+        .collect();
+    let growth = |v: &[f64]| (median3(&v[..3]), median3(&v[v.len() - 3..]));
+    let (first, last) = growth(&per_reset);
+    let (rel_first, rel_last) = growth(&relative);
     eprintln!(
         "million: rsttrace CPU per reset, median of the first three tenths {first:.2} us, of the \
-         last three {last:.2} us ({:.2}x; single tenths: {:.2}x)",
+         last three {last:.2} us ({:.2}x; single tenths: {:.2}x); over the generator's CPU \
+         {rel_first:.3} -> {rel_last:.3} ({:.2}x)",
         last / first,
-        per_reset[per_reset.len() - 1] / per_reset[0]
+        per_reset[per_reset.len() - 1] / per_reset[0],
+        rel_last / rel_first,
     );
+    // A growth of rsttrace's own moves both figures; the machine's drift moves only the first.
     assert!(
-        last <= MAX_DRIFT * first,
+        last <= MAX_DRIFT * first || rel_last <= MAX_DRIFT * rel_first,
         "rsttrace's CPU per reset grew from {first:.2} us (first three tenths) to {last:.2} us \
-         (last three)"
+         (last three), and relative to the generator's CPU from {rel_first:.3} to {rel_last:.3}"
     );
 }
 
