@@ -82,6 +82,9 @@ fn upstream_hint(
         .into(),
         Cause::Abort { aborted_by: None } => "A live upstream closed the connection with unread data or SO_LINGER 0: check its own limits (request body size, timeouts) and its error log.".into(),
         Cause::StaleConnection => "The upstream had already closed this connection when the request was sent on it (a stale keepalive connection): set keepalive_timeout inside nginx's upstream{} block below the upstream's idle timeout, and keepalive_requests at most the upstream's requests per connection.".into(),
+        // Read from the receiver's ECONNREFUSED, with no send traced (before 6.10 the
+        // kernel's answer for a closed port is not): a local REJECT looks the same.
+        Cause::NoSocket if a.kernel_reason.is_none() && a.peer_netns.is_none() => "Nothing was listening at the remote address (the upstream is down or restarting, or nginx points at the wrong port), or a firewall REJECT on this host refused the connection: the reset's sender was not traced.".into(),
         Cause::NoSocket => "Nothing was listening at the remote address: the upstream is down or restarting, or nginx points at the wrong port.".into(),
         Cause::Kernel => kernel_hint(reason),
         Cause::Network => "The reset came from another host or a device in the path (firewall, load balancer, conntrack): capture on the wire to see which.".into(),
