@@ -99,6 +99,36 @@ fn sigint_and_sigterm_detach_every_program() {
 /// must get the clean exit, never the signal's default action: the handlers are in place
 /// before rsttrace says it is attached. stderr is read through a pipe, line by line, so
 /// that the signal follows the word as closely as a script's would.
+/// `--check` loads every program a run would attach through the verifier, attaches none
+/// and leaves none loaded.
+#[test]
+fn check_loads_every_program_and_leaves_none() {
+    require_root();
+    let bin = std::env::var(RSTTRACE_BIN_ENV).expect("RSTTRACE_BIN (run through cargo xtask test)");
+    let before = bpf_program_ids();
+    let out = Command::new(&bin)
+        .arg("--check")
+        .output()
+        .expect("running rsttrace --check");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "rsttrace --check: {out:?}");
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("programs: "))
+        .unwrap_or_else(|| panic!("no `programs:` line:\n{report}"));
+    let counts: Vec<u32> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(
+        counts.len() >= 2 && counts[0] == counts[1] && counts[0] >= 12,
+        "every program loads: {line}"
+    );
+    assert!(!report.contains("REFUSED"), "{report}");
+    let left: Vec<u32> = bpf_program_ids().difference(&before).copied().collect();
+    assert!(left.is_empty(), "--check left programs loaded: {left:?}");
+}
+
 #[test]
 fn stopped_the_moment_it_says_attached_it_exits_cleanly() {
     require_root();

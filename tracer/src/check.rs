@@ -3,19 +3,55 @@
 use std::fmt::Write as _;
 
 use crate::{
-    hooks::{Capability, Tier, HOOKS},
+    hooks::{Capability, Hook, Tier, HOOKS},
     kernel::{KernelFacts, Status, VMLINUX_BTF},
+    loader::{failure_summary, Attached},
 };
 
-/// The report, and whether rsttrace can run here.
-pub fn report(facts: &KernelFacts) -> (String, bool) {
+/// The report, and whether rsttrace can run here. `loaded`: every program a run would
+/// attach, loaded through this kernel's verifier and not attached (loader::load_only).
+pub fn report(facts: &KernelFacts, loaded: &anyhow::Result<Attached>) -> (String, bool) {
     let mut out = String::new();
+    let refused: Vec<(&Hook, &str)> = match loaded {
+        Ok(l) => l.failed.iter().map(|(h, why)| (*h, why.as_str())).collect(),
+        Err(_) => Vec::new(),
+    };
     kernel_lines(facts, &mut out);
-    capability_lines(facts, &mut out);
-    hook_lines(facts, &mut out);
+    capability_lines(facts, &refused, &mut out);
+    hook_lines(facts, &refused, &mut out);
     fact_lines(facts, &mut out);
+    let loads = program_lines(loaded, &refused, &mut out);
     let usable = feature_lines(&mut out);
-    (out, usable)
+    (out, usable && loads)
+}
+
+/// Whether the programs load here; the kernel's full answer for each one refused.
+fn program_lines(
+    loaded: &anyhow::Result<Attached>,
+    refused: &[(&Hook, &str)],
+    out: &mut String,
+) -> bool {
+    match loaded {
+        Ok(l) => {
+            let _ = writeln!(
+                out,
+                "programs: {} of {} load through this kernel's verifier (loaded, not attached)",
+                l.hooks,
+                l.hooks + refused.len()
+            );
+            for (hook, why) in refused {
+                let _ = writeln!(out, "  {} refused:", hook.program);
+                for line in why.lines() {
+                    let _ = writeln!(out, "    {line}");
+                }
+            }
+            true
+        }
+        Err(e) => {
+            let _ = writeln!(out, "programs: do not load here: {e:#}");
+            false
+        }
+    }
 }
 
 fn kernel_lines(_facts: &KernelFacts, out: &mut String) {
@@ -27,13 +63,14 @@ fn kernel_lines(_facts: &KernelFacts, out: &mut String) {
     );
 }
 
-fn capability_lines(facts: &KernelFacts, out: &mut String) {
+fn capability_lines(facts: &KernelFacts, refused: &[(&Hook, &str)], out: &mut String) {
     let _ = writeln!(out, "capabilities:");
     for capability in Capability::ALL {
         // Argument recorders only stand in for the registers (see Tier::ArgumentRecorder).
         let served: Vec<String> = facts
             .attached()
             .filter(|h| h.capability == capability && h.tier != Tier::ArgumentRecorder)
+            .filter(|h| !refused.iter().any(|(r, _)| r.program == h.program))
             .map(|h| h.attach.name())
             .collect();
         let describe = capability.describe();
@@ -51,12 +88,18 @@ fn capability_lines(facts: &KernelFacts, out: &mut String) {
     }
 }
 
-fn hook_lines(facts: &KernelFacts, out: &mut String) {
+fn hook_lines(facts: &KernelFacts, refused: &[(&Hook, &str)], out: &mut String) {
     let _ = writeln!(out, "hooks:");
     for state in &facts.hooks {
         let hook = state.hook;
         let name = hook.attach.name();
+        let refusal = refused.iter().find(|(r, _)| r.program == hook.program);
         let line = match &state.status {
+            Status::Attach if refusal.is_some() => format!(
+                "  REFUSED  {name:<40} no {}: {}",
+                hook.purpose,
+                refusal.map(|(_, why)| failure_summary(why)).unwrap_or_default()
+            ),
             Status::Attach if hook.tier == Tier::ArgumentRecorder => format!(
                 "  standby  {name:<40} records arguments only where the exit hook cannot read the saved registers"
             ),

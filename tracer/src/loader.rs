@@ -47,12 +47,37 @@ pub fn attach(
     ring_bytes: u32,
     preload: Preload,
 ) -> Result<(Attached, RingBuf<MapData>)> {
+    load_and_attach(facts, ring_bytes, preload, Mode::Attach)
+}
+
+/// Loads every program a run would attach, through the kernel's verifier, and attaches
+/// none (`--check`): a program this kernel refuses shows in [`Attached::failed`] (optional
+/// hooks) or as the error (required ones), as it would at start.
+pub fn load_only(facts: &KernelFacts, preload: Preload) -> Result<Attached> {
+    load_and_attach(facts, MIN_RING_BYTES, preload, Mode::LoadOnly).map(|(loaded, _)| loaded)
+}
+
+/// The smallest ring buffer the kernel takes (one page), for programs only loaded.
+const MIN_RING_BYTES: u32 = 4096;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Attach,
+    LoadOnly,
+}
+
+fn load_and_attach(
+    facts: &KernelFacts,
+    ring_bytes: u32,
+    preload: Preload,
+    mode: Mode,
+) -> Result<(Attached, RingBuf<MapData>)> {
     let mut config = facts.config;
     config.ring_wakeup_bytes = ring_bytes / 4;
     let mut loader = Some(preload.take());
     if config.regs_arg[0] != NO_OFFSET {
         let first = loader.take().unwrap_or_default();
-        match attach_with(first, facts, &config, ring_bytes, false) {
+        match attach_with(first, facts, &config, ring_bytes, false, mode) {
             Ok(attached) => return Ok(attached),
             // Other programs would be refused just the same.
             Err(err) if is_permission_error(&err) => return Err(explain_refusal(err)),
@@ -66,7 +91,7 @@ pub fn attach(
         }
     }
     let loader = loader.take().unwrap_or_default();
-    attach_with(loader, facts, &config, ring_bytes, true).map_err(explain_refusal)
+    attach_with(loader, facts, &config, ring_bytes, true, mode).map_err(explain_refusal)
 }
 
 /// aya's EbpfLoader::new() parses all of vmlinux BTF (aya 0.14, aya-rs/aya#1172) although
@@ -97,6 +122,7 @@ fn attach_with<'a>(
     config: &'a Config,
     ring_bytes: u32,
     argument_recorders: bool,
+    mode: Mode,
 ) -> Result<(Attached, RingBuf<MapData>)> {
     let started = Instant::now();
     let mut ebpf = loader
@@ -114,7 +140,7 @@ fn attach_with<'a>(
         if !argument_recorders && hook.tier == Tier::ArgumentRecorder {
             continue;
         }
-        match attach_hook(&mut ebpf, hook, facts) {
+        match attach_hook(&mut ebpf, hook, facts, mode) {
             Ok(()) => {
                 hooks += 1;
                 syscall_hooks += usize::from(is_syscall(hook));
@@ -153,8 +179,8 @@ fn attach_with<'a>(
     ))
 }
 
-/// Loads `hook`'s program and attaches it where the catalogue says.
-fn attach_hook(ebpf: &mut Ebpf, hook: &Hook, facts: &KernelFacts) -> Result<()> {
+/// Loads `hook`'s program and attaches it where the catalogue says (`Mode::Attach`).
+fn attach_hook(ebpf: &mut Ebpf, hook: &Hook, facts: &KernelFacts, mode: Mode) -> Result<()> {
     let program = ebpf
         .program_mut(hook.program)
         .ok_or_else(|| anyhow!("program {} missing from the eBPF object", hook.program))?;
@@ -167,6 +193,9 @@ fn attach_hook(ebpf: &mut Ebpf, hook: &Hook, facts: &KernelFacts) -> Result<()> 
                 .load()
                 .map_err(|e| explain_load_error(e.into()))
                 .with_context(|| format!("loading the program for raw tracepoint {event}"))?;
+            if mode == Mode::LoadOnly {
+                return Ok(());
+            }
             program
                 .attach(event)
                 .with_context(|| format!("attaching to raw tracepoint {event}"))?;
@@ -185,6 +214,9 @@ fn attach_hook(ebpf: &mut Ebpf, hook: &Hook, facts: &KernelFacts) -> Result<()> 
                 .load()
                 .map_err(|e| explain_load_error(e.into()))
                 .context("loading the cgroup_skb ingress program")?;
+            if mode == Mode::LoadOnly {
+                return Ok(());
+            }
             // Through a bpf_link (aya uses one from 5.7): other programs on the root cgroup
             // (systemd's, Cilium's, Calico's) keep running, and the link goes with our fd.
             program
@@ -208,6 +240,9 @@ fn attach_hook(ebpf: &mut Ebpf, hook: &Hook, facts: &KernelFacts) -> Result<()> 
                 .load()
                 .map_err(|e| explain_load_error(e.into()))
                 .with_context(|| format!("loading the program for {category}:{event}"))?;
+            if mode == Mode::LoadOnly {
+                return Ok(());
+            }
             program
                 .attach(category, event)
                 .with_context(|| format!("attaching to tracepoint {category}:{event}"))?;
@@ -238,6 +273,23 @@ impl Attached {
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
     }
+}
+
+/// One line for a hook's failure: the error's context, and of a verifier log only its
+/// verdict (the line before "verification time", e.g. "unknown func
+/// bpf_get_current_pid_tgid#14"), not the thousands of lines before it.
+pub fn failure_summary(error: &str) -> String {
+    let Some((head, log)) = error.split_once("Verifier output:") else {
+        return error.lines().next().unwrap_or_default().to_string();
+    };
+    let lines: Vec<&str> = log.lines().map(str::trim).collect();
+    let verdict = lines
+        .iter()
+        .position(|l| l.starts_with("verification time"))
+        .and_then(|i| lines[..i].iter().rev().find(|l| !l.is_empty()))
+        .copied()
+        .unwrap_or("see --check");
+    format!("{} verifier: {verdict}", head.trim_end())
 }
 
 /// Whether the kernel refused (EPERM, EACCES): a matter of privileges, not of a fault.

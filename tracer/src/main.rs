@@ -37,15 +37,15 @@ fn main() -> ExitCode {
         };
     }
     let opts = args.options();
-    let preload = (!args.check).then(loader::Preload::start);
+    let preload = loader::Preload::start();
     let result = session::prepare(&opts).and_then(|facts| {
         if args.check {
-            let (report, usable) = check::report(&facts);
+            let loaded = loader::load_only(&facts, preload);
+            let (report, usable) = check::report(&facts, &loaded);
             // A closed pipe (`rsttrace --check | head`) is no error.
             let _ = io::stdout().write_all(report.as_bytes());
             return Ok(if usable { EXIT_OK } else { EXIT_UNSUPPORTED });
         }
-        let preload = preload.unwrap_or_else(loader::Preload::start);
         session::run(&facts, &opts, started, preload).map(|()| EXIT_OK)
     });
     match result {

@@ -277,9 +277,11 @@ fn announce(
     // An optional hook the kernel refused costs its capability, not the run: say which.
     for (hook, why) in &attached.failed {
         eprintln!(
-            "rsttrace: warning: could not attach {}: no {} ({why})",
+            "rsttrace: warning: could not attach {}: no {} ({}; `rsttrace --check` shows the \
+             kernel's full answer)",
             hook.attach.name(),
-            hook.purpose
+            hook.purpose,
+            loader::failure_summary(why)
         );
     }
     let scope = if watch.is_everything() {

@@ -449,7 +449,20 @@ fn parse_run(label: &str, console: Console, log: PathBuf) -> Run {
         }
     }
     run.console_tail = console.lines[console.lines.len().saturating_sub(TAIL_LINES)..].to_vec();
-    if console.timed_out {
+    // Every program must pass each kernel's verifier: a refused one would only cost its
+    // evidence at run time, silently to the scenarios that do not need it.
+    let refused: Vec<&str> = run
+        .check
+        .iter()
+        .filter(|l| l.trim_start().starts_with("REFUSED"))
+        .map(|l| l.trim())
+        .collect();
+    if !refused.is_empty() {
+        run.problem = Some(format!(
+            "rsttrace --check: this kernel refuses a program: {}",
+            refused.join("; ")
+        ));
+    } else if console.timed_out {
         run.problem = Some(format!(
             "no result within {:.0} s: killed (guest hung or too slow; RSTTRACE_VM_TIMEOUT raises the limit)",
             console.secs
@@ -589,5 +602,56 @@ fn headers_of(run: &Run) -> String {
         run.label.clone()
     } else {
         format!("{} ({})", run.label, run.release)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn console(lines: &[&str]) -> Console {
+        Console {
+            lines: lines.iter().map(|l| l.to_string()).collect(),
+            timed_out: false,
+            status: None,
+            stderr: String::new(),
+            secs: 1.0,
+        }
+    }
+
+    #[test]
+    fn a_program_the_kernel_refuses_fails_the_run_though_every_scenario_passed() {
+        let refused = parse_run(
+            "6.1",
+            console(&[
+                "vm: check begin",
+                "  ok       raw sock:inet_sk_error_report            connections refused",
+                "  REFUSED  cgroup_skb/ingress (root cgroup)         no the TTL: verifier: unknown func bpf_get_current_pid_tgid#14",
+                "vm: check end (exit 0)",
+                "scenario tcp_abort: pass (0.1 s)",
+                "init: success",
+            ]),
+            PathBuf::from("console-6.1.log"),
+        );
+        assert!(
+            refused
+                .problem
+                .as_deref()
+                .is_some_and(|p| p.contains("unknown func")),
+            "{:?}",
+            refused.problem
+        );
+        let clean = parse_run(
+            "6.1",
+            console(&[
+                "vm: check begin",
+                "  ok       raw sock:inet_sk_error_report            connections refused",
+                "vm: check end (exit 0)",
+                "scenario tcp_abort: pass (0.1 s)",
+                "init: success",
+            ]),
+            PathBuf::from("console-6.1.log"),
+        );
+        assert_eq!(clean.problem, None);
     }
 }
