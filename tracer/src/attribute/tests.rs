@@ -326,6 +326,18 @@ fn closed_port_is_no_socket_send_first() {
     assert!(a.peer.is_none());
 }
 
+/// nginx's connect() (or its getsockopt(SO_ERROR)) on socket 0xa returning ECONNREFUSED.
+fn nginx_refused(t: u64) -> KernelEvent {
+    KernelEvent::SocketError(SocketError {
+        time_ns: t,
+        receiver: nginx(),
+        sock: 0xa,
+        family: 2,
+        ret: -111,
+        unix: None,
+    })
+}
+
 #[test]
 fn refused_connect_without_a_traced_send_is_no_socket() {
     // 6.1: tcp_v4_send_reset() with no socket is not traced; nginx's connect() (or its
@@ -334,17 +346,7 @@ fn refused_connect_without_a_traced_send_is_no_socket() {
     let mut out = Vec::new();
     engine.observe(received(100), &mut out);
     engine.expire(100 + RECEIVE_WAIT + 1, &mut out);
-    engine.observe(
-        KernelEvent::SocketError(SocketError {
-            time_ns: 100 + RECEIVE_WAIT + 2,
-            receiver: nginx(),
-            sock: 0xa,
-            family: 2,
-            ret: -111,
-            unix: None,
-        }),
-        &mut out,
-    );
+    engine.observe(nginx_refused(100 + RECEIVE_WAIT + 2), &mut out);
     let out = resets(&out);
     golden::check(&out);
     assert_eq!(out.len(), 1);
@@ -1155,17 +1157,7 @@ fn a_refused_connect_before_6_10_is_not_blamed_on_the_firewall() {
     r.rcv_nxt = Some(0);
     engine.observe(KernelEvent::ResetReceived(r), &mut out);
     engine.expire(100 + RECEIVE_WAIT + 1, &mut out);
-    engine.observe(
-        KernelEvent::SocketError(SocketError {
-            time_ns: 100 + RECEIVE_WAIT + 2,
-            receiver: nginx(),
-            sock: 0xa,
-            family: 2,
-            ret: -111,
-            unix: None,
-        }),
-        &mut out,
-    );
+    engine.observe(nginx_refused(100 + RECEIVE_WAIT + 2), &mut out);
     let out = resets(&out);
     golden::check(&out);
     assert_eq!(out.len(), 1);
