@@ -539,11 +539,20 @@ fn each_capability_of_the_unit_is_needed() {
     eprintln!("without CAP_SYS_ADMIN and CAP_NET_ADMIN: {stderr}");
     let refused_all = !paranoid.trim().parse::<i32>().is_ok_and(|p| p <= 2)
         && stderr.contains("perf_event_paranoid");
-    assert!(
-        refused_all
-            || (out.status.success() && stderr.contains("could not attach cgroup_skb/ingress")),
-        "without CAP_NET_ADMIN: {out:?}"
-    );
+    if refused_all {
+        // CAP_SYS_ADMIN would stand in for CAP_NET_ADMIN (bpf_net_capable()), so this
+        // kernel leaves nothing to see: said, not passed silently.
+        eprintln!(
+            "CAP_NET_ADMIN: NOT CHECKED on this host: perf_event_paranoid {} refuses every \
+             tracepoint without CAP_SYS_ADMIN",
+            paranoid.trim()
+        );
+    } else {
+        assert!(
+            out.status.success() && stderr.contains("could not attach cgroup_skb/ingress"),
+            "without CAP_NET_ADMIN: {out:?}"
+        );
+    }
     // Without CAP_SYS_PTRACE the fds of root's processes are unreadable: the unix
     // listener's owner, and so the peer of a listener-closed reset, stays unknown.
     let dir = TempDir::new("package-unix").expect("temp dir");

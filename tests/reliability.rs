@@ -95,10 +95,6 @@ fn sigint_and_sigterm_detach_every_program() {
     }
 }
 
-/// Whoever waits for `attached` and stops rsttrace at once (a script, a unit's ExecStop)
-/// must get the clean exit, never the signal's default action: the handlers are in place
-/// before rsttrace says it is attached. stderr is read through a pipe, line by line, so
-/// that the signal follows the word as closely as a script's would.
 /// `--check` loads every program a run would attach through the verifier, attaches none
 /// and leaves none loaded.
 #[test]
@@ -129,6 +125,10 @@ fn check_loads_every_program_and_leaves_none() {
     assert!(left.is_empty(), "--check left programs loaded: {left:?}");
 }
 
+/// Whoever waits for `attached` and stops rsttrace at once (a script, a unit's ExecStop)
+/// must get the clean exit, never the signal's default action: the handlers are in place
+/// before rsttrace says it is attached. stderr is read through a pipe, line by line, so
+/// that the signal follows the word as closely as a script's would.
 #[test]
 fn stopped_the_moment_it_says_attached_it_exits_cleanly() {
     require_root();

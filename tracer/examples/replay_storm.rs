@@ -1,7 +1,7 @@
 //! rsttrace's user-space work for a reset storm, without a kernel: N loopback aborts as the
 //! programs sample them on 6.18 (the receive, the send, the receiver's failing recv(); the
-//! RST segment itself is not sampled, see net.rs report_rst), decoded, attributed, rendered as JSON lines into memory and counted,
-//! as the session does for each sample.
+//! RST segment itself is not sampled, see net.rs report_rst), decoded, attributed,
+//! rendered as JSON lines into memory and counted, as the session does for each sample.
 //!
 //! Under callgrind this gives instructions per reset, a figure that does not move with the
 //! load of a shared machine (CPU time does, by a third), so a change to the user-space

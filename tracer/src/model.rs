@@ -10,8 +10,8 @@ pub struct Task {
 }
 
 /// A task's name as the kernel keeps it (TASK_COMM_LEN, 16 bytes with its NUL), held
-/// inline: every sample names one or two tasks, and a storm decodes four samples per reset,
-/// so a String each was most of the allocations made per reset.
+/// inline: every sample names one or two tasks, and a storm decodes three samples per
+/// reset, so a String each was most of the allocations made per reset.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Comm {
     bytes: [u8; Comm::CAPACITY],
@@ -549,6 +549,8 @@ pub struct Attribution {
     pub peer_netns: Option<u32>,
     /// What the RST segment itself says, for resets no local socket sent.
     pub network: Option<NetworkEvidence>,
+    /// The TCP reset's send was traced on this host (and explains it).
+    pub send_traced: bool,
 }
 
 /// Where a reset no local process sent came from, as its segment tells.
@@ -557,6 +559,10 @@ pub enum Origin {
     /// Forged by this host's own firewall (netfilter's REJECT answers the receiver's
     /// segment through the local delivery path: it arrived on loopback).
     LocalFirewall,
+    /// Made on this host, not by netfilter: it arrived on loopback with an IPv4 ID, which
+    /// netfilter's REJECT and the kernel's answers for no socket never set, and no traced
+    /// socket sent it. A raw or packet socket injected it (tcpkill, an IPS, a test tool).
+    LocalInjected,
     /// A device on the path forged it: its TTL differs from the flow's.
     PathDevice,
     /// The peer host's own kernel sent it: its TTL is the flow's.
@@ -569,6 +575,7 @@ impl Origin {
     pub fn as_str(self) -> &'static str {
         match self {
             Origin::LocalFirewall => "local_firewall",
+            Origin::LocalInjected => "local_injected",
             Origin::PathDevice => "path_device",
             Origin::RemoteHost => "remote_host",
             Origin::Unknown => "unknown",
@@ -630,6 +637,7 @@ impl Attribution {
             receiver_netns: None,
             peer_netns: None,
             network: None,
+            send_traced: false,
         }
     }
 }

@@ -454,7 +454,10 @@ fn parse_run(label: &str, console: Console, log: PathBuf) -> Run {
     let refused: Vec<&str> = run
         .check
         .iter()
-        .filter(|l| l.trim_start().starts_with("REFUSED"))
+        .filter(|l| {
+            let l = l.trim_start();
+            l.starts_with("REFUSED") || l.starts_with("programs: do not load")
+        })
         .map(|l| l.trim())
         .collect();
     if !refused.is_empty() {

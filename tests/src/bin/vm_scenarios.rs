@@ -52,6 +52,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("tcp_abort", tcp_abort),
     ("tcp_no_socket", tcp_no_socket),
     ("tcp_forged_on_loopback", tcp_forged_on_loopback),
+    ("tcp_injected_on_loopback", tcp_injected_on_loopback),
     ("oom_memcg", oom_memcg),
     ("unix_sigkill", unix_sigkill),
 ];
@@ -540,24 +541,12 @@ fn tcp_no_socket(tracer: &Tracer) -> Res<Value> {
         .done()
 }
 
-/// A RST for an established loopback connection, forged through a raw socket: made on this
-/// host by no socket, as netfilter's REJECT makes them (IP ID 0, TTL 64). The packet program
-/// must load and sample it on every kernel of the matrix. Kernels before 6.10 do not trace
-/// their own answers for no socket, which look the same, so there it has no origin.
+/// A RST for an established loopback connection, forged through a raw socket in the shape
+/// netfilter's REJECT gives it (DF, IP ID 0, TTL 64): made on this host by no socket. Kernels
+/// before 6.10 do not trace their own answers for no socket, which look the same, so there
+/// it has no origin.
 fn tcp_forged_on_loopback(tracer: &Tracer) -> Res<Value> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(err("bind"))?;
-    let server = listener.local_addr().map_err(err("local_addr"))?;
-    let mut client = TcpStream::connect(server).map_err(err("connect"))?;
-    let (accepted, _) = listener.accept().map_err(err("accept"))?;
-    let client_port = client.local_addr().map_err(err("local_addr"))?.port();
-    let seq = send_seq(accepted.as_raw_fd())?;
-    forge_rst(server.port(), client_port, seq)?;
-    expect_reset(&mut client)?;
-    let local = loopback(client_port);
-    let remote = loopback(server.port());
-    let event = tracer.wait_reset(&format!("{local} <- {remote}"), |e| {
-        e["local"] == local.as_str() && e["remote"] == remote.as_str()
-    })?;
+    let event = forged_reset(tracer, true, 0)?;
     let mut checks = Checks::new(&event);
     checks.str("transport", "tcp");
     if kernel_at_least(6, 10)? {
@@ -571,6 +560,39 @@ fn tcp_forged_on_loopback(tracer: &Tracer) -> Res<Value> {
         checks.str("cause", "unknown").absent("network");
     }
     checks.done()
+}
+
+/// The same RST in the shape tcpkill, scapy or hping3 give it (DF clear, an IP ID of their
+/// own): no kernel answer looks like it, so on every kernel the packet program's sample says
+/// a raw socket on this host injected it.
+fn tcp_injected_on_loopback(tracer: &Tracer) -> Res<Value> {
+    let event = forged_reset(tracer, false, 4711)?;
+    Checks::new(&event)
+        .str("transport", "tcp")
+        .str("cause", "network")
+        .str("network.origin", "local_injected")
+        .str("network.interface", "lo")
+        .int("network.ip_id", 4711)
+        .int("network.ttl", 64)
+        .done()
+}
+
+/// Connects on loopback, forges the server's RST to the client through a raw socket, and
+/// returns rsttrace's line for it once the client's read failed with ECONNRESET.
+fn forged_reset(tracer: &Tracer, dont_fragment: bool, ip_id: u16) -> Res<Value> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(err("bind"))?;
+    let server = listener.local_addr().map_err(err("local_addr"))?;
+    let mut client = TcpStream::connect(server).map_err(err("connect"))?;
+    let (accepted, _) = listener.accept().map_err(err("accept"))?;
+    let client_port = client.local_addr().map_err(err("local_addr"))?.port();
+    let seq = send_seq(accepted.as_raw_fd())?;
+    forge_rst(server.port(), client_port, seq, dont_fragment, ip_id)?;
+    expect_reset(&mut client)?;
+    let local = loopback(client_port);
+    let remote = loopback(server.port());
+    tracer.wait_reset(&format!("{local} <- {remote}"), |e| {
+        e["local"] == local.as_str() && e["remote"] == remote.as_str()
+    })
 }
 
 /// The next sequence number `fd`'s TCP socket sends (its write_seq, read in repair mode,
@@ -627,13 +649,18 @@ fn send_seq(fd: i32) -> Res<u32> {
     read
 }
 
-/// Sends a bare RST from 127.0.0.1:`sport` to 127.0.0.1:`dport` through a raw socket.
-fn forge_rst(sport: u16, dport: u16, seq: u32) -> Res<()> {
+/// Sends a bare RST from 127.0.0.1:`sport` to 127.0.0.1:`dport` through a raw socket. The
+/// kernel keeps a non-zero `ip_id`; for 0 it writes 0 when DF is set, else an ID of its own
+/// (raw_send_hdrinc(), net/ipv4/raw.c).
+fn forge_rst(sport: u16, dport: u16, seq: u32, dont_fragment: bool, ip_id: u16) -> Res<()> {
     let mut packet = [0u8; 40];
     let (ip, tcp) = packet.split_at_mut(20);
     ip[0] = 0x45;
     ip[2..4].copy_from_slice(&40u16.to_be_bytes());
-    ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes()); // DF; ID 0
+    ip[4..6].copy_from_slice(&ip_id.to_be_bytes());
+    if dont_fragment {
+        ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
+    }
     ip[8] = 64;
     ip[9] = libc::IPPROTO_TCP as u8;
     ip[12..16].copy_from_slice(&[127, 0, 0, 1]);

@@ -280,10 +280,12 @@ fn emit<T: 'static>(cfg: &Config, kind: EventKind, fill: impl FnOnce(*mut T)) {
     emit_sample::<T, true>(cfg, kind, fill);
 }
 
-/// [`emit`] for a packet program: its header names no task. Before 6.18 the verifier
+/// [`emit`] for a packet program: its header names no task. The verifier of 6.1 and 6.12
 /// refuses bpf_get_current_pid_tgid() and bpf_get_current_comm() in cgroup_skb programs
-/// (6.1: "unknown func", 6.12: "program of this type cannot use helper"), and in the
-/// receive path the task on the CPU is nobody's anyway.
+/// (6.1: "unknown func", 6.12: "program of this type cannot use helper"); 6.18 allows
+/// them. On loopback the task on the CPU would be the segment's sender (its softirq runs
+/// in the sending task), which a forged RST could have named; the packet's own headers
+/// are the evidence kept.
 #[inline(always)]
 fn emit_packet<T: 'static>(cfg: &Config, kind: EventKind, fill: impl FnOnce(*mut T)) {
     emit_sample::<T, false>(cfg, kind, fill);

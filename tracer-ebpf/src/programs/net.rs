@@ -1,7 +1,8 @@
 //! Evidence from the network: every segment a local socket receives passes the cgroup_skb
 //! ingress hook of the root cgroup (net/core/filter.c sk_filter_trim_cap(), after NAT and
-//! routing). RSTs are sent to user space with what their headers say (TTL, IP ID, flags,
-//! interface); the flow's earlier segments leave the TTL they arrived with as its baseline.
+//! routing). RSTs that no traced send explains are sent to user space with what their
+//! headers say (TTL, IP ID, flags, interface); the flow's earlier segments leave the TTL
+//! they arrived with as its baseline.
 //! Every other segment must leave after a header read or two: this runs for every packet
 //! any socket of the host receives, and it always lets the packet through.
 //!
@@ -35,6 +36,8 @@ const ETH_P_IP_BE: u32 = 0x0008;
 const ETH_P_IPV6_BE: u32 = 0xdd86;
 const IPPROTO_TCP: u8 = 6;
 const TCP_RST: u8 = 0x04;
+/// IP_DF (0x4000) in the first byte of the big-endian frag_off field.
+const IP_DF_HIGH_BYTE: u8 = 0x40;
 const TCP_SYN_ACK: u8 = 0x12;
 /// The loopback device has this index in every namespace (LOOPBACK_IFINDEX).
 const LOOPBACK_IFINDEX: u32 = 1;
@@ -193,17 +196,20 @@ fn learn_baseline(skb: *mut __sk_buff, seg: &Segment) {
 
 #[inline(always)]
 fn report_rst(skb: *mut __sk_buff, seg: &Segment) {
-    // An IPv4 RST on loopback with an IP ID was sent by a TCP socket of this host: the
-    // socket's own counter numbers it (ip_select_ident_segs(), include/net/ip.h), and
-    // tcp:tcp_send_reset traces that send, which explains the reset without this segment.
-    // Only the RSTs nothing traces need it: netfilter's (nf_reject_iphdr_put(),
-    // net/ipv4/netfilter/nf_reject_ipv4.c, sets ID 0) and the per-CPU control socket's
-    // answers to segments (no peer address, so ID 0 too). A loopback reset storm thus
-    // costs one sample less per reset.
+    // An IPv4 RST on loopback with DF set and a non-zero IP ID was sent by a connected TCP
+    // socket of this host: DF comes from its path MTU discovery and the ID from its own
+    // counter (ip_select_ident_segs(), include/net/ip.h), and tcp:tcp_send_reset traces
+    // that send, which explains the reset without this segment. The RSTs nothing traces
+    // still go out: netfilter's (nf_reject_iphdr_put(), net/ipv4/netfilter/
+    // nf_reject_ipv4.c: DF, ID 0), the per-CPU control socket's answers for no socket (DF,
+    // no peer address, so ID 0), and those forged through raw sockets (tcpkill, scapy,
+    // hping3: DF clear, or an ID of their own choosing with DF clear, which the kernel
+    // leaves). A loopback reset storm thus costs one sample less per reset.
     // SAFETY: ctx field read; the IPv4 header is within the bounds segment() proved.
     if unsafe { (*skb).ingress_ifindex } == LOOPBACK_IFINDEX
         && seg.family == AF_INET
         && unsafe { *((seg.ip + 4) as *const u16) } != 0
+        && unsafe { *((seg.ip + 6) as *const u8) } & IP_DF_HIGH_BYTE != 0
     {
         return;
     }

@@ -161,9 +161,16 @@ impl Attributor {
         a.receiver_netns = r.netns;
         let segment = self.segments.take(&r);
         match send {
-            Some(send) => self.reasons.explain(&mut a, &send, &self.deaths),
+            Some(send) => {
+                a.send_traced = true;
+                self.reasons.explain(&mut a, &send, &self.deaths);
+            }
             None => {
-                let local = self.is_local(r.remote.ip());
+                // Came in on loopback: made on this host, whatever the (DNAT'd) address says.
+                let on_loopback = segment
+                    .as_ref()
+                    .is_some_and(|s| s.ifindex == network::LOOPBACK_IFINDEX);
+                let local = on_loopback || self.is_local(r.remote.ip());
                 let evidence = segment
                     .map(network::evidence)
                     // A RST made on this host that no socket sent is netfilter's, unless
@@ -174,9 +181,18 @@ impl Attributor {
                             || self.reasons.traces_no_socket_sends()
                     });
                 // A reset from a loopback or own address that no traced send explains
-                // was lost on its way to us, unless it came in as this host's firewall's.
+                // was lost on its way to us, unless its segment says who on this host made
+                // it (the firewall, or a raw socket).
                 a.cause = match &evidence {
-                    Some(e) if e.origin == crate::model::Origin::LocalFirewall => Cause::Network,
+                    Some(e)
+                        if matches!(
+                            e.origin,
+                            crate::model::Origin::LocalFirewall
+                                | crate::model::Origin::LocalInjected
+                        ) =>
+                    {
+                        Cause::Network
+                    }
                     _ if local => Cause::Unknown,
                     _ => Cause::Network,
                 };

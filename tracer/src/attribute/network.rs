@@ -4,7 +4,8 @@
 //!
 //! - It came in on loopback but no local socket sent it: this host's own firewall forged
 //!   it (netfilter's REJECT answers through the local delivery path, nf_send_reset(),
-//!   net/ipv4/netfilter/nf_reject_ipv4.c, and is not traced as a TCP send).
+//!   net/ipv4/netfilter/nf_reject_ipv4.c, and is not traced as a TCP send), or, when it
+//!   carries an IPv4 ID, which netfilter never sets, a raw socket injected it.
 //! - Its TTL is the flow's: the peer host's kernel sent it.
 //! - Its TTL differs: a device on the path forged it (a firewall's REJECT, a load balancer
 //!   or NAT expiring the flow, a middlebox).
@@ -20,7 +21,7 @@ use crate::model::{NetworkEvidence, Origin, ResetReceived, RstSegment};
 
 use super::{pairing::canon, MAX_PENDING};
 
-const LOOPBACK_IFINDEX: u32 = 1;
+pub const LOOPBACK_IFINDEX: u32 = 1;
 /// A segment is joined to the receive traced right after it on the same CPU (cgroup_skb
 /// ingress runs before tcp_reset()); allow for the two being reordered by a few ms.
 const JOIN_WINDOW: u64 = 50_000_000;
@@ -80,7 +81,13 @@ impl Segments {
 /// Where a reset no local socket sent came from.
 pub fn evidence(seg: RstSegment) -> NetworkEvidence {
     let origin = if seg.ifindex == LOOPBACK_IFINDEX {
-        Origin::LocalFirewall
+        // Netfilter's RSTs carry IP ID 0 (nf_reject_iphdr_put()); so do the kernel's own
+        // answers for no socket, and a socket's numbered RSTs are left out in the kernel
+        // (net.rs report_rst). IPv6 has no ID to tell by.
+        match seg.ip_id {
+            Some(id) if id != 0 => Origin::LocalInjected,
+            _ => Origin::LocalFirewall,
+        }
     } else {
         match seg.expected {
             None => Origin::Unknown,

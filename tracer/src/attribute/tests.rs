@@ -1139,6 +1139,40 @@ fn a_reset_from_this_hosts_own_firewall_comes_in_on_loopback() {
 }
 
 #[test]
+fn a_reset_injected_on_loopback_by_a_raw_socket_is_not_the_firewall() {
+    // tcpkill's or scapy's RST: loopback, no traced send, and an IP ID of its own, which
+    // netfilter's REJECT and the kernel's answers for no socket never carry.
+    let a = network_verdict(segment(299, 64, Some(63), 1, 4711));
+    assert_eq!(a.cause.kind(), CauseKind::Network);
+    assert_eq!(
+        a.network.map(|n| n.origin),
+        Some(crate::model::Origin::LocalInjected)
+    );
+}
+
+#[test]
+fn an_injected_reset_is_told_apart_before_6_10_too() {
+    // The kernel's own untraced answers carry ID 0 there: an ID still says a raw socket.
+    let mut engine = Attributor::new(&HashMap::new(), HashSet::new());
+    let mut out = Vec::new();
+    for e in [
+        segment(299, 64, Some(63), 1, 4711),
+        received_in(300, NGINX_NS, 77, "10.0.1.2:40000", "10.0.2.2:8000"),
+    ] {
+        engine.observe(e, &mut out);
+    }
+    engine.expire(300 + RECEIVE_WAIT + SEEN_WAIT + 1, &mut out);
+    let out = resets(&out);
+    golden::check(&out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].cause.kind(), CauseKind::Network);
+    assert_eq!(
+        out[0].network.as_ref().map(|n| n.origin),
+        Some(crate::model::Origin::LocalInjected)
+    );
+}
+
+#[test]
 fn a_refused_connect_before_6_10_is_not_blamed_on_the_firewall() {
     // Debian 12's 6.1: connect() to a closed loopback port. The kernel answers the SYN from
     // its control socket (tcp_v4_send_reset(NULL, skb), untraced before 6.9), so only the

@@ -84,12 +84,13 @@ fn upstream_hint(
         Cause::StaleConnection => "The upstream had already closed this connection when the request was sent on it (a stale keepalive connection): set keepalive_timeout inside nginx's upstream{} block below the upstream's idle timeout, and keepalive_requests at most the upstream's requests per connection.".into(),
         // Read from the receiver's ECONNREFUSED, with no send traced (before 6.10 the
         // kernel's answer for a closed port is not): a local REJECT looks the same.
-        Cause::NoSocket if a.kernel_reason.is_none() && a.peer_netns.is_none() => "Nothing was listening at the remote address (the upstream is down or restarting, or nginx points at the wrong port), or a firewall REJECT on this host refused the connection: the reset's sender was not traced.".into(),
+        Cause::NoSocket if !a.send_traced => "Nothing was listening at the remote address (the upstream is down or restarting, or nginx points at the wrong port), or a firewall REJECT on this host refused the connection: the reset's sender was not traced.".into(),
         Cause::NoSocket => "Nothing was listening at the remote address: the upstream is down or restarting, or nginx points at the wrong port.".into(),
         Cause::Kernel => kernel_hint(reason),
         Cause::Network => "The reset came from another host or a device in the path (firewall, load balancer, conntrack): capture on the wire to see which.".into(),
-        // Before 6.10 neither the kernel's answer for a closed port or connection nor
-        // netfilter's REJECT is traced as a send (tcp_v4_send_reset(), net/ipv4/tcp_ipv4.c).
+        // Netfilter's REJECT is never traced as a send, and before 6.10 neither is the
+        // kernel's answer for a closed port or connection (tcp_v4_send_reset(),
+        // net/ipv4/tcp_ipv4.c); on 6.10+ the segment tells a REJECT apart (LocalFirewall).
         Cause::Unknown if a.transport == crate::model::Transport::Tcp => "A reset from this host that no traced send explains: on kernels before 6.10, the kernel's answer for a closed port or connection, or a local firewall REJECT (neither is traced there); else a lost sample (check for `lost` events and run `rsttrace --check`).".into(),
         Cause::Unknown => "A local reset whose sender rsttrace did not see; check for `lost` events and run `rsttrace --check`.".into(),
     }
@@ -144,6 +145,7 @@ fn kernel_hint(reason: Option<&str>) -> Cow<'static, str> {
 fn network_hint(n: &NetworkJson) -> Cow<'static, str> {
     match n.origin {
         "local_firewall" => "This host's own firewall forged the reset (netfilter REJECT --reject-with tcp-reset in the receiver's network namespace: the OUTPUT chain, or INPUT on loopback): look at `iptables -S` / `nft list ruleset` there.".into(),
+        "local_injected" => "A process on this host injected the reset through a raw or packet socket (it carries an IP ID, which netfilter's REJECT never sets): tcpkill, an IPS or a test tool; `ss -w -p` and `ss -0 -p` list who holds raw and packet sockets.".into(),
         "remote_host" => format!(
             "The peer host's own kernel sent the reset (TTL {} is the flow's): a process there aborted, crashed or restarted, or its firewall rejected the segment; run rsttrace on that host.",
             n.ttl

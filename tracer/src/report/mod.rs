@@ -527,6 +527,7 @@ mod tests {
             receiver_netns: None,
             peer_netns: None,
             network: None,
+            send_traced: false,
         }
     }
 
