@@ -266,6 +266,27 @@ impl Attached {
             .context("writing the reader's state for the programs")
     }
 
+    /// Runs of these programs the kernel skipped since they were loaded. A tracing program
+    /// does not run while another one runs on the same CPU (bpf_prog_active,
+    /// trace_call_bpf() in kernel/trace/bpf_trace.c; raw tracepoints have a per-program
+    /// guard): a RST delivered in a softirq that interrupted a program is not seen. Each
+    /// skipped run may have been a sample. The kernel counts them (recursion_misses in
+    /// /proc/self/fdinfo, 5.12+; older kernels neither count nor show them: 0).
+    pub fn skipped_runs(&self) -> u64 {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let Some(ebpf) = &self.ebpf else {
+            return 0;
+        };
+        ebpf.programs()
+            .filter_map(|(_, program)| program.fd().ok())
+            .filter_map(|fd| {
+                let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+                std::fs::read_to_string(path).ok()
+            })
+            .map(|fdinfo| recursion_misses(&fdinfo))
+            .sum()
+    }
+
     /// Samples the kernel could not queue since start (ring buffer full), all CPUs.
     pub fn lost_total(&self) -> u64 {
         self.lost
@@ -290,6 +311,15 @@ pub fn failure_summary(error: &str) -> String {
         .copied()
         .unwrap_or("see --check");
     format!("{} verifier: {verdict}", head.trim_end())
+}
+
+/// The `recursion_misses:` figure of a BPF program's fdinfo (0 when absent).
+fn recursion_misses(fdinfo: &str) -> u64 {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("recursion_misses:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Whether the kernel refused (EPERM, EACCES): a matter of privileges, not of a fault.
@@ -322,5 +352,37 @@ fn explain_load_error(err: anyhow::Error) -> anyhow::Error {
         )
     } else {
         err
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recursion_misses_are_read_from_fdinfo() {
+        let fdinfo = "pos:\t0\nflags:\t02000002\nprog_type:\t5\nprog_jited:\t1\n\
+                      run_time_ns:\t0\nrun_cnt:\t0\nrecursion_misses:\t17\nverified_insns:\t512\n";
+        assert_eq!(recursion_misses(fdinfo), 17);
+        assert_eq!(
+            recursion_misses("prog_type:\t5\n"),
+            0,
+            "kernels before 5.12"
+        );
+    }
+
+    #[test]
+    fn a_verifier_log_is_summed_up_by_its_verdict() {
+        let error = "loading the cgroup_skb ingress program: the BPF_PROG_LOAD syscall returned \
+                     Invalid argument (os error 22). Verifier output: 0: R1=ctx() R10=fp0\n\
+                     439: (85) call bpf_get_current_pid_tgid#14\n\
+                     unknown func bpf_get_current_pid_tgid#14\n\
+                     verification time 11536 usec\nstack depth 248+0\n";
+        assert_eq!(
+            failure_summary(error),
+            "loading the cgroup_skb ingress program: the BPF_PROG_LOAD syscall returned Invalid \
+             argument (os error 22). verifier: unknown func bpf_get_current_pid_tgid#14"
+        );
+        assert_eq!(failure_summary("no cgroup2 mount"), "no cgroup2 mount");
     }
 }

@@ -64,7 +64,9 @@ impl Output {
         lost: u64,
         total: u64,
         decode_errors: u64,
+        skipped: (u64, u64),
     ) -> io::Result<()> {
+        let (skipped, skipped_total) = skipped;
         let json = LostJson {
             schema_version: SCHEMA_VERSION,
             event: "lost",
@@ -72,16 +74,26 @@ impl Output {
             count: lost,
             total,
             decode_errors: (decode_errors > 0).then_some(decode_errors),
+            skipped_runs: (skipped > 0).then_some(skipped),
+            skipped_runs_total: (skipped_total > 0).then_some(skipped_total),
         };
         match self.format {
-            Format::Json => {
-                self.json(&json)
+            Format::Json => self.json(&json),
+            Format::Text => {
+                let mut text = format!("{} LOST", json.time);
+                if lost > 0 || skipped == 0 {
+                    text.push_str(&format!(
+                        " {lost} kernel samples (ring buffer full; {total} since start); raise --buffer-size"
+                    ));
+                }
+                if skipped > 0 {
+                    text.push_str(&format!(
+                        " {skipped} program runs skipped by the kernel ({skipped_total} since start): \
+                         another tracing program was running on that CPU"
+                    ));
+                }
+                writeln!(self.out, "{text}")
             }
-            Format::Text => writeln!(
-                self.out,
-                "{} LOST {lost} kernel samples (ring buffer full; {total} since start); raise --buffer-size",
-                json.time
-            ),
         }
     }
 

@@ -446,6 +446,7 @@ struct Session<'a> {
     debug_events: bool,
     reported: u64,
     lost_reported: u64,
+    skipped_reported: u64,
     decode_errors: u64,
     decode_errors_reported: u64,
     /// The error.log join; verdicts pass through it before the watch filter.
@@ -478,6 +479,7 @@ impl<'a> Session<'a> {
             debug_events: opts.debug_events,
             reported: 0,
             lost_reported: 0,
+            skipped_reported: 0,
             decode_errors: 0,
             decode_errors_reported: 0,
             nginx: None,
@@ -671,6 +673,7 @@ impl<'a> Session<'a> {
         let lost = LostTotals {
             samples: self.lost_reported,
             decode_errors: self.decode_errors,
+            skipped_runs: self.skipped_reported,
         };
         let json = self.tally.json(now, lost);
         self.output.summary(&json)
@@ -686,19 +689,24 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn report_lost(&mut self, lost_total: u64) -> io::Result<()> {
+    /// `lost_total`: samples the ring could not take; `skipped_total`: program runs the
+    /// kernel skipped (loader::Attached::skipped_runs); both since start.
+    fn report_lost(&mut self, lost_total: u64, skipped_total: u64) -> io::Result<()> {
         let lost = lost_total.saturating_sub(self.lost_reported);
+        let skipped = skipped_total.saturating_sub(self.skipped_reported);
         let decode = self.decode_errors - self.decode_errors_reported;
-        if lost == 0 && decode == 0 {
+        if lost == 0 && decode == 0 && skipped == 0 {
             return Ok(());
         }
         self.lost_reported = lost_total;
+        self.skipped_reported = skipped_total;
         self.decode_errors_reported = self.decode_errors;
         if let Some(m) = &self.metrics {
             m.lost(lost);
         }
         let now = self.resolver.offset_ns + i128::from(monotonic_ns());
-        self.output.lost(now, lost, lost_total, decode)
+        self.output
+            .lost(now, lost, lost_total, decode, (skipped, skipped_total))
     }
 
     fn count_reached(&self, count: Option<u64>) -> bool {
@@ -789,7 +797,11 @@ async fn event_loop(
                 session.rescan_listeners();
                 // Also a backstop for a sample committed, unwoken, while rsttrace went idle.
                 drain(&mut session, ring.get_mut(), count)
-                    .and_then(|d| session.report_lost(attached.lost_total()).map(|()| d.done))
+                    .and_then(|d| {
+                        session
+                            .report_lost(attached.lost_total(), attached.skipped_runs())
+                            .map(|()| d.done)
+                    })
             }
             _ = expire_tick.tick(), if busy => busy_tick(&mut session, ring.get_mut(), &mut attached, count)
                 .map(|(done, still_busy)| {
@@ -860,12 +872,14 @@ fn finish(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     attached: &mut loader::Attached,
 ) -> Result<()> {
-    // Detached first, no program adds to the ring: what it holds is all there will be.
+    // Detached first, no program adds to the ring: what it holds is all there will be. The
+    // programs' skipped runs are read just before (their counters go with them).
+    let skipped = attached.skipped_runs();
     attached.detach();
     let flushed = drain_all(session, ring).and_then(|unread| {
         session.expire(u64::MAX)?;
         session.nginx_finish()?;
-        session.report_lost(attached.lost_total() + unread)?;
+        session.report_lost(attached.lost_total() + unread, skipped)?;
         session.summary()?;
         session.output.flush()?;
         Ok(unread)
@@ -875,8 +889,13 @@ fn finish(
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => 0,
         Err(e) => return Err(e).context("writing to stdout"),
     };
+    let skipped_note = if skipped > 0 {
+        format!(", {skipped} program run(s) skipped by the kernel")
+    } else {
+        String::new()
+    };
     eprintln!(
-        "rsttrace: detached; {} reset(s) reported, {} kernel sample(s) lost, {} malformed",
+        "rsttrace: detached; {} reset(s) reported, {} kernel sample(s) lost, {} malformed{skipped_note}",
         session.reported,
         attached.lost_total() + unread,
         session.decode_errors

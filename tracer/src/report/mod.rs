@@ -341,6 +341,14 @@ pub struct LostJson {
     pub total: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decode_errors: Option<u64>,
+    /// Runs of rsttrace's programs the kernel skipped since the previous `lost` event (a
+    /// tracing program does not run while another runs on its CPU); each may have been a
+    /// sample. Absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped_runs: Option<u64>,
+    /// Skipped since start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped_runs_total: Option<u64>,
 }
 
 /// Appends `value` as one JSON line to `out`: every line rsttrace prints goes through here

@@ -142,6 +142,13 @@ pub fn unexplained_json(l: &LoggedLine, lost_total: u64) -> Option<UnexplainedJs
 pub struct LostTotals {
     pub samples: u64,
     pub decode_errors: u64,
+    /// Runs of rsttrace's programs the kernel skipped (see `lost`); absent when none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub skipped_runs: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `event: "summary"`: what was printed, counted, as the last line at stop.
