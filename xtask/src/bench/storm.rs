@@ -20,7 +20,7 @@ use super::table::{HookRow, Row, Verdict};
 use super::tracers::{Mode, Running};
 use super::Ctx;
 
-pub const METHOD: &str = "Reset storm: one thread (pinned) connects to a 127.0.0.1 listener, accepts, writes 1 byte, sets SO_LINGER 0 on the accepted socket and closes it with the byte unread (kernel RST, TCP_ABORT_ON_CLOSE); a reset counts as made only when the client's read fails with ECONNRESET, and the kernel's TcpExt TCPAbortOnClose delta is kept beside it. Each round runs it beside nothing, the floor, rsttrace (unfiltered, --format json to a file) and bpftrace (printing pid/comm/ports/reason of both reset tracepoints to a file), in an order rotating every round. CPU cost ratio = (generator thread CPU + ksoftirqd CPU + tracer process CPU from attach until drained) per reset / the same with nothing attached in that round; CPU from the scheduler's clocks (CLOCK_THREAD_CPUTIME_ID, clock_getcpuclockid). Reported = rsttrace reset lines whose remote port is the generator's listener; lost = sum of its `lost` events.";
+pub const METHOD: &str = "Reset storm: one thread (pinned) connects to a 127.0.0.1 listener, accepts, writes 1 byte, sets SO_LINGER 0 on the accepted socket and closes it with the byte unread (kernel RST, TCP_ABORT_ON_CLOSE); a reset counts as made only when the client's read fails with ECONNRESET, and the kernel's TcpExt TCPAbortOnClose delta is kept beside it. Each round runs it beside nothing, the floor, rsttrace (unfiltered, --format json to a file) and bpftrace (printing pid/comm/ports/reason of both reset tracepoints to a file), in an order rotating every round. CPU cost ratio = (generator thread CPU + ksoftirqd CPU + tracer process CPU from attach until drained) per reset / the same with nothing attached in that round; CPU from the scheduler's clocks (CLOCK_THREAD_CPUTIME_ID, clock_getcpuclockid). Reported = rsttrace reset lines whose remote port is the generator's listener; lost = sum of its `lost` events' count and skipped_runs (program runs the kernel skipped, each possibly a sample).";
 
 /// One storm run beside one mode.
 pub struct StormRun {
@@ -149,7 +149,10 @@ fn count_rsttrace(path: &Path, outcome: &Outcome) -> Result<(u64, u64, u64)> {
                         && v["peer"]["pid"].as_u64() == Some(me),
                 );
             }
-            Some("lost") => lost += v["count"].as_u64().unwrap_or(0),
+            // A run the kernel skipped may have been a sample: counted as lost here.
+            Some("lost") => {
+                lost += v["count"].as_u64().unwrap_or(0) + v["skipped_runs"].as_u64().unwrap_or(0);
+            }
             _ => {}
         }
     }
