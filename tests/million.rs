@@ -63,7 +63,9 @@ impl Tally {
             }
         } else if line.contains("\"event\":\"lost\"") {
             let v: serde_json::Value = serde_json::from_str(line).expect("a lost line is JSON");
-            self.lost += v["count"].as_u64().expect("a lost line has a count");
+            // A program run the kernel skipped may have been one of the samples.
+            self.lost += v["count"].as_u64().expect("a lost line has a count")
+                + v["skipped_runs"].as_u64().unwrap_or(0);
         }
     }
 
