@@ -96,8 +96,7 @@ fn hook_lines(facts: &KernelFacts, refused: &[(&Hook, &str)], out: &mut String) 
         let refusal = refused.iter().find(|(r, _)| r.program == hook.program);
         let line = match &state.status {
             Status::Attach if refusal.is_some() => format!(
-                "  REFUSED  {name:<40} no {}: {}",
-                hook.purpose,
+                "  REFUSED  {name:<40} {}",
                 refusal.map(|(_, why)| failure_summary(why)).unwrap_or_default()
             ),
             Status::Attach if hook.tier == Tier::ArgumentRecorder => format!(

@@ -277,11 +277,11 @@ fn announce(
     // An optional hook the kernel refused costs its capability, not the run: say which.
     for (hook, why) in &attached.failed {
         eprintln!(
-            "rsttrace: warning: could not attach {}: no {} ({}; `rsttrace --check` shows the \
-             kernel's full answer)",
+            "rsttrace: warning: could not attach {} ({}; `rsttrace --check` shows the kernel's \
+             full answer); running without {}",
             hook.attach.name(),
-            hook.purpose,
-            loader::failure_summary(why)
+            loader::failure_summary(why),
+            hook.purpose
         );
     }
     let scope = if watch.is_everything() {
@@ -793,16 +793,7 @@ async fn event_loop(
                 expire_tick.reset();
                 r.map(|d| d.done)
             }
-            _ = tick.tick() => {
-                session.rescan_listeners();
-                // Also a backstop for a sample committed, unwoken, while rsttrace went idle.
-                drain(&mut session, ring.get_mut(), count)
-                    .and_then(|d| {
-                        session
-                            .report_lost(attached.lost_total(), attached.skipped_runs())
-                            .map(|()| d.done)
-                    })
-            }
+            _ = tick.tick() => second_tick(&mut session, ring.get_mut(), &attached, count),
             _ = expire_tick.tick(), if busy => busy_tick(&mut session, ring.get_mut(), &mut attached, count)
                 .map(|(done, still_busy)| {
                     busy = still_busy;
@@ -831,6 +822,21 @@ async fn event_loop(
         finish(&mut session, ring.get_mut(), &mut attached)?;
     }
     Ok(())
+}
+
+/// The 1 s tick: new unix listeners, a drain (the backstop for a sample committed, unwoken,
+/// while rsttrace went idle), and what was lost or skipped meanwhile. Returns whether
+/// --count is reached.
+fn second_tick(
+    session: &mut Session<'_>,
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    attached: &loader::Attached,
+    count: Option<u64>,
+) -> io::Result<bool> {
+    session.rescan_listeners();
+    let drained = drain(session, ring, count)?;
+    session.report_lost(attached.lost_total(), attached.skipped_runs())?;
+    Ok(drained.done)
 }
 
 /// The busy loop's 10 ms tick: drains, and once the ring is empty releases the verdicts
