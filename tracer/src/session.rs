@@ -210,20 +210,20 @@ pub fn run(
         }
         None => None,
     };
-    // Before "attached" is said: a reset right after it must find its nginx known.
-    let nginx = opts
-        .nginx_log
-        .clone()
-        .map(|choice| LiveJoin::start(choice, realtime_offset_ns()));
-    announce(facts, opts, &watch, &attached, started);
-    let mut session = Session::new(facts, opts, watch);
-    if let Some((_, Some(addr))) = &metrics {
-        eprintln!("rsttrace: serving metrics on http://{addr}/metrics");
-    }
-    session.nginx = nginx.map(|mut n| {
+    // Before "attached" is said: a reset right after it must find its nginx known, and
+    // whoever waits for that line reads everything start-up says above it (the nginx log
+    // followed, the metrics address).
+    let nginx = opts.nginx_log.clone().map(|choice| {
+        let mut n = LiveJoin::start(choice, realtime_offset_ns());
         n.announce();
         n
     });
+    if let Some((_, Some(addr))) = &metrics {
+        eprintln!("rsttrace: serving metrics on http://{addr}/metrics");
+    }
+    announce(facts, opts, &watch, &attached, started);
+    let mut session = Session::new(facts, opts, watch);
+    session.nginx = nginx;
     session.metrics = metrics.map(|(m, _)| m);
     session.seed_listeners();
     runtime
