@@ -197,9 +197,17 @@ fn quiet_exit_when_the_reader_closes_the_pipe() {
         .spawn()
         .expect("starting rsttrace");
     let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    stderr.read_line(&mut line).expect("reading stderr");
-    assert!(line.contains("attached"), "{line}");
+    // "attached" ends start-up; what rsttrace follows is named before it.
+    let mut said = String::new();
+    loop {
+        let mut line = String::new();
+        let n = stderr.read_line(&mut line).expect("reading stderr");
+        assert!(n > 0, "rsttrace ended before attaching:\n{said}");
+        said.push_str(&line);
+        if line.contains("attached") {
+            break;
+        }
+    }
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
     closed_port_reset();
     let mut first = String::new();
