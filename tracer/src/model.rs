@@ -572,6 +572,11 @@ pub enum Origin {
 }
 
 impl Origin {
+    /// Made on this host (it came in on loopback), by the firewall or a raw socket.
+    pub fn made_here(self) -> bool {
+        matches!(self, Origin::LocalFirewall | Origin::LocalInjected)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Origin::LocalFirewall => "local_firewall",

@@ -629,7 +629,7 @@ mod tests {
             console(&[
                 "vm: check begin",
                 "  ok       raw sock:inet_sk_error_report            connections refused",
-                "  REFUSED  cgroup_skb/ingress (root cgroup)         no the TTL: verifier: unknown func bpf_get_current_pid_tgid#14",
+                "  REFUSED  cgroup_skb/ingress (root cgroup)         loading the cgroup_skb ingress program: the BPF_PROG_LOAD syscall returned Invalid argument (os error 22). verifier: unknown func bpf_get_current_pid_tgid#14",
                 "vm: check end (exit 0)",
                 "scenario tcp_abort: pass (0.1 s)",
                 "init: success",

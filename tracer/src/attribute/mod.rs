@@ -166,13 +166,11 @@ impl Attributor {
                 self.reasons.explain(&mut a, &send, &self.deaths);
             }
             None => {
+                let evidence = segment.map(network::evidence);
                 // Came in on loopback: made on this host, whatever the (DNAT'd) address says.
-                let on_loopback = segment
-                    .as_ref()
-                    .is_some_and(|s| s.ifindex == network::LOOPBACK_IFINDEX);
-                let local = on_loopback || self.is_local(r.remote.ip());
-                let evidence = segment
-                    .map(network::evidence)
+                let local = evidence.as_ref().is_some_and(|e| e.origin.made_here())
+                    || self.is_local(r.remote.ip());
+                let evidence = evidence
                     // A RST made on this host that no socket sent is netfilter's, unless
                     // the kernel's own answers for no socket go untraced here: those look
                     // the same (loopback, IP ID 0, TTL 64), so the segment tells nothing.
@@ -184,15 +182,7 @@ impl Attributor {
                 // was lost on its way to us, unless its segment says who on this host made
                 // it (the firewall, or a raw socket).
                 a.cause = match &evidence {
-                    Some(e)
-                        if matches!(
-                            e.origin,
-                            crate::model::Origin::LocalFirewall
-                                | crate::model::Origin::LocalInjected
-                        ) =>
-                    {
-                        Cause::Network
-                    }
+                    Some(e) if e.origin.made_here() => Cause::Network,
                     _ if local => Cause::Unknown,
                     _ => Cause::Network,
                 };

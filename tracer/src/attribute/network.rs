@@ -21,7 +21,7 @@ use crate::model::{NetworkEvidence, Origin, ResetReceived, RstSegment};
 
 use super::{pairing::canon, MAX_PENDING};
 
-pub const LOOPBACK_IFINDEX: u32 = 1;
+const LOOPBACK_IFINDEX: u32 = 1;
 /// A segment is joined to the receive traced right after it on the same CPU (cgroup_skb
 /// ingress runs before tcp_reset()); allow for the two being reordered by a few ms.
 const JOIN_WINDOW: u64 = 50_000_000;
