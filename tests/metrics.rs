@@ -142,6 +142,7 @@ fn prometheus_scrapes_the_counters_and_the_summary_counts_what_was_printed() {
     );
     eprintln!("prometheus: {unseen}");
     scraped(&prom, "rsttrace_samples_lost_total", "0");
+    scraped(&prom, "rsttrace_program_runs_skipped_total", "0");
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
     let info = scraped(
         &prom,

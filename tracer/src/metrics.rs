@@ -67,6 +67,7 @@ pub struct Metrics {
     registry: Registry,
     resets: Family<ResetLabels, Counter>,
     lost: Counter,
+    skipped_runs: Counter,
     unexplained: Counter,
     label_sets: Mutex<HashSet<ResetLabels>>,
 }
@@ -76,6 +77,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let resets = Family::<ResetLabels, Counter>::default();
         let lost = Counter::default();
+        let skipped_runs = Counter::default();
         let unexplained = Counter::default();
         registry.register(
             "rsttrace_resets",
@@ -86,6 +88,11 @@ impl Metrics {
             "rsttrace_samples_lost",
             "Kernel samples dropped because the ring buffer was full",
             lost.clone(),
+        );
+        registry.register(
+            "rsttrace_program_runs_skipped",
+            "Program runs the kernel skipped (another BPF program was running on that CPU); each may have been a sample",
+            skipped_runs.clone(),
         );
         registry.register(
             "rsttrace_nginx_unexplained",
@@ -104,6 +111,7 @@ impl Metrics {
             registry,
             resets,
             lost,
+            skipped_runs,
             unexplained,
             label_sets: Mutex::new(HashSet::new()),
         }
@@ -126,6 +134,10 @@ impl Metrics {
 
     pub fn lost(&self, samples: u64) {
         self.lost.inc_by(samples);
+    }
+
+    pub fn skipped_runs(&self, runs: u64) {
+        self.skipped_runs.inc_by(runs);
     }
 
     pub fn unexplained(&self) {
@@ -291,6 +303,7 @@ mod tests {
         m.reset(&reset("php-fpm8.2"));
         m.reset(&reset("php-fpm8.2"));
         m.lost(3);
+        m.skipped_runs(2);
         let text = m.encode();
         assert!(
             text.contains(
@@ -299,6 +312,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("rsttrace_samples_lost_total 3"), "{text}");
+        assert!(
+            text.contains("rsttrace_program_runs_skipped_total 2"),
+            "{text}"
+        );
         assert!(
             text.contains("rsttrace_info{version=\"0.1.0\",kernel=\"6.18.0\"} 1"),
             "{text}"

@@ -703,6 +703,7 @@ impl<'a> Session<'a> {
         self.decode_errors_reported = self.decode_errors;
         if let Some(m) = &self.metrics {
             m.lost(lost);
+            m.skipped_runs(skipped);
         }
         let now = self.resolver.offset_ns + i128::from(monotonic_ns());
         self.output

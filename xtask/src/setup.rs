@@ -72,6 +72,7 @@ const TEST_PACKAGES: &[&str] = &[
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
 pub fn setup() -> Result<()> {
+    check_null_device(Path::new("/dev/null"))?;
     let mut did = Vec::new();
     let debian_route = is_debian_bookworm() && apt_has("libstd-rust-web-dev-bpf");
     let mut packages: Vec<&str> = TEST_PACKAGES.to_vec();
@@ -171,6 +172,22 @@ pub fn setup() -> Result<()> {
 }
 
 /// tests/daemonset.rs reads it from here.
+/// A /dev/null that some command replaced with a regular file keeps what is written to it,
+/// and cargo's probe `rustc - --print=cfg` (stdin from /dev/null) then compiles another
+/// build's error messages: "unknown start of token" in the eBPF build, far from the cause.
+fn check_null_device(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+    let meta = fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if meta.file_type().is_char_device() && meta.rdev() == libc::makedev(1, 3) {
+        return Ok(());
+    }
+    bail!(
+        "{} is not the null device (something replaced it, e.g. `mv`/`install`/`cp --remove-destination` onto it as root), \
+         so builds read back what others wrote there; restore it with `rm /dev/null && mknod -m 666 /dev/null c 1 3`",
+        path.display()
+    )
+}
+
 fn kubernetes_validate_dir() -> PathBuf {
     state_dir().join("kubernetes-validate")
 }
@@ -321,4 +338,19 @@ fn output(cmd: &mut Command) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_regular_file_is_not_the_null_device() {
+        assert!(check_null_device(Path::new("/dev/null")).is_ok());
+        let file = std::env::temp_dir().join(format!("xtask-null-{}", std::process::id()));
+        fs::write(&file, "error[E0554]").expect("writing a temporary file");
+        let err = check_null_device(&file).expect_err("a regular file");
+        let _ = fs::remove_file(&file);
+        assert!(err.to_string().contains("mknod -m 666"), "{err}");
+    }
 }

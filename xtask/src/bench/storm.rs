@@ -117,6 +117,22 @@ fn run_once(ctx: &Ctx, plan: &Plan, slot: Slot) -> Result<StormRun> {
         if mode == Mode::Rsttrace {
             let c = count_rsttrace(&t.stdout, &outcome)?;
             (run.reported, run.attributed, run.lost) = (Some(c.0), Some(c.1), Some(c.2));
+            if c.0 != outcome.made || c.2 != 0 || c.1 != c.0 {
+                // The only trace of a reset gone missing: kept for whoever reads the table.
+                let keep = t
+                    .stdout
+                    .with_extension(format!("round{}-pair{}.out", slot.round, slot.pair));
+                std::fs::rename(&t.stdout, &keep)
+                    .with_context(|| format!("keeping {}", t.stdout.display()))?;
+                eprintln!(
+                    "xtask: bench: storm: rsttrace reported {} and lost {} of {} resets made, {} attributed; its output is kept in {}",
+                    c.0,
+                    c.2,
+                    outcome.made,
+                    c.1,
+                    keep.display()
+                );
+            }
         } else {
             run.reported = Some(count_bpftrace(&t.stdout, &outcome)?);
         }
