@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 
 use super::budget;
@@ -14,8 +14,6 @@ use super::tracers::{read_lines, wait_line, Proc, ATTACH_TIMEOUT, STOP_TIMEOUT};
 use super::Ctx;
 
 pub const METHOD: &str = "Start-up: wall time from spawn() to the moment the bench reads rsttrace's `attached` line on its stderr pipe (all hooks attached, reporting); for bpftrace, to its BEGIN printf line on stdout (printed after `Attaching N probes...` once every probe is attached). Runs alternate between the two.";
-
-const SETTLE_BEFORE_STOP: Duration = Duration::from_millis(200);
 
 pub struct Startup {
     pub rsttrace_s: Vec<f64>,
@@ -55,12 +53,12 @@ fn rsttrace(ctx: &Ctx) -> Result<(Duration, Option<f64>)> {
     let rx = read_lines(proc.take_stderr().context("rsttrace's stderr pipe")?);
     let line = wait_line(&rx, "attached", ATTACH_TIMEOUT, "rsttrace")?;
     let wall = line.at.duration_since(t0);
-    // rsttrace prints `attached` before its event loop installs the SIGINT/SIGTERM handlers
-    // (tracer/src/session.rs): a stop signal in that window kills it (status 130) or, if it
-    // lands while tokio subscribes its listener, is lost and rsttrace runs on. Stop it once
-    // that window has passed; the figure is the time to `attached`, not to here.
-    std::thread::sleep(SETTLE_BEFORE_STOP);
-    proc.stop(STOP_TIMEOUT)?;
+    // Its SIGINT/SIGTERM handlers exist before it says `attached` (session::run), so a stop
+    // right away is a clean detach: anything but exit 0 is a fault.
+    let status = proc.stop(STOP_TIMEOUT)?;
+    if !status.success() {
+        bail!("rsttrace stopped right after `attached` exited with {status}");
+    }
     // "rsttrace: attached 9 hooks in 36 ms (ready 50 ms after start); ..."
     let ready_ms = line
         .text

@@ -1,11 +1,12 @@
 //! One run of rsttrace: resolve the kernel's facts, attach, then the event loop — drain
 //! the ring buffer, decode, attribute, filter, render — until stopped, and detach.
+mod resolver;
+mod start;
+
 use std::{
-    collections::HashMap,
     io,
     net::SocketAddr,
-    path::{Path, PathBuf},
-    rc::Rc,
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -16,24 +17,29 @@ use tokio::{
     signal::unix::{signal, SignalKind},
 };
 
+pub use self::start::prepare;
+use self::{
+    resolver::{CgroupCache, ExitedMemcgs, Resolver},
+    start::{announce, watch_from},
+};
 use crate::{
     attribute::Attributor,
     cgroup::MemoryHierarchy,
     decode::Decoder,
     hooks::Capability,
-    host::{in_own_cgroup_namespace, local_addresses, monotonic_ns},
-    kernel::{short_reason_name, KernelFacts},
+    host::{local_addresses, monotonic_ns},
+    kernel::KernelFacts,
     loader,
     metrics::Metrics,
     model::{KernelEvent, Verdict},
     nginx::{Clock, LiveJoin, LogChoice, Released},
     output::{Format, Output},
-    privileges::{drop_attach_capabilities, missing_capabilities},
-    report::{self, CgroupInfo, LostTotals, MemcgInfo, NetnsJson, Resolve},
+    privileges::drop_attach_capabilities,
+    report::{self, LostTotals, Resolve},
     summary::Tally,
     timefmt::realtime_offset_ns,
     unix::ListenerScanner,
-    watch::{self, Watch},
+    watch::Watch,
 };
 
 /// Why rsttrace could not run, by the exit status it deserves.
@@ -87,66 +93,6 @@ pub struct Options {
     pub nginx_log: Option<LogChoice>,
     /// `--metrics`: where to serve /metrics.
     pub metrics: Option<SocketAddr>,
-}
-
-/// Checks that rsttrace can run here and resolves this kernel's facts, with the options
-/// that change which hooks are used applied.
-pub fn prepare(opts: &Options) -> Result<KernelFacts, Failure> {
-    let missing = missing_capabilities()
-        .context("reading this process's capabilities")
-        .fail_with(FailureKind::Unsupported)?;
-    if !missing.is_empty() {
-        return Err(Failure {
-            kind: FailureKind::Unsupported,
-            error: anyhow::anyhow!(
-                "rsttrace loads eBPF programs and attaches them to kernel tracepoints: it needs \
-                 CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN), and lacks {}. Run it as root \
-                 (sudo rsttrace ...) or grant them (systemd: AmbientCapabilities=, see rsttrace(8))",
-                missing.join(" and ")
-            ),
-        });
-    }
-    check_cgroup_root(opts.cgroup_root.as_deref())?;
-    let mut facts =
-        KernelFacts::resolve(opts.cgroup_root.as_deref()).fail_with(FailureKind::Unsupported)?;
-    if opts.syscall_args_at_entry {
-        facts.config.regs_arg = [tracer_ebpf::NO_OFFSET; 4];
-    }
-    if opts.syscall_hooks {
-        facts.force_syscall_hooks();
-    }
-    if opts.no_syscall_hooks {
-        facts.drop_syscall_hooks();
-    }
-    if opts.no_network_hooks {
-        facts.drop_capability(Capability::NetworkEvidence, "--no-network-hooks");
-    }
-    Ok(facts)
-}
-
-/// A `--cgroup-root` must hold the host's memory controller; without one, a cgroup
-/// namespace of our own hides every other container's cgroup: say so.
-fn check_cgroup_root(root: Option<&Path>) -> Result<(), Failure> {
-    match root {
-        Some(dir) if MemoryHierarchy::locate(Some(dir)).is_none() => Err(Failure {
-            kind: FailureKind::Usage,
-            error: anyhow::anyhow!(
-                "--cgroup-root {}: no cgroup file system with the memory controller is \
-                 mounted at or under it (mount the host's /sys/fs/cgroup there)",
-                dir.display()
-            ),
-        }),
-        None if in_own_cgroup_namespace() => {
-            eprintln!(
-                "rsttrace: warning: rsttrace runs in a cgroup namespace of its own, so \
-                 /sys/fs/cgroup shows only its own subtree: an OOM kill in another cgroup's \
-                 limit cannot be told from a global one. Mount the host's /sys/fs/cgroup \
-                 (e.g. at /host/sys/fs/cgroup) and pass --cgroup-root"
-            );
-            Ok(())
-        }
-        _ => Ok(()),
-    }
 }
 
 /// Attaches, reports every reset until stopped, detaches.
@@ -229,210 +175,6 @@ pub fn run(
     runtime
         .block_on(event_loop(session, attached, events, signals, opts))
         .fail_with(FailureKind::Runtime)
-}
-
-fn watch_from(opts: &Options) -> Result<Watch, Failure> {
-    for pid in &opts.pid {
-        if !watch::pid_exists(*pid) {
-            return Err(Failure {
-                kind: FailureKind::Usage,
-                error: anyhow::anyhow!("--pid {pid}: no such process"),
-            });
-        }
-    }
-    let mut watch = Watch::new(opts.pid_of.clone(), opts.pid.iter().copied());
-    if !watch.is_everything() && !watch.names().is_empty() {
-        let found = watch::scan_proc(&watch);
-        if found.is_empty() {
-            eprintln!(
-                "rsttrace: warning: no process named {} yet; watching for it to start",
-                watch.names().join(", ")
-            );
-        }
-        for pid in found {
-            watch.add_pid(pid);
-        }
-    }
-    Ok(watch)
-}
-
-fn announce(
-    facts: &KernelFacts,
-    opts: &Options,
-    watch: &Watch,
-    attached: &loader::Attached,
-    started: Instant,
-) {
-    for state in facts
-        .hooks
-        .iter()
-        .filter(|s| s.status == crate::kernel::Status::Missing)
-    {
-        eprintln!(
-            "rsttrace: warning: {} is missing on this kernel: no {}",
-            state.hook.attach.name(),
-            state.hook.purpose
-        );
-    }
-    // An optional hook the kernel refused costs its capability, not the run: say which.
-    for (hook, why) in &attached.failed {
-        eprintln!(
-            "rsttrace: warning: could not attach {} ({}; `rsttrace --check` shows the kernel's \
-             full answer); running without {}",
-            hook.attach.name(),
-            loader::failure_summary(why),
-            hook.purpose
-        );
-    }
-    let scope = if watch.is_everything() {
-        "reporting every reset received on this host".to_string()
-    } else {
-        let mut parts: Vec<String> = opts.pid_of.iter().map(|n| format!("name {n}*")).collect();
-        parts.extend(opts.pid.iter().map(|p| format!("pid {p}")));
-        format!(
-            "watching {} process(es) matching {}",
-            watch.watched_pids(),
-            parts.join(", ")
-        )
-    };
-    eprintln!(
-        "rsttrace: attached {} hooks in {} ms (ready {} ms after start); {scope}",
-        attached.hooks,
-        attached.elapsed_ms,
-        started.elapsed().as_millis(),
-    );
-    announce_syscall_cost(facts, opts, attached.syscall_hooks);
-}
-
-/// Syscall tracepoints cost every process on the host, not just the traced ones: say so
-/// whenever rsttrace imposes that, and say what is lost when it is told not to.
-fn announce_syscall_cost(facts: &KernelFacts, opts: &Options, count: usize) {
-    if count > 0 {
-        let why = if opts.syscall_hooks {
-            "--syscall-hooks"
-        } else {
-            "this kernel has no sock:sock_recv_length"
-        };
-        eprintln!(
-            "rsttrace: warning: {count} syscall tracepoints in use ({why}): every syscall of \
-             every process on this host takes the kernel's slower traced path while rsttrace \
-             runs (~50 ns each); --no-syscall-hooks avoids that, without unix-socket resets \
-             and seen_by_receiver"
-        );
-    } else if facts.syscall_hooks_dropped() {
-        eprintln!(
-            "rsttrace: note: --no-syscall-hooks on a kernel without sock:sock_recv_length: \
-             unix-socket resets, seen_by_receiver and accept-side socket owners are not reported"
-        );
-    }
-}
-
-/// Names and paths the renderer needs that the pure engine does not have.
-struct Resolver {
-    reasons: HashMap<u32, String>,
-    memory: Option<MemoryHierarchy>,
-    offset_ns: i128,
-    /// Memory cgroups of processes seen exiting: a dead peer's /proc entry is gone by
-    /// the time its verdict is rendered.
-    exited: ExitedMemcgs,
-    /// Interfaces and veth peers of the host's network namespaces, asked rarely (for resets
-    /// no local socket sent), cached briefly.
-    namespaces: std::cell::RefCell<crate::netns::Namespaces>,
-    /// Cgroup paths by pid, read from /proc once per pid: a storm of resets from one
-    /// process must not cost a file read each.
-    cgroups: std::cell::RefCell<CgroupCache>,
-}
-
-/// pid -> cgroup path, bounded; an entry older than a few seconds is read again (a pid
-/// may be reused, a process moved).
-#[derive(Default)]
-struct CgroupCache {
-    by_pid: crate::attribute::FastMap<u32, (Instant, Option<Rc<CgroupInfo>>)>,
-}
-
-impl CgroupCache {
-    const MAX: usize = 4096;
-    const FRESH: Duration = Duration::from_secs(5);
-
-    fn get(
-        &mut self,
-        pid: u32,
-        read: impl FnOnce() -> Option<Rc<CgroupInfo>>,
-    ) -> Option<Rc<CgroupInfo>> {
-        let now = Instant::now();
-        if let Some((at, path)) = self.by_pid.get(&pid) {
-            if now.duration_since(*at) < Self::FRESH {
-                return path.clone();
-            }
-        }
-        if self.by_pid.len() >= Self::MAX {
-            self.by_pid
-                .retain(|_, (at, _)| now.duration_since(*at) < Self::FRESH);
-        }
-        let path = read();
-        self.by_pid.insert(pid, (now, path.clone()));
-        path
-    }
-}
-
-/// pid -> memory cgroup id of recent exits, bounded.
-#[derive(Default)]
-struct ExitedMemcgs {
-    order: std::collections::VecDeque<u32>,
-    by_pid: HashMap<u32, u64>,
-}
-
-impl ExitedMemcgs {
-    const MAX: usize = 4096;
-
-    fn insert(&mut self, pid: u32, memcg_id: u64) {
-        if memcg_id == 0 {
-            return;
-        }
-        if self.by_pid.insert(pid, memcg_id).is_none() {
-            self.order.push_back(pid);
-        }
-        while self.order.len() > Self::MAX {
-            if let Some(old) = self.order.pop_front() {
-                self.by_pid.remove(&old);
-            }
-        }
-    }
-}
-
-impl Resolve for Resolver {
-    fn reason_name(&self, reason: u32) -> Option<&str> {
-        self.reasons.get(&reason).map(|n| short_reason_name(n))
-    }
-    fn memcg(&self, memcg_id: u64) -> Option<MemcgInfo> {
-        self.memory.as_ref()?.describe(memcg_id)
-    }
-    fn wall_time_ns(&self, ktime_ns: u64) -> i128 {
-        i128::from(ktime_ns) + self.offset_ns
-    }
-    fn interface(&self, netns: Option<u32>, ifindex: u32) -> Option<String> {
-        self.namespaces.borrow_mut().interface_name(netns, ifindex)
-    }
-    fn far_side(&self, netns: Option<u32>, ifindex: u32) -> Option<NetnsJson> {
-        let peer = self.namespaces.borrow_mut().veth_peer(netns, ifindex)?;
-        Some(NetnsJson {
-            inode: peer.inode,
-            pid: peer.pid,
-            name: peer.name,
-        })
-    }
-    fn cgroup(&self, pid: u32) -> Option<Rc<CgroupInfo>> {
-        self.cgroups.borrow_mut().get(pid, || {
-            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                .ok()
-                .and_then(|text| crate::container::cgroup_path(&text))
-                .or_else(|| {
-                    let id = *self.exited.by_pid.get(&pid)?;
-                    self.memory.as_ref()?.path_of(id)
-                })
-                .map(|path| Rc::new(CgroupInfo::new(path)))
-        })
-    }
 }
 
 struct Session<'a> {
