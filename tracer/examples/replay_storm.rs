@@ -23,8 +23,9 @@ use anyhow::{Context as _, Result};
 use rsttrace::{
     attribute::Attributor,
     decode::Decoder,
-    kernel::{tracefs::RecordFormat, Layouts},
+    kernel::Layouts,
     model::Verdict,
+    record::RecordFormat,
     report::{self, MemcgInfo, Resolve},
     summary::Tally,
 };

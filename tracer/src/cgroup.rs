@@ -9,8 +9,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::report::MemcgInfo;
-
 /// Where the cgroup2 hierarchy is mounted, from /proc/self/mountinfo: /sys/fs/cgroup on
 /// unified hosts, /sys/fs/cgroup/unified on hybrid ones (systemd's v1 + v2 layout). Its
 /// root directory is the root cgroup, which every socket of the host descends from. With
@@ -36,6 +34,15 @@ fn cgroup2_from_mountinfo(info: &str, under: Option<&Path>) -> Option<PathBuf> {
         (right.split_whitespace().next()? == "cgroup2" && root == "/")
             .then(|| PathBuf::from(mount_point))
     })
+}
+
+/// A memory cgroup as a verdict names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemcgInfo {
+    pub path: String,
+    /// The cgroup whose limit was hit, when it is one (else a global OOM).
+    pub limited_by: Option<String>,
+    pub limit_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug)]

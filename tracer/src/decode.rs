@@ -11,14 +11,12 @@ use tracer_ebpf::{
 };
 
 use crate::{
-    kernel::{
-        tracefs::{Field, RecordFormat},
-        Layouts,
-    },
+    kernel::Layouts,
     model::{
         Baseline, Comm, KernelEvent, OomVictim, ProcessExit, ProcessFork, ResetReceived, ResetSent,
         Role, RstSegment, SignalGenerated, SocketError, SocketRefused, Task, UnixListen, UnixPeer,
     },
+    record::{Field, RecordFormat},
 };
 
 const AF_INET: u16 = 2;

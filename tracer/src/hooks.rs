@@ -4,7 +4,7 @@
 //! is adding one entry here (and its program, event type, decoder arm and engine room).
 use tracer_ebpf::{event::EventKind, Config, NO_OFFSET};
 
-use crate::kernel::tracefs::RecordFormat;
+use crate::record::RecordFormat;
 
 /// What rsttrace can tell; every hook serves one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -21,6 +21,7 @@ pub mod nginx;
 pub mod output;
 pub mod privileges;
 pub mod procfs;
+pub mod record;
 pub mod report;
 pub mod session;
 pub mod summary;

@@ -664,3 +664,20 @@ mod comm_tests {
         assert_eq!(format!("{:?}", Comm::from("a\"b")), "\"a\\\"b\"");
     }
 }
+
+/// sk_rst_reason names in the form users know from the kernel's tracepoint output:
+/// `SK_RST_REASON_TCP_ABORT_ON_CLOSE` -> `TCP_ABORT_ON_CLOSE`.
+pub fn short_reason_name(name: &str) -> &str {
+    name.strip_prefix("SK_RST_REASON_").unwrap_or(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_names_lose_their_prefix() {
+        assert_eq!(short_reason_name("SK_RST_REASON_NO_SOCKET"), "NO_SOCKET");
+        assert_eq!(short_reason_name("TCP_STATE"), "TCP_STATE");
+    }
+}

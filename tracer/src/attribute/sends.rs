@@ -2,10 +2,7 @@
 //! cause — unless a death explains it better (see [`super::deaths`]).
 use std::collections::HashMap;
 
-use crate::{
-    kernel::short_reason_name,
-    model::{Attribution, Cause, ResetSent, Task},
-};
+use crate::model::{short_reason_name, Attribution, Cause, ResetSent, Task};
 
 use super::deaths::Deaths;
 

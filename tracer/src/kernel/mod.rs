@@ -12,9 +12,12 @@ use std::{
 use anyhow::{bail, Result};
 use tracer_ebpf::{event::EventKind, Config, NO_OFFSET};
 
-use crate::hooks::{Attach, Capability, Hook, Tier, HOOKS};
+use crate::{
+    hooks::{Attach, Capability, Hook, Tier, HOOKS},
+    record::RecordFormat,
+};
 use btf::Vmlinux;
-use tracefs::{RecordFormat, Tracefs};
+use tracefs::Tracefs;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -387,21 +390,9 @@ fn choose_receiver_error_hooks(hooks: &mut [HookState]) {
     }
 }
 
-/// sk_rst_reason names in the form users know from the kernel's tracepoint output:
-/// `SK_RST_REASON_TCP_ABORT_ON_CLOSE` -> `TCP_ABORT_ON_CLOSE`.
-pub fn short_reason_name(name: &str) -> &str {
-    name.strip_prefix("SK_RST_REASON_").unwrap_or(name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reason_names_lose_their_prefix() {
-        assert_eq!(short_reason_name("SK_RST_REASON_NO_SOCKET"), "NO_SOCKET");
-        assert_eq!(short_reason_name("TCP_STATE"), "TCP_STATE");
-    }
 
     fn states(socket_io: Status) -> Vec<HookState> {
         HOOKS

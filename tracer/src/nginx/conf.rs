@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use super::discover::resolve_in_root;
+use super::root::resolve_in_root;
 
 /// A directive as written: its name, arguments, and whether it sits at the top level.
 #[derive(Debug, Clone, PartialEq, Eq)]

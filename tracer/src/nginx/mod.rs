@@ -28,6 +28,7 @@ pub mod follow;
 pub mod join;
 pub mod live;
 pub mod parse;
+mod root;
 pub mod stage;
 pub mod time;
 pub mod upstream;

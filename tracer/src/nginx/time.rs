@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use jiff::civil::DateTime;
 use jiff::tz::TimeZone;
 
-use super::discover::resolve_in_root;
+use super::root::resolve_in_root;
 
 /// The time at the start of an nginx error.log line (`ngx_cached_err_log_time`, updated once
 /// per event loop iteration: it can lag the event by the loop's latency).

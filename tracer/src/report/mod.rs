@@ -9,6 +9,7 @@ use std::{borrow::Cow, rc::Rc};
 
 use serde::{ser::SerializeStruct as _, Serialize, Serializer};
 
+pub use crate::cgroup::MemcgInfo;
 pub use nginx::{
     nginx_json, unexplained_json, LostTotals, NginxJson, SummaryJson, UnexplainedJson,
 };
@@ -55,14 +56,6 @@ pub struct NetnsJson {
     pub pid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MemcgInfo {
-    pub path: String,
-    /// The cgroup whose limit was hit, when it is one (else a global OOM).
-    pub limited_by: Option<String>,
-    pub limit_bytes: Option<u64>,
 }
 
 /// A process's cgroup path and the container that path says it runs in.

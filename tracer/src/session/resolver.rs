@@ -10,7 +10,7 @@ use std::{
 
 use crate::{
     cgroup::MemoryHierarchy,
-    kernel::short_reason_name,
+    model::short_reason_name,
     netns::Namespaces,
     report::{CgroupInfo, MemcgInfo, NetnsJson, Resolve},
 };

@@ -19,7 +19,7 @@ impl Resolve for Fixed {
     fn reason_name(&self, reason: u32) -> Option<&str> {
         self.reasons
             .get(&reason)
-            .map(|n| crate::kernel::short_reason_name(n))
+            .map(|n| crate::model::short_reason_name(n))
     }
     fn memcg(&self, memcg_id: u64) -> Option<MemcgInfo> {
         (memcg_id == 77).then(|| MemcgInfo {
