@@ -171,7 +171,6 @@ pub fn setup() -> Result<()> {
     Ok(())
 }
 
-/// tests/daemonset.rs reads it from here.
 /// A /dev/null that some command replaced with a regular file keeps what is written to it,
 /// and cargo's probe `rustc - --print=cfg` (stdin from /dev/null) then compiles another
 /// build's error messages: "unknown start of token" in the eBPF build, far from the cause.
@@ -188,6 +187,7 @@ fn check_null_device(path: &Path) -> Result<()> {
     )
 }
 
+/// tests/daemonset.rs reads it from here.
 fn kubernetes_validate_dir() -> PathBuf {
     state_dir().join("kubernetes-validate")
 }

@@ -1,6 +1,7 @@
 //! Everything that depends on the running kernel, resolved once at start and passed down
 //! as data: which hooks of the catalogue exist and will be attached, tracepoint record
-//! layouts ([`tracefs`]), struct offsets and enum names ([`btf`]).
+//! layouts (read by [`tracefs`], parsed by [`crate::record`]), struct offsets and enum names
+//! ([`btf`]).
 pub mod btf;
 pub mod tracefs;
 

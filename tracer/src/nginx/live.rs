@@ -32,8 +32,8 @@ pub struct LiveJoin<P = Verdict> {
     discovering: bool,
     last_scan: Instant,
     last_refresh: Option<Instant>,
-    /// What start-up found, said after rsttrace's `attached` line (the one users and
-    /// scripts wait for comes first).
+    /// What start-up found, kept until [`Self::announce`]: rsttrace says it before its
+    /// `attached` line, which ends start-up for whoever waits for it.
     start_notes: Vec<String>,
 }
 

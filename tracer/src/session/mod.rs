@@ -440,8 +440,10 @@ impl<'a> Session<'a> {
         if lost == 0 && decode == 0 && skipped == 0 {
             return Ok(());
         }
-        self.lost_reported = lost_total;
-        self.skipped_reported = skipped_total;
+        // Totals only grow; a figure read short once (a program's fdinfo unreadable) must
+        // not make the next report count the difference again.
+        self.lost_reported = self.lost_reported.max(lost_total);
+        self.skipped_reported = self.skipped_reported.max(skipped_total);
         self.decode_errors_reported = self.decode_errors;
         if let Some(m) = &self.metrics {
             m.lost(lost);

@@ -17,7 +17,7 @@ use super::hookcost::HookCost;
 use super::pairs::{self, Sample, Slot};
 use super::stats::{endpoint_port, show, Spread};
 use super::table::{HookRow, Row, Verdict};
-use super::tracers::{Mode, Running};
+use super::tracers::{FileTracer, Mode, Running};
 use super::Ctx;
 
 pub const METHOD: &str = "Reset storm: one thread (pinned) connects to a 127.0.0.1 listener, accepts, writes 1 byte, sets SO_LINGER 0 on the accepted socket and closes it with the byte unread (kernel RST, TCP_ABORT_ON_CLOSE); a reset counts as made only when the client's read fails with ECONNRESET, and the kernel's TcpExt TCPAbortOnClose delta is kept beside it. Each round runs it beside nothing, the floor, rsttrace (unfiltered, --format json to a file) and bpftrace (printing pid/comm/ports/reason of both reset tracepoints to a file), in an order rotating every round. CPU cost ratio = (generator thread CPU + ksoftirqd CPU + tracer process CPU from attach until drained) per reset / the same with nothing attached in that round; CPU from the scheduler's clocks (CLOCK_THREAD_CPUTIME_ID, clock_getcpuclockid). Reported = rsttrace reset lines whose remote port is the generator's listener; lost = sum of its `lost` events' count and skipped_runs (program runs the kernel skipped, each possibly a sample).";
@@ -118,20 +118,7 @@ fn run_once(ctx: &Ctx, plan: &Plan, slot: Slot) -> Result<StormRun> {
             let c = count_rsttrace(&t.stdout, &outcome)?;
             (run.reported, run.attributed, run.lost) = (Some(c.0), Some(c.1), Some(c.2));
             if c.0 != outcome.made || c.2 != 0 || c.1 != c.0 {
-                // The only trace of a reset gone missing: kept for whoever reads the table.
-                let keep = t
-                    .stdout
-                    .with_extension(format!("round{}-pair{}.out", slot.round, slot.pair));
-                std::fs::rename(&t.stdout, &keep)
-                    .with_context(|| format!("keeping {}", t.stdout.display()))?;
-                eprintln!(
-                    "xtask: bench: storm: rsttrace reported {} and lost {} of {} resets made, {} attributed; its output is kept in {}",
-                    c.0,
-                    c.2,
-                    outcome.made,
-                    c.1,
-                    keep.display()
-                );
+                keep_output(ctx, &t, slot, &outcome, c);
             }
         } else {
             run.reported = Some(count_bpftrace(&t.stdout, &outcome)?);
@@ -139,6 +126,33 @@ fn run_once(ctx: &Ctx, plan: &Plan, slot: Slot) -> Result<StormRun> {
         t.remove_files();
     }
     Ok(run)
+}
+
+/// The only trace of a reset gone missing: rsttrace's stdout and stderr of that run, moved
+/// out of the bench's scratch directory (removed at the end) into target/bench, and named.
+fn keep_output(ctx: &Ctx, t: &FileTracer, slot: Slot, outcome: &Outcome, c: (u64, u64, u64)) {
+    let dir = ctx.tmp.parent().unwrap_or(&ctx.tmp);
+    let stem = format!(
+        "storm-rsttrace-round{}-pair{}",
+        slot.round + 1,
+        slot.pair + 1
+    );
+    let mut kept = Vec::new();
+    for (from, ext) in [(&t.stdout, "out"), (&t.stderr, "err")] {
+        let to = dir.join(format!("{stem}.{ext}"));
+        match std::fs::rename(from, &to) {
+            Ok(()) => kept.push(to.display().to_string()),
+            Err(e) => eprintln!("xtask: bench: could not keep {}: {e}", from.display()),
+        }
+    }
+    eprintln!(
+        "xtask: bench: storm: rsttrace reported {} and lost {} of {} resets made, {} attributed; kept: {}",
+        c.0,
+        c.2,
+        outcome.made,
+        c.1,
+        kept.join(", ")
+    );
 }
 
 /// rsttrace's output: (reset lines for the listener, of those attributed `abort` to this
