@@ -519,18 +519,8 @@ fn sockaddr(b: &[u8]) -> Result<SocketAddr> {
 mod tests {
     use super::*;
     use crate::kernel::Layouts;
+    use crate::record::tests::SEND_RESET_6_18;
     use tracer_ebpf::event::{RESET_RECEIVED_RECORD, RESET_SENT_RECORD, UNIX_ADDR_LEN};
-
-    const SEND_RESET_6_18: &str = "format:
-	field:unsigned short common_type;	offset:0;	size:2;	signed:0;
-	field:int common_pid;	offset:4;	size:4;	signed:1;
-	field:const void * skbaddr;	offset:8;	size:8;	signed:0;
-	field:const void * skaddr;	offset:16;	size:8;	signed:0;
-	field:int state;	offset:24;	size:4;	signed:1;
-	field:enum sk_rst_reason reason;	offset:28;	size:4;	signed:0;
-	field:__u8 saddr[28];	offset:32;	size:28;	signed:0;
-	field:__u8 daddr[28];	offset:60;	size:28;	signed:0;
-";
 
     /// Debian 12's 6.1 (and everything before ~6.10): ports and family, no reason.
     const SEND_RESET_6_1: &str = "format:

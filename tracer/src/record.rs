@@ -98,10 +98,12 @@ fn field_name(decl: &str) -> Option<&str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    pub const SEND_RESET_6_18: &str = "name: tcp_send_reset
+    /// tcp:tcp_send_reset's format file on 6.18, as the kernel prints it; the decoder's
+    /// tests read it too.
+    pub(crate) const SEND_RESET_6_18: &str = "name: tcp_send_reset
 ID: 2280
 format:
 	field:unsigned short common_type;	offset:0;	size:2;	signed:0;
