@@ -296,6 +296,34 @@ fn a_reject_in_nginx_own_output_chain_is_the_local_firewall() {
     tool.stop().expect("rsttrace exits 0");
 }
 
+/// The same REJECT with the packet hook left out: nothing tells it from a remote sender, so
+/// the verdict must not point away from this host (a wrong hint is worse than none).
+#[test]
+fn without_the_packet_hook_a_local_reject_is_not_ruled_out() {
+    require_root();
+    let topo = Topology::create().expect("creating the topology");
+    let (gunicorn, nginx) = gunicorn_behind_nginx(&topo);
+    let mut tool = Rsttrace::start(&["--no-network-hooks"]).expect("starting rsttrace");
+    let py4 = gunicorn.addrs()[0];
+    let reject = reject_tcp_to(topo.client(), "OUTPUT", py4);
+    assert_eq!(get(topo.client(), &nginx, "/py/ok"), 502);
+    assert_error_log(&nginx, "connect() failed (111: Connection refused)");
+    reject
+        .wait_packets_above(0, REPORT_TIMEOUT)
+        .expect("the REJECT rule fired");
+
+    let event = nginx_reset(&tool, py4);
+    assert_eq!(event["cause"], "network", "{event}");
+    assert!(
+        event.get("network").is_none(),
+        "no segment was sampled: {event}"
+    );
+    let hint = event["hint"].as_str().unwrap_or_default();
+    assert!(hint.contains("this host's own firewall"), "{event}");
+    assert!(hint.contains("--no-network-hooks"), "{event}");
+    tool.stop().expect("rsttrace exits 0");
+}
+
 /// php-fpm (TCP) in the backend namespace, in a docker-shaped cgroup with a memory limit,
 /// behind nginx in the client namespace.
 fn php_fpm_in_a_container(

@@ -551,6 +551,22 @@ pub struct Attribution {
     pub network: Option<NetworkEvidence>,
     /// The TCP reset's send was traced on this host (and explains it).
     pub send_traced: bool,
+    /// What this run could not see, for a TCP reset no traced send explains: the hint
+    /// names only the senders that could have escaped it here.
+    pub unseen: Unseen,
+}
+
+/// Senders of a TCP reset that this run cannot see, for a reset no traced send explains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Unseen {
+    /// The kernel's own answer for a closed port or a connection already gone: traced only
+    /// since the tcp_send_reset tracepoint took a NULL sk (6.9, just before enum
+    /// sk_rst_reason); a netfilter REJECT then looks the same on the wire.
+    pub no_socket_sends: bool,
+    /// RST segments are not sampled (the packet hook is not attached), so a netfilter
+    /// REJECT, never traced as a send (nf_send_reset(), net/ipv4/netfilter/nf_reject_ipv4.c),
+    /// is not told apart.
+    pub segments: bool,
 }
 
 /// Where a reset no local process sent came from, as its segment tells.
@@ -643,6 +659,7 @@ impl Attribution {
             peer_netns: None,
             network: None,
             send_traced: false,
+            unseen: Unseen::default(),
         }
     }
 }

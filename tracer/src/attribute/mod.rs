@@ -38,7 +38,9 @@ pub use network::{hops_away, hops_closer, initial_ttl};
 pub use pairing::RECEIVE_WAIT;
 pub use seen::SEEN_WAIT;
 
-use crate::model::{Attribution, Cause, KernelEvent, ResetReceived, ResetSent, Transport, Verdict};
+use crate::model::{
+    Attribution, Cause, KernelEvent, ResetReceived, ResetSent, Transport, Unseen, Verdict,
+};
 use deaths::Deaths;
 use network::Segments;
 use pairing::{canon_ip, Pairing};
@@ -69,6 +71,8 @@ pub struct Attributor {
     unix: UnixResets,
     seen: SeenGate,
     refusals: Refusals,
+    /// Whether RST segments are sampled (the packet hook is attached).
+    segments_traced: bool,
     events_seen: u64,
 }
 
@@ -85,8 +89,15 @@ impl Attributor {
             unix: UnixResets::default(),
             seen: SeenGate::default(),
             refusals: Refusals::default(),
+            segments_traced: true,
             events_seen: 0,
         }
+    }
+
+    /// Whether RST segments are sampled; without them a local firewall's reset is not told
+    /// apart from a lost sample, and the verdict says so.
+    pub fn set_segments_traced(&mut self, traced: bool) {
+        self.segments_traced = traced;
     }
 
     /// Whether the receiver's socket calls are traced; without them `seen_by_receiver`
@@ -185,6 +196,10 @@ impl Attributor {
                     Some(e) if e.origin.made_here() => Cause::Network,
                     _ if local => Cause::Unknown,
                     _ => Cause::Network,
+                };
+                a.unseen = Unseen {
+                    no_socket_sends: !self.reasons.traces_no_socket_sends(),
+                    segments: !self.segments_traced,
                 };
                 a.network = evidence;
             }

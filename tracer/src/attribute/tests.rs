@@ -382,6 +382,36 @@ fn reset_from_a_remote_host_is_the_network() {
     assert_eq!(a.cause.kind(), CauseKind::Network);
 }
 
+/// Without the packet hook a reset from a remote address may still be this host's own
+/// REJECT (an OUTPUT rule to a container's address): the hint says so.
+#[test]
+fn a_remote_reset_without_segments_may_be_this_hosts_firewall() {
+    let mut engine = Attributor::new(&reasons(), HashSet::new());
+    engine.set_segments_traced(false);
+    let mut out = Vec::new();
+    engine.observe(
+        KernelEvent::ResetReceived(ResetReceived {
+            time_ns: 1,
+            current: task(0, "swapper/0"),
+            owner: Some(nginx()),
+            owner_role: None,
+            sk: 0xa,
+            local: addr("10.0.0.1:43210"),
+            remote: addr("192.0.2.7:443"),
+            sock_cookie: None,
+            rcv_nxt: None,
+            netns: None,
+        }),
+        &mut out,
+    );
+    engine.expire(u64::MAX, &mut out);
+    let out = resets(&out);
+    golden::check(&out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].cause.kind(), CauseKind::Network);
+    assert!(out[0].unseen.segments);
+}
+
 #[test]
 fn local_reset_without_a_send_is_unknown_after_the_wait() {
     let mut engine = Attributor::new(&reasons(), HashSet::new());
@@ -401,6 +431,39 @@ fn local_reset_without_a_send_is_unknown_after_the_wait() {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].seen_by_receiver, Some(false));
     assert_eq!(out[0].cause.kind(), CauseKind::Unknown);
+}
+
+/// Before 6.10 the kernel's answer for a closed port goes untraced, and so does a REJECT:
+/// the hint names both, not only a loss.
+#[test]
+fn an_unexplained_local_reset_before_6_10_names_the_untraced_kernel_answer() {
+    let mut engine = Attributor::new(&HashMap::new(), HashSet::new());
+    let mut out = Vec::new();
+    engine.observe(received(1_000), &mut out);
+    engine.expire(u64::MAX, &mut out);
+    let out = resets(&out);
+    golden::check(&out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].cause.kind(), CauseKind::Unknown);
+    assert!(out[0].unseen.no_socket_sends);
+    assert!(!out[0].unseen.segments);
+}
+
+/// On 6.10+ without the packet hook (no CAP_NET_ADMIN, or the kernel refused it) a local
+/// REJECT is still possible: the hint must not send the operator to lost samples only.
+#[test]
+fn an_unexplained_local_reset_without_segments_names_the_local_firewall() {
+    let mut engine = Attributor::new(&reasons(), HashSet::new());
+    engine.set_segments_traced(false);
+    let mut out = Vec::new();
+    engine.observe(received(1_000), &mut out);
+    engine.expire(u64::MAX, &mut out);
+    let out = resets(&out);
+    golden::check(&out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].cause.kind(), CauseKind::Unknown);
+    assert!(!out[0].unseen.no_socket_sends);
+    assert!(out[0].unseen.segments);
 }
 
 #[test]

@@ -235,6 +235,12 @@ impl KernelFacts {
             .any(|h| h.capability == Capability::ReceiverErrors && h.tier != Tier::ArgumentRecorder)
     }
 
+    /// Whether RST segments are sampled (TTL, IP ID, interface): the packet hook.
+    pub fn traces_rst_segments(&self) -> bool {
+        self.attached()
+            .any(|h| h.capability == Capability::NetworkEvidence)
+    }
+
     /// Whether listen() is traced (else unix listeners are found by rescanning /proc).
     pub fn traces_listen(&self) -> bool {
         self.attached()

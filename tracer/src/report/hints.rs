@@ -2,7 +2,7 @@
 //! the engine: they are words for the operator, chosen from the verdict's evidence.
 use std::borrow::Cow;
 
-use crate::model::{Attribution, Cause, Role, Task};
+use crate::model::{Attribution, Cause, Role, Task, Unseen};
 
 use super::{NetworkJson, OomJson};
 
@@ -87,12 +87,37 @@ fn upstream_hint(
         Cause::NoSocket if !a.send_traced => "Nothing was listening at the remote address (the upstream is down or restarting, or nginx points at the wrong port), or a firewall REJECT on this host refused the connection: the reset's sender was not traced.".into(),
         Cause::NoSocket => "Nothing was listening at the remote address: the upstream is down or restarting, or nginx points at the wrong port.".into(),
         Cause::Kernel => kernel_hint(reason),
-        Cause::Network => "The reset came from another host or a device in the path (firewall, load balancer, conntrack): capture on the wire to see which.".into(),
-        // Netfilter's REJECT is never traced as a send, and before 6.10 neither is the
-        // kernel's answer for a closed port or connection (tcp_v4_send_reset(),
-        // net/ipv4/tcp_ipv4.c); on 6.10+ the segment tells a REJECT apart (LocalFirewall).
-        Cause::Unknown if a.transport == crate::model::Transport::Tcp => "A reset from this host that no traced send explains: on kernels before 6.10, the kernel's answer for a closed port or connection, or a local firewall REJECT (neither is traced there); else a lost sample (check for `lost` events and run `rsttrace --check`).".into(),
+        Cause::Network => network_unseen_hint(a.unseen).into(),
+        Cause::Unknown if a.transport == crate::model::Transport::Tcp => unknown_tcp_hint(a.unseen).into(),
         Cause::Unknown => "A local reset whose sender rsttrace did not see; check for `lost` events and run `rsttrace --check`.".into(),
+    }
+}
+
+/// A reset from a remote address that no traced send explains and whose segment said
+/// nothing: this host's own firewall is among the senders unless the segment could have
+/// told it apart.
+fn network_unseen_hint(unseen: Unseen) -> &'static str {
+    if unseen.segments {
+        "The reset came from another host, a device in the path (firewall, load balancer, conntrack) or this host's own firewall: the packet hook that tells them apart is not attached (--no-network-hooks, or refused at start: see rsttrace's warnings). Look at `iptables -S` / `nft list ruleset` here, and capture on the wire."
+    } else if unseen.no_socket_sends {
+        "The reset came from another host, a device in the path (firewall, load balancer, conntrack), or this host's own firewall or its kernel answering for a closed port (before 6.10 neither is traced, and they look alike). Look at `iptables -S` / `nft list ruleset` here, and capture on the wire."
+    } else {
+        "The reset came from another host or a device in the path (firewall, load balancer, conntrack): capture on the wire to see which."
+    }
+}
+
+/// A local TCP reset that no traced send explains, by what this run could not see.
+/// Netfilter's REJECT is never traced as a send (nf_send_reset(),
+/// net/ipv4/netfilter/nf_reject_ipv4.c), and before 6.10 neither is the kernel's answer for
+/// a closed port or connection (tcp_v4_send_reset(), net/ipv4/tcp_ipv4.c); where both
+/// are seen, the segment tells a REJECT apart (`local_firewall`), and only a loss is left.
+fn unknown_tcp_hint(unseen: Unseen) -> &'static str {
+    if unseen.no_socket_sends {
+        "A reset from this host that no traced send explains: this kernel (before 6.10) does not trace its own answer for a closed port or a connection already gone, nor can a local firewall REJECT be told apart from it; else a lost sample (check for `lost` events and run `rsttrace --check`)."
+    } else if unseen.segments {
+        "A reset from this host that no traced send explains: a local firewall REJECT (netfilter's resets are never traced as sends, and the packet hook that tells them apart is not attached: see rsttrace's start-up warnings), or a lost sample (check for `lost` events and run `rsttrace --check`)."
+    } else {
+        "A reset from this host that neither a traced send nor its segment explains: check for `lost` events and run `rsttrace --check`; if neither shows a gap, rsttrace could not pair this reset (please report it with this line)."
     }
 }
 

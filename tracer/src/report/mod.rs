@@ -529,6 +529,7 @@ mod tests {
             peer_netns: None,
             network: None,
             send_traced: false,
+            unseen: Default::default(),
         }
     }
 

@@ -169,6 +169,14 @@ pub fn run(
     }
     announce(facts, opts, &watch, &attached, started);
     let mut session = Session::new(facts, opts, watch);
+    // An optional hook the kernel refused is in `failed`, not among the facts' hooks.
+    let segments_refused = attached
+        .failed
+        .iter()
+        .any(|(h, _)| h.capability == Capability::NetworkEvidence);
+    session
+        .attributor
+        .set_segments_traced(facts.traces_rst_segments() && !segments_refused);
     session.nginx = nginx;
     session.metrics = metrics.map(|(m, _)| m);
     session.seed_listeners();
