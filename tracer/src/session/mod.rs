@@ -122,10 +122,13 @@ pub fn run(
     // Still one thread (the preload thread has ended): the event loop's runtime is built
     // below. Naming interfaces of other network namespaces enters them (setns), which
     // needs CAP_SYS_ADMIN for as long as network evidence is reported.
-    let keep_sys_admin = facts
-        .attached()
-        .any(|h| h.capability == Capability::NetworkEvidence);
-    if let Err(e) = drop_attach_capabilities(keep_sys_admin) {
+    // An optional hook the kernel refused is in `failed`, not among the facts' hooks.
+    let segments_traced = facts.traces_rst_segments()
+        && !attached
+            .failed
+            .iter()
+            .any(|(h, _)| h.capability == Capability::NetworkEvidence);
+    if let Err(e) = drop_attach_capabilities(segments_traced) {
         eprintln!(
             "rsttrace: warning: could not give up the capabilities only attaching needs: {e}"
         );
@@ -169,14 +172,7 @@ pub fn run(
     }
     announce(facts, opts, &watch, &attached, started);
     let mut session = Session::new(facts, opts, watch);
-    // An optional hook the kernel refused is in `failed`, not among the facts' hooks.
-    let segments_refused = attached
-        .failed
-        .iter()
-        .any(|(h, _)| h.capability == Capability::NetworkEvidence);
-    session
-        .attributor
-        .set_segments_traced(facts.traces_rst_segments() && !segments_refused);
+    session.attributor.set_segments_traced(segments_traced);
     session.nginx = nginx;
     session.metrics = metrics.map(|(m, _)| m);
     session.seed_listeners();
