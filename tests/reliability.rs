@@ -242,6 +242,71 @@ fn quiet_exit_when_the_reader_closes_the_pipe() {
     );
 }
 
+/// `rsttrace ... 2>&1 | head -3`: the reader of stderr goes away; rsttrace still stops with
+/// 0 on its signal (eprintln! would panic on the closed pipe, exit 101).
+#[test]
+fn a_closed_stderr_is_no_failure() {
+    require_root();
+    let bin = std::env::var(RSTTRACE_BIN_ENV).expect("RSTTRACE_BIN (run through cargo xtask test)");
+    let mut child = Command::new(bin)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting rsttrace");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    loop {
+        let mut line = String::new();
+        let n = stderr.read_line(&mut line).expect("reading stderr");
+        assert!(n > 0, "rsttrace ended before attaching");
+        if line.contains("attached") {
+            break;
+        }
+    }
+    drop(stderr);
+    closed_port_reset();
+    // SAFETY: a plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "rsttrace did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+/// `--count 1` with three resets in one batch: one line, then rsttrace stops by itself and
+/// prints no reset it drains or flushes on the way out.
+#[test]
+fn count_prints_that_many_and_no_more() {
+    require_root();
+    let mut tool = Rsttrace::start(&["--count", "1"]).expect("starting rsttrace");
+    let ports: Vec<u16> = (0..3).map(|_| closed_port_reset()).collect();
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline
+        && tool
+            .try_events()
+            .map_or(true, |e| !e.iter().any(|e| e["event"] == "summary"))
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let events = tool.stop().expect("rsttrace exits 0 by itself");
+    let resets: Vec<&Value> = events.iter().filter(|e| e["event"] == "reset").collect();
+    assert_eq!(resets.len(), 1, "{}", tool.report());
+    assert!(
+        ports.iter().any(|p| has_reset_from(&events, *p)),
+        "{}",
+        tool.report()
+    );
+    assert!(
+        events.iter().any(|e| e["event"] == "summary"),
+        "stopped by --count, with its summary: {}",
+        tool.report()
+    );
+}
+
 #[test]
 fn pid_of_follows_a_restarted_php_fpm() {
     require_root();

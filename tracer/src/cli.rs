@@ -68,7 +68,8 @@ pub struct Args {
     /// Stop after this long (e.g. 30s, 5m, 1h).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
-    /// Stop after this many resets.
+    /// Stop after this many resets (or refused connections) are printed; none is printed
+    /// after them.
     #[arg(long)]
     count: Option<u64>,
     /// Kernel ring buffer size in KiB (power of two, >= 4).

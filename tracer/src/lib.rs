@@ -4,6 +4,17 @@
 //! buffer ([`loader`]) -> [`decode`] -> [`attribute`] (pure) -> [`report`] (JSON lines /
 //! text) -> [`output`]. Everything that depends on the running kernel is resolved once, in
 //! [`kernel`]; [`session`] runs the loop and [`check`] renders `--check`.
+/// Writes one line to stderr and ignores a failure to: `eprintln!` panics when stderr is a
+/// closed pipe (`rsttrace 2>&1 | head`), which would turn a reader going away into exit
+/// 101. What stdout's closure means is decided where stdout is written.
+#[macro_export]
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::writeln!(::std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod attribute;
 pub mod cgroup;
 pub mod check;

@@ -82,7 +82,7 @@ fn load_and_attach(
             // Other programs would be refused just the same.
             Err(err) if is_permission_error(&err) => return Err(explain_refusal(err)),
             Err(err) => {
-                eprintln!(
+                crate::note!(
                     "rsttrace: note: reading syscall arguments from registers is not possible \
                      here ({err:#}); recording them at syscall entry instead"
                 );

@@ -31,7 +31,7 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::from(EXIT_OK),
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::from(EXIT_OK),
             Err(e) => {
-                eprintln!("rsttrace: error: writing to stdout: {e}");
+                rsttrace::note!("rsttrace: error: writing to stdout: {e}");
                 ExitCode::from(EXIT_RUNTIME)
             }
         };
@@ -51,7 +51,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(Failure { kind, error }) => {
-            eprintln!("rsttrace: error: {error:#}");
+            rsttrace::note!("rsttrace: error: {error:#}");
             ExitCode::from(match kind {
                 FailureKind::Runtime => EXIT_RUNTIME,
                 FailureKind::Usage => EXIT_USAGE,

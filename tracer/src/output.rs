@@ -114,7 +114,7 @@ impl Output {
         match self.format {
             Format::Json => self.json(&json),
             Format::Text => {
-                eprintln!("{}", report::render_summary_text(json));
+                crate::note!("{}", report::render_summary_text(json));
                 Ok(())
             }
         }

@@ -171,7 +171,7 @@ mod tests {
                 std::env::var_os("CI").is_none(),
                 "{VMLINUX_BTF} is missing on a CI machine"
             );
-            eprintln!(
+            crate::note!(
                 "no {VMLINUX_BTF}: skipping the live BTF check (the decoder tests still run)"
             );
             return;

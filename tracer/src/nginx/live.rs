@@ -90,7 +90,7 @@ impl<P: Borrow<Verdict>> LiveJoin<P> {
     /// Says on stderr what start-up found.
     pub fn announce(&mut self) {
         for note in self.start_notes.drain(..) {
-            eprintln!("rsttrace: {note}");
+            crate::note!("rsttrace: {note}");
         }
     }
 
@@ -120,7 +120,7 @@ impl<P: Borrow<Verdict>> LiveJoin<P> {
     pub fn tick(&mut self, now: Clock, out: &mut Vec<Released<P>>) {
         let lines = self.follower.poll();
         for notice in self.follower.take_notices() {
-            eprintln!("rsttrace: {}", self.say(&notice));
+            crate::note!("rsttrace: {}", self.say(&notice));
         }
         if !lines.is_empty() {
             self.stage.lines(lines, now, out);
@@ -130,7 +130,7 @@ impl<P: Borrow<Verdict>> LiveJoin<P> {
         }
         self.stage.tick(now, out);
         for note in self.stage.take_notes() {
-            eprintln!("rsttrace: {note}");
+            crate::note!("rsttrace: {note}");
         }
         if self.last_scan.elapsed() >= RESCAN {
             self.rescan();

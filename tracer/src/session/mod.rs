@@ -129,7 +129,7 @@ pub fn run(
             .iter()
             .any(|(h, _)| h.capability == Capability::NetworkEvidence);
     if let Err(e) = drop_attach_capabilities(segments_traced) {
-        eprintln!(
+        crate::note!(
             "rsttrace: warning: could not give up the capabilities only attaching needs: {e}"
         );
     }
@@ -168,7 +168,7 @@ pub fn run(
         n
     });
     if let Some((_, Some(addr))) = &metrics {
-        eprintln!("rsttrace: serving metrics on http://{addr}/metrics");
+        crate::note!("rsttrace: serving metrics on http://{addr}/metrics");
     }
     announce(facts, opts, &watch, &attached, started);
     let mut session = Session::new(facts, opts, watch);
@@ -191,6 +191,8 @@ struct Session<'a> {
     listener_scanner: Option<ListenerScanner>,
     debug_events: bool,
     reported: u64,
+    /// --count: how many resets and refusals to print.
+    limit: Option<u64>,
     lost_reported: u64,
     skipped_reported: u64,
     decode_errors: u64,
@@ -224,6 +226,7 @@ impl<'a> Session<'a> {
             listener_scanner: (!facts.traces_listen()).then(ListenerScanner::default),
             debug_events: opts.debug_events,
             reported: 0,
+            limit: opts.count,
             lost_reported: 0,
             skipped_reported: 0,
             decode_errors: 0,
@@ -243,7 +246,7 @@ impl<'a> Session<'a> {
         };
         for listen in initial {
             if self.debug_events {
-                eprintln!("{listen:?}");
+                crate::note!("{listen:?}");
             }
             self.attributor
                 .observe(KernelEvent::UnixListen(listen), &mut self.verdicts);
@@ -256,7 +259,7 @@ impl<'a> Session<'a> {
             Err(err) => {
                 self.decode_errors += 1;
                 if self.decode_errors <= 5 {
-                    eprintln!("rsttrace: warning: skipped a malformed kernel sample: {err:#}");
+                    crate::note!("rsttrace: warning: skipped a malformed kernel sample: {err:#}");
                 }
                 return Ok(());
             }
@@ -267,7 +270,7 @@ impl<'a> Session<'a> {
             _ => {}
         }
         if self.debug_events {
-            eprintln!("{event:?}");
+            crate::note!("{event:?}");
         }
         let mut verdicts = std::mem::take(&mut self.verdicts);
         self.attributor.observe(event, &mut verdicts);
@@ -339,9 +342,13 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Prints and counts what passed the filter.
+    /// Prints and counts what passed the filter, up to --count: once it is reached nothing
+    /// more is printed, neither from the same batch nor from what a stop drains and flushes.
     fn publish(&mut self, released: Vec<Released<Outgoing>>) -> io::Result<()> {
         for r in released {
+            if self.count_reached(self.limit) {
+                break;
+            }
             match r {
                 Released::Verdict(outgoing, _) if !outgoing.visible => {}
                 Released::Verdict(outgoing, line) => match &outgoing.verdict {
@@ -649,8 +656,8 @@ fn finish(
     } else {
         String::new()
     };
-    eprintln!(
-        "rsttrace: detached; {} reset(s) reported, {} kernel sample(s) lost, {} malformed{skipped_note}",
+    crate::note!(
+        "rsttrace: detached; {} reset(s) and refusal(s) reported, {} kernel sample(s) lost, {} malformed{skipped_note}",
         session.reported,
         attached.lost_total() + unread,
         session.decode_errors

@@ -64,7 +64,7 @@ fn check_cgroup_root(root: Option<&Path>) -> Result<(), Failure> {
             ),
         }),
         None if in_own_cgroup_namespace() => {
-            eprintln!(
+            crate::note!(
                 "rsttrace: warning: rsttrace runs in a cgroup namespace of its own, so \
                  /sys/fs/cgroup shows only its own subtree: an OOM kill in another cgroup's \
                  limit cannot be told from a global one. Mount the host's /sys/fs/cgroup \
@@ -89,7 +89,7 @@ pub(super) fn watch_from(opts: &Options) -> Result<Watch, Failure> {
     if !watch.is_everything() && !watch.names().is_empty() {
         let found = watch::scan_proc(&watch);
         if found.is_empty() {
-            eprintln!(
+            crate::note!(
                 "rsttrace: warning: no process named {} yet; watching for it to start",
                 watch.names().join(", ")
             );
@@ -113,7 +113,7 @@ pub(super) fn announce(
         .iter()
         .filter(|s| s.status == crate::kernel::Status::Missing)
     {
-        eprintln!(
+        crate::note!(
             "rsttrace: warning: {} is missing on this kernel: no {}",
             state.hook.attach.name(),
             state.hook.purpose
@@ -121,7 +121,7 @@ pub(super) fn announce(
     }
     // An optional hook the kernel refused costs its capability, not the run: say which.
     for (hook, why) in &attached.failed {
-        eprintln!(
+        crate::note!(
             "rsttrace: warning: could not attach {} ({}; `rsttrace --check` shows the kernel's \
              full answer); running without {}",
             hook.attach.name(),
@@ -140,7 +140,7 @@ pub(super) fn announce(
             parts.join(", ")
         )
     };
-    eprintln!(
+    crate::note!(
         "rsttrace: attached {} hooks in {} ms (ready {} ms after start); {scope}",
         attached.hooks,
         attached.elapsed_ms,
@@ -158,14 +158,14 @@ fn announce_syscall_cost(facts: &KernelFacts, opts: &Options, count: usize) {
         } else {
             "this kernel has no sock:sock_recv_length"
         };
-        eprintln!(
+        crate::note!(
             "rsttrace: warning: {count} syscall tracepoints in use ({why}): every syscall of \
              every process on this host takes the kernel's slower traced path while rsttrace \
              runs (~50 ns each); --no-syscall-hooks avoids that, without unix-socket resets \
              and seen_by_receiver"
         );
     } else if facts.syscall_hooks_dropped() {
-        eprintln!(
+        crate::note!(
             "rsttrace: note: --no-syscall-hooks on a kernel without sock:sock_recv_length: \
              unix-socket resets, seen_by_receiver and accept-side socket owners are not reported"
         );
