@@ -185,6 +185,9 @@ impl Followed {
                 let mut old = self.current.take();
                 if let Some(old) = old.as_mut() {
                     old.read_lines(&path, limits, out);
+                    // Its quiet counts from the rotation: a log quiet for longer than
+                    // drain_quiet before it still gets nginx's lines until the reopen.
+                    old.last_change = Instant::now();
                 }
                 self.draining.extend(old);
                 notices.push(Notice::Rotated(path.clone()));
@@ -438,6 +441,28 @@ mod tests {
             .expect("write");
         fresh.write_all(b"f\n").expect("write");
         assert_eq!(texts(&f.poll()), ["f"], "the quiet old file was closed");
+    }
+
+    /// logrotate renames a log that has been quiet for a while, and nginx writes to the old
+    /// file before its reopen (postrotate's USR1 comes a moment later).
+    #[test]
+    fn a_quiet_log_renamed_still_gives_the_lines_before_the_reopen() {
+        let dir = Dir::new("quiet-rename");
+        let path = dir.0.join("error.log");
+        let mut nginx = appender(&path);
+        let mut f = Follower::new([path.clone()], StartAt::End, quick());
+        nginx.write_all(b"a\n").expect("write");
+        assert_eq!(texts(&f.poll()), ["a"]);
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(f.poll().is_empty());
+        std::fs::rename(&path, dir.0.join("error.log.1")).expect("rename");
+        let _fresh = appender(&path);
+        assert!(f.poll().is_empty(), "the rename is seen");
+        assert!(f.poll().is_empty(), "a poll before nginx writes again");
+        nginx
+            .write_all(b"b (old file, before reopen)\n")
+            .expect("write");
+        assert_eq!(texts(&f.poll()), ["b (old file, before reopen)"]);
     }
 
     #[test]
