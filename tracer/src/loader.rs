@@ -270,8 +270,10 @@ impl Attached {
     /// does not run while another one runs on the same CPU (bpf_prog_active,
     /// trace_call_bpf() in kernel/trace/bpf_trace.c; raw tracepoints have a per-program
     /// guard): a RST delivered in a softirq that interrupted a program is not seen. Each
-    /// skipped run may have been a sample. The kernel counts them (recursion_misses in
-    /// /proc/self/fdinfo, 5.12+; older kernels neither count nor show them: 0).
+    /// skipped run may have been a sample. The kernel counts them in recursion_misses
+    /// (/proc/self/fdinfo) only since raw tracepoints' runs call bpf_prog_inc_misses_counter()
+    /// (6.2) and tracepoints' (6.7, trace_call_bpf()); before, a skip is neither counted
+    /// nor shown, and this reads 0 for those programs.
     pub fn skipped_runs(&self) -> u64 {
         use std::os::fd::{AsFd as _, AsRawFd as _};
         let Some(ebpf) = &self.ebpf else {
@@ -287,12 +289,13 @@ impl Attached {
             .sum()
     }
 
-    /// Samples the kernel could not queue since start (ring buffer full), all CPUs.
+    /// Samples the kernel could not queue since start (ring buffer full), all CPUs and all
+    /// kinds (the programs count per kind: see LOST in tracer-ebpf).
     pub fn lost_total(&self) -> u64 {
-        self.lost
-            .get(&0, 0)
-            .map(|per_cpu| per_cpu.iter().sum())
-            .unwrap_or(0)
+        (0..tracer_ebpf::event::EventKind::COUNT as u32)
+            .filter_map(|kind| self.lost.get(&kind, 0).ok())
+            .map(|per_cpu| per_cpu.iter().sum::<u64>())
+            .sum()
     }
 }
 

@@ -36,9 +36,16 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map]
 static READER: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Ring buffer reservation failures, per CPU; user space reports them as `lost` events.
+/// Ring buffer reservation failures, per CPU and per event kind; user space sums them and
+/// reports them as `lost` events. Per kind, because a count is a load and a store, not one
+/// step: the packet program (and raw tracepoints such as inet_sk_error_report) run in a
+/// softirq that can interrupt another program on the same CPU between the two, and in a
+/// storm both fail to reserve. Different kinds come from different programs, and a program
+/// does not interrupt itself (tracepoints: bpf_prog_active; raw tracepoints: a guard of
+/// their own since 6.2, and softirqs do not nest), so no count is overwritten. (The bpfel
+/// target's core offers no 64-bit atomic add.)
 #[map]
-static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(EventKind::COUNT as u32, 0);
 
 /// struct sock * -> who owns it (see SockOwner for how stale records are avoided).
 #[map]
@@ -257,9 +264,9 @@ fn record_owner(sk: u64, slot: Option<*mut SockOwner>, owner: &SockOwner) {
     }
 }
 
-fn count_lost() {
-    if let Some(counter) = LOST.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+fn count_lost(kind: EventKind) {
+    if let Some(counter) = LOST.get_ptr_mut(kind as u32) {
+        // SAFETY: this CPU's slot of this kind; see LOST for why no other writer is inside.
         unsafe { *counter += 1 };
     }
 }
@@ -298,7 +305,7 @@ fn emit_sample<T: 'static, const TASK: bool>(
     fill: impl FnOnce(*mut T),
 ) {
     let Some(mut entry) = EVENTS.reserve::<T>(0) else {
-        count_lost();
+        count_lost(kind);
         return;
     };
     let event = entry.as_mut_ptr();
