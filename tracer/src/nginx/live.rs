@@ -112,6 +112,11 @@ impl<P: Borrow<Verdict>> LiveJoin<P> {
 
     /// A verdict from the engine, before the `--pid`/`--pid-of` filter (after
     /// [`Self::will_wait`]).
+    /// See [`JoinStage::set_offset`].
+    pub fn set_offset(&mut self, offset_ns: i128) {
+        self.stage.set_offset(offset_ns);
+    }
+
     pub fn offer(&mut self, verdict: P, now: Clock, out: &mut Vec<Released<P>>) {
         self.stage.offer(verdict, now, out);
     }

@@ -169,6 +169,12 @@ impl<P: Borrow<Verdict>> JoinStage<P> {
         }
     }
 
+    /// A new CLOCK_REALTIME - CLOCK_MONOTONIC, read after the wall clock was stepped: nginx
+    /// stamps its lines with the wall clock of the moment.
+    pub fn set_offset(&mut self, offset_ns: i128) {
+        self.offset_ns = offset_ns;
+    }
+
     /// Whether any error.log is followed: without one no verdict waits.
     pub fn set_following(&mut self, following: bool) {
         self.following = following;

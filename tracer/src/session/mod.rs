@@ -334,6 +334,19 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Reads CLOCK_REALTIME - CLOCK_MONOTONIC again: the wall clock can be stepped while
+    /// rsttrace runs (chrony's makestep, a VM resumed, `date -s`), and with the offset read
+    /// at start every `time` would stay off by the step, and no nginx line (stamped with the
+    /// wall clock of its moment) would join again. Events are mapped with the offset of
+    /// the second they are read in.
+    fn follow_wall_clock(&mut self) {
+        let offset = realtime_offset_ns();
+        self.resolver.offset_ns = offset;
+        if let Some(nginx) = self.nginx.as_mut() {
+            nginx.set_offset(offset);
+        }
+    }
+
     fn clock(&self) -> Clock {
         let mono_ns = monotonic_ns();
         Clock {
@@ -590,6 +603,7 @@ fn second_tick(
     count: Option<u64>,
 ) -> io::Result<bool> {
     session.rescan_listeners();
+    session.follow_wall_clock();
     let drained = drain(session, ring, count)?;
     session.report_lost(attached.lost_total(), attached.skipped_runs())?;
     Ok(drained.done)

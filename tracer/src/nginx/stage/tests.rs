@@ -107,6 +107,29 @@ fn unexplained(out: &[Released]) -> Vec<Option<u64>> {
         .collect()
 }
 
+/// The wall clock was stepped an hour forward after start (chrony's makestep, a VM resumed,
+/// `date -s`): with the offset read at start no line joins; with the one read after the
+/// step, lines join again.
+#[test]
+fn a_stepped_wall_clock_is_followed() {
+    let offset = i128::from(BASE_UNIX_S) * 1_000_000_000 - i128::from(KTIME_10S);
+    let hour = 3_600 * 1_000_000_000i128;
+    let mut s = stage();
+    s.set_offset(offset - hour);
+    let mut out = Vec::new();
+    s.offer(tcp(KTIME_10S), at(KTIME_10S + MS), &mut out);
+    s.lines(vec![php(7, "/a.php")], at(KTIME_10S + 100 * MS), &mut out);
+    assert!(pairs(&out).is_empty(), "an hour apart: {out:?}");
+
+    let mut s = stage();
+    s.set_offset(offset - hour);
+    s.set_offset(offset);
+    let mut out = Vec::new();
+    s.offer(tcp(KTIME_10S), at(KTIME_10S + MS), &mut out);
+    s.lines(vec![php(7, "/a.php")], at(KTIME_10S + 100 * MS), &mut out);
+    assert_eq!(pairs(&out), [(KTIME_10S, Some(7))]);
+}
+
 #[test]
 fn a_verdict_waits_for_its_line_and_gets_it() {
     let mut s = stage();
