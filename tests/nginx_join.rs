@@ -373,6 +373,7 @@ fn nginx_in_its_own_namespaces_and_time_zone_and_its_cri_log() {
             upstream: Some(ABORTING_UPSTREAM.into()),
             tz: "Asia/Tokyo".into(),
             cri_log: Some(cri.clone()),
+            log_links_to_stderr: false,
         },
     )
     .expect("nginx under unshare");
@@ -441,6 +442,80 @@ fn nginx_in_its_own_namespaces_and_time_zone_and_its_cri_log() {
         found.stderr().contains("UTC+09:00"),
         "the zone nginx hides was inferred: {}",
         found.stderr()
+    );
+    found.stop().expect("rsttrace exits 0");
+    given.stop().expect("rsttrace exits 0");
+    drop(ns);
+}
+
+/// The official nginx image and ingress-nginx: `error.log` is a link to /dev/stderr, and the
+/// container has its own /proc. rsttrace must not follow that link (to its own stderr, or to
+/// nothing), must keep the nginx known, say what to do, and join the lines from the file
+/// the stream goes to when given it.
+#[test]
+fn an_error_log_linked_to_stderr_is_named_and_its_cri_log_joins() {
+    require_root();
+    let dir = TempDir::new("nginx-ns-stderr").expect("temp dir");
+    dir.subdir("logs", 0o755).expect("logs folder");
+    let cri = dir.path().join("0.log");
+    let ns = NamespacedNginx::start(
+        dir.path(),
+        &NamespacedNginxOptions {
+            port: free_port(),
+            upstream_port: free_port(),
+            upstream: Some(ABORTING_UPSTREAM.into()),
+            tz: "UTC".into(),
+            cri_log: Some(cri.clone()),
+            log_links_to_stderr: true,
+        },
+    )
+    .expect("nginx under unshare");
+    let workers = ns.workers();
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    let mut found = Rsttrace::start(&[]).expect("starting rsttrace");
+    let cri_arg = cri.display().to_string();
+    let mut given = Rsttrace::start(&["--nginx-error-log", &cri_arg]).expect("starting rsttrace");
+    let answer = ns.request("/ns/abort").expect("a request in its netns");
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    let cri_text = wait_until(REPORT_TIMEOUT, || {
+        std::fs::read_to_string(&cri)
+            .ok()
+            .filter(|t| t.contains("(104: Connection reset by peer)"))
+    })
+    .expect("nginx's stderr (its error.log link) reached the CRI file");
+    assert!(cri_text.contains(" stderr F "), "{cri_text}");
+
+    let event = given
+        .wait_for(
+            |e| e["event"] == "reset" && pid_of(&e["receiver"]) == Some(workers[0]),
+            REPORT_TIMEOUT,
+        )
+        .unwrap_or_else(|| panic!("no reset for nginx's worker:\n{}", given.report()));
+    eprintln!("rsttrace: {event}");
+    assert_eq!(event["nginx"]["log_file"], cri_arg.as_str(), "{event}");
+    assert_eq!(event["nginx"]["host_pid"], workers[0], "{event}");
+    assert_eq!(event["cause"], "abort", "{event}");
+
+    let note = format!(
+        "nginx {}: error_log {}/logs/error.log: a link to nginx's standard error",
+        ns.master,
+        dir.path().display()
+    );
+    assert!(
+        found.stderr().contains(&note),
+        "{note:?} in:\n{}",
+        found.stderr()
+    );
+    let event = found
+        .wait_for(
+            |e| e["event"] == "reset" && pid_of(&e["receiver"]) == Some(workers[0]),
+            REPORT_TIMEOUT,
+        )
+        .unwrap_or_else(|| panic!("no reset for nginx's worker:\n{}", found.report()));
+    let followed = event["nginx"]["log_file"].as_str().unwrap_or_default();
+    assert!(
+        !followed.contains("/proc/"),
+        "followed a stream as a file: {event}"
     );
     found.stop().expect("rsttrace exits 0");
     given.stop().expect("rsttrace exits 0");

@@ -168,6 +168,7 @@ fn nginx_in_its_own_pid_mount_and_network_namespaces() {
             upstream: None,
             tz: "Asia/Tokyo".into(),
             cri_log: None,
+            log_links_to_stderr: false,
         },
     )
     .expect("nginx under unshare");

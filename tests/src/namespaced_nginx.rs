@@ -38,6 +38,9 @@ pub struct NamespacedNginxOptions {
     pub tz: String,
     /// Also `error_log stderr`, written in the CRI format to this file (outside the tmpfs).
     pub cri_log: Option<PathBuf>,
+    /// As the official image: `logs/error.log` is a link to /dev/stderr (and the namespace
+    /// has its own /proc, so /proc/self there is no process of ours). Needs `cri_log`.
+    pub log_links_to_stderr: bool,
 }
 
 pub struct NamespacedNginx {
@@ -71,7 +74,10 @@ impl NamespacedNginx {
     /// Starts it with its files in `dir` (which must have a `logs` folder).
     pub fn start(dir: &Path, o: &NamespacedNginxOptions) -> Result<Self> {
         let d = dir.display();
-        let stderr_log = if o.cri_log.is_some() {
+        if o.log_links_to_stderr && o.cri_log.is_none() {
+            bail!("log_links_to_stderr needs cri_log: the stream must go somewhere");
+        }
+        let stderr_log = if o.cri_log.is_some() && !o.log_links_to_stderr {
             "error_log stderr info;\n"
         } else {
             ""
@@ -88,6 +94,9 @@ impl NamespacedNginx {
         );
         std::fs::write(dir.join("nginx.conf"), conf).context("writing nginx.conf")?;
         let mut script = format!("mount -t tmpfs rsttrace-test {d}/logs && ip link set lo up && ");
+        if o.log_links_to_stderr {
+            script += &format!("ln -s /dev/stderr {d}/logs/error.log && ");
+        }
         if let Some(source) = &o.upstream {
             std::fs::write(dir.join("upstream.py"), source).context("writing upstream.py")?;
             script += &format!(
@@ -109,8 +118,12 @@ impl NamespacedNginx {
             }
             None => script += &format!("exec {nginx}"),
         }
-        let unshare = Command::new("unshare")
-            .args(["--kill-child", "--pid", "--mount", "--net", "--fork"])
+        let mut unshare = Command::new("unshare");
+        unshare.args(["--kill-child", "--pid", "--mount", "--net", "--fork"]);
+        if o.log_links_to_stderr {
+            unshare.arg("--mount-proc");
+        }
+        let unshare = unshare
             .args(["sh", "-c", &script])
             .stdin(Stdio::null())
             .spawn()

@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::{conf, root::resolve_in_root};
+use super::{
+    conf,
+    root::{resolve_in_root, StandardStream},
+};
 
 /// The fallback when no running nginx tells us more (Debian's, Ubuntu's and RHEL's default).
 pub const DEFAULT_ERROR_LOG: &str = "/var/log/nginx/error.log";
@@ -172,7 +175,23 @@ pub fn instance(master_pid: u32) -> Result<NginxInstance> {
             continue;
         }
         let nginx_path = conf::absolute(&prefix, &target);
-        let path = resolve_in_root(&root, &nginx_path)?;
+        // One path that cannot be followed costs that path, not the instance: without the
+        // instance its workers' resets would not wait for their lines.
+        let path = match resolve_in_root(&root, &nginx_path) {
+            Ok(path) => path,
+            Err(e) if e.is::<StandardStream>() => {
+                notes.push(format!(
+                    "error_log {target}: a link to nginx's standard error (as in the official \
+                     image), not followed; give --nginx-error-log the file its stderr goes to \
+                     (Kubernetes: /var/log/pods/<pod>/<container>/0.log)"
+                ));
+                continue;
+            }
+            Err(e) => {
+                notes.push(format!("error_log {target}: {e:#}, not followed"));
+                continue;
+            }
+        };
         let log = ErrorLog { nginx_path, path };
         if !error_logs.contains(&log) {
             error_logs.push(log);

@@ -102,21 +102,28 @@ impl<P: Borrow<Verdict>> LiveJoin<P> {
             let unknown_nginx = a
                 .receiver
                 .as_ref()
-                .is_some_and(|r| r.comm == "nginx" && !self.stage.is_worker(r.pid));
-            if unknown_nginx {
+                .filter(|r| r.comm == "nginx" && !self.stage.is_worker(r.pid))
+                .map(|r| r.pid);
+            if let Some(pid) = unknown_nginx {
                 self.refresh(false);
+                // Not a new worker of a known master: nginx was restarted (a new master),
+                // which the scheduled rescan would find only up to RESCAN later, its
+                // workers' resets going out unjoined and their lines `unexplained` meanwhile.
+                if !self.stage.is_worker(pid) && self.last_scan.elapsed() >= REFRESH_MIN {
+                    self.rescan();
+                }
             }
         }
         self.stage.waits(verdict)
     }
 
-    /// A verdict from the engine, before the `--pid`/`--pid-of` filter (after
-    /// [`Self::will_wait`]).
     /// See [`JoinStage::set_offset`].
     pub fn set_offset(&mut self, offset_ns: i128) {
         self.stage.set_offset(offset_ns);
     }
 
+    /// A verdict from the engine, before the `--pid`/`--pid-of` filter (after
+    /// [`Self::will_wait`]).
     pub fn offer(&mut self, verdict: P, now: Clock, out: &mut Vec<Released<P>>) {
         self.stage.offer(verdict, now, out);
     }

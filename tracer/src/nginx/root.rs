@@ -6,13 +6,52 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+/// A path that names a standard stream of whoever opens it: /dev/stderr and friends are
+/// links to /proc/self/fd/N. nginx's error.log in the official image and ingress-nginx is
+/// such a link; opened by rsttrace it would be rsttrace's own stream, and inside a
+/// container's /proc (another pid namespace) `self` does not even resolve.
+#[derive(Debug)]
+pub struct StandardStream(pub PathBuf);
+
+impl std::fmt::Display for StandardStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} is a standard stream of the process writing it",
+            self.0.display()
+        )
+    }
+}
+
+impl std::error::Error for StandardStream {}
+
+/// Where paths stop naming files and start naming the opener's own descriptors.
+fn is_process_relative(inside: &Path) -> bool {
+    [
+        "dev/stdin",
+        "dev/stdout",
+        "dev/stderr",
+        "dev/fd",
+        "proc/self",
+        "proc/thread-self",
+    ]
+    .iter()
+    .any(|p| inside == Path::new(p))
+}
+
 /// `path` (absolute, as a process whose `/` is `root` names it) as a path rsttrace can open.
 /// For `root` = `/` the path itself. Otherwise every symlink is followed inside `root`: the
-/// kernel would resolve an absolute link under /proc/PID/root against *our* root.
+/// kernel would resolve an absolute link under /proc/PID/root against *our* root. Either
+/// way a path that leads to a standard stream is a [`StandardStream`] error.
 pub fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf> {
+    let resolved = walk(root, path)?;
     if root == Path::new("/") {
         return Ok(path.to_path_buf());
     }
+    Ok(resolved)
+}
+
+fn walk(root: &Path, path: &Path) -> Result<PathBuf> {
     let mut inside = PathBuf::new();
     let mut pending: Vec<OsString> = components(path);
     pending.reverse();
@@ -23,6 +62,9 @@ pub fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf> {
             continue;
         }
         let next = inside.join(&part);
+        if is_process_relative(&next) {
+            return Err(StandardStream(path.to_path_buf()).into());
+        }
         let full = root.join(&next);
         match std::fs::symlink_metadata(&full) {
             Ok(meta) if meta.file_type().is_symlink() => {
@@ -63,6 +105,30 @@ fn components(path: &Path) -> Vec<OsString> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The official nginx image: error.log -> /dev/stderr -> /proc/self/fd/2.
+    #[test]
+    fn a_log_linked_to_stderr_is_a_standard_stream() {
+        let root = std::env::temp_dir().join(format!("rsttrace-stream-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("var/log/nginx")).expect("temp dir");
+        std::fs::create_dir_all(root.join("dev")).expect("temp dir");
+        std::os::unix::fs::symlink("/dev/stderr", root.join("var/log/nginx/error.log"))
+            .expect("symlink");
+        std::os::unix::fs::symlink("/proc/self/fd/2", root.join("dev/stderr")).expect("symlink");
+        let err = resolve_in_root(&root, Path::new("/var/log/nginx/error.log"))
+            .expect_err("a stream, not a file");
+        assert!(err.downcast_ref::<StandardStream>().is_some(), "{err:#}");
+        assert!(resolve_in_root(&root, Path::new("/proc/self/fd/2"))
+            .is_err_and(|e| e.is::<StandardStream>()));
+        // On the host too: rsttrace must not follow its own stderr.
+        assert!(resolve_in_root(Path::new("/"), Path::new("/dev/stderr"))
+            .is_err_and(|e| e.is::<StandardStream>()));
+        assert_eq!(
+            resolve_in_root(Path::new("/"), Path::new("/var/log/nginx/error.log")).expect("a file"),
+            Path::new("/var/log/nginx/error.log")
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
 
     #[test]
     fn symlinks_resolve_inside_the_root() {
