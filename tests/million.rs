@@ -70,10 +70,15 @@ impl Tally {
     }
 
     /// The tallies of the generator's listeners.
+    /// The tallies of the tenths' listener ports, each port once: a tenth's listener may
+    /// get the port an earlier tenth's had (bind to port 0 after that one closed).
     fn of<'a>(&'a self, tenths: &'a [Tenth]) -> impl Iterator<Item = &'a PortTally> + 'a {
-        tenths
-            .iter()
-            .filter_map(|t| self.resets_by_remote_port.get(&t.listener_port))
+        let mut ports: Vec<u16> = tenths.iter().map(|t| t.listener_port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+            .into_iter()
+            .filter_map(|port| self.resets_by_remote_port.get(&port))
     }
 }
 

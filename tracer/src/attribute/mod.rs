@@ -21,6 +21,7 @@
 //! - a RST's segment passes the cgroup_skb ingress hook before tcp_reset() traces it;
 //! - a send and its receive come in either order (see [`pairing`]).
 mod deaths;
+mod expiring;
 mod network;
 mod pairing;
 mod refusals;
@@ -126,7 +127,8 @@ impl Attributor {
                 }
             }
             KernelEvent::ResetReceived(r) => {
-                self.refusals.on_reset(r.sk, r.time_ns);
+                self.refusals
+                    .on_reset(r.sk, r.local.port(), r.remote.port(), r.time_ns);
                 if self.pairing.full() {
                     self.expire(u64::MAX, out);
                 }
@@ -259,24 +261,6 @@ fn endpoint(addr: SocketAddr) -> String {
     // SAFETY: only ASCII digits, dots and a colon were written. Validating again cost a
     // third of this function (std's from_utf8 on a short string).
     unsafe { std::str::from_utf8_unchecked(text) }.to_owned()
-}
-
-/// Removes and returns, oldest first, the entries of `map` whose time is at or before
-/// `cutoff`.
-fn drain_older<K: Eq + std::hash::Hash + Clone, V>(
-    map: &mut FastMap<K, V>,
-    cutoff: u64,
-    time: impl Fn(&V) -> u64,
-) -> Vec<V> {
-    let old: Vec<K> = map
-        .iter()
-        .filter(|(_, v)| time(v) <= cutoff)
-        .map(|(k, _)| k)
-        .cloned()
-        .collect();
-    let mut drained: Vec<V> = old.iter().filter_map(|k| map.remove(k)).collect();
-    drained.sort_by_key(|v| time(v));
-    drained
 }
 
 #[cfg(test)]

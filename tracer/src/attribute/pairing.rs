@@ -17,7 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::model::{ResetReceived, ResetSent};
 
-use super::FastMap as HashMap;
+use super::{expiring::Expiring, FastMap as HashMap};
 
 use super::{MAX_PENDING, SECOND};
 
@@ -73,9 +73,12 @@ fn fit(send: &ResetSent, recv: &ResetReceived) -> Option<u8> {
         // are unique: a RST cut short by a closed window (tcp_acceptable_seq()) still
         // belongs to its connection.
         return match (send.seq, recv.rcv_nxt) {
-            (Some(a), Some(b)) if a != b => {
-                (send.netns.is_some() && send.netns == recv.netns).then_some(1)
-            }
+            // Cut short by a window: sent and received in the same moment. A send long
+            // before is of an earlier connection on the same ports, whose receive was lost.
+            (Some(a), Some(b)) if a != b => (send.netns.is_some()
+                && send.netns == recv.netns
+                && send.time_ns.abs_diff(recv.time_ns) <= RECEIVE_WAIT)
+                .then_some(1),
             _ => Some(3),
         };
     }
@@ -89,11 +92,24 @@ fn fit(send: &ResetSent, recv: &ResetReceived) -> Option<u8> {
     // or MASQUERADE the receiver's end as the sender sees it; one port usually survives.
     let ports = s.0.port() == r.0.port() || s.1.port() == r.1.port();
     match (ports, a) {
+        // 0 (a RST answering a SYN) is every refused connect's: only the receiver's own
+        // port, which DNAT keeps, and the same moment say it is this one. A shared server
+        // port (every client of :80) says nothing.
+        (_, 0) => (s.1.port() == r.1.port() && send.time_ns.abs_diff(recv.time_ns) <= RECEIVE_WAIT)
+            .then_some(2),
         (true, _) => Some(2),
-        // Both ends rewritten: the sequence number alone, unless it is 0 (a RST
-        // answering a SYN), which every refused connect shares.
-        (false, 0) => None,
         (false, _) => Some(1),
+    }
+}
+
+/// The sequence index's key: the sequence number, except 0, which every refused connect
+/// shares and which is filed under the receiver's port instead (see `fit`): a port scan
+/// answered by thousands of seq-0 RSTs must not make one list that every seq-0 receive and
+/// every removal walks.
+fn seq_key(seq: Option<u32>, tuple: Tuple) -> Option<u64> {
+    match seq? {
+        0 => Some(1 << 32 | u64::from(tuple.1.port())),
+        seq => Some(u64::from(seq)),
     }
 }
 
@@ -103,8 +119,8 @@ type Ids = smallvec::SmallVec<[u64; 2]>;
 
 /// Items waiting for their other half, indexed by sequence number and by addresses.
 struct Waiting<T> {
-    items: HashMap<u64, T>,
-    by_seq: HashMap<u32, Ids>,
+    items: Expiring<u64, T>,
+    by_seq: HashMap<u64, Ids>,
     by_tuple: HashMap<Tuple, Ids>,
     next: u64,
 }
@@ -112,7 +128,7 @@ struct Waiting<T> {
 impl<T: Side> Waiting<T> {
     fn new() -> Self {
         Self {
-            items: HashMap::default(),
+            items: Expiring::default(),
             by_seq: HashMap::default(),
             by_tuple: HashMap::default(),
             next: 0,
@@ -122,24 +138,28 @@ impl<T: Side> Waiting<T> {
     fn insert(&mut self, item: T) {
         let id = self.next;
         self.next += 1;
-        if let Some(seq) = item.seq() {
-            self.by_seq.entry(seq).or_default().push(id);
+        if let Some(key) = seq_key(item.seq(), item.tuple()) {
+            self.by_seq.entry(key).or_default().push(id);
         }
         self.by_tuple.entry(item.tuple()).or_default().push(id);
-        self.items.insert(id, item);
+        let time = item.time();
+        self.items.insert(id, item, time);
     }
 
     /// The ids of items sharing `seq` or `tuple` with something.
     fn candidates(&self, seq: Option<u32>, tuple: Tuple) -> impl Iterator<Item = u64> + '_ {
-        let by_seq = seq.and_then(|s| self.by_seq.get(&s)).into_iter().flatten();
+        let by_seq = seq_key(seq, tuple)
+            .and_then(|k| self.by_seq.get(&k))
+            .into_iter()
+            .flatten();
         let by_tuple = self.by_tuple.get(&tuple).into_iter().flatten();
         by_seq.chain(by_tuple).copied()
     }
 
     fn remove(&mut self, id: u64) -> Option<T> {
         let item = self.items.remove(&id)?;
-        if let Some(seq) = item.seq() {
-            unindex(&mut self.by_seq, seq, id);
+        if let Some(key) = seq_key(item.seq(), item.tuple()) {
+            unindex(&mut self.by_seq, key, id);
         }
         unindex(&mut self.by_tuple, item.tuple(), id);
         Some(item)
@@ -147,19 +167,43 @@ impl<T: Side> Waiting<T> {
 
     /// Removes and returns, oldest first, the items from at or before `cutoff`.
     fn drain_older(&mut self, cutoff: u64) -> Vec<T> {
-        let old: Vec<u64> = self
-            .items
+        let drained = self.items.drain_older(cutoff, Side::time);
+        // The ids went with the items: each index key they were under keeps its ids still
+        // waiting, once per key (many drained items can share one).
+        let mut seqs: Vec<u64> = drained
             .iter()
-            .filter(|(_, v)| v.time() <= cutoff)
-            .map(|(k, _)| *k)
+            .filter_map(|i| seq_key(i.seq(), i.tuple()))
             .collect();
-        let mut drained: Vec<T> = old.into_iter().filter_map(|id| self.remove(id)).collect();
-        drained.sort_by_key(Side::time);
+        seqs.sort_unstable();
+        seqs.dedup();
+        for key in seqs {
+            retain_live(&mut self.by_seq, key, &self.items);
+        }
+        let mut tuples: Vec<Tuple> = drained.iter().map(Side::tuple).collect();
+        tuples.sort_unstable();
+        tuples.dedup();
+        for key in tuples {
+            retain_live(&mut self.by_tuple, key, &self.items);
+        }
         drained
     }
 
     fn len(&self) -> usize {
         self.items.len()
+    }
+}
+
+/// Keeps under `key` only the ids still waiting.
+fn retain_live<K: std::hash::Hash + Eq, T>(
+    index: &mut HashMap<K, Ids>,
+    key: K,
+    live: &Expiring<u64, T>,
+) {
+    if let Some(ids) = index.get_mut(&key) {
+        ids.retain(|i| live.get(i).is_some());
+        if ids.is_empty() {
+            index.remove(&key);
+        }
     }
 }
 

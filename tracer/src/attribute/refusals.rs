@@ -6,6 +6,12 @@ use super::FastMap as HashMap;
 
 use crate::model::{Refusal, SocketRefused};
 
+/// A connection: its socket and its ports. The socket's address alone is reused at once
+/// (nginx closes a refused socket and connects again, often at the same address), and would
+/// make the next connection's refusal look like a repeat of this one's; its new connection
+/// has a new local port. (Ports, not addresses: in a storm these maps hold 65,536 entries.)
+type Conn = (u64, u16, u16);
+
 use super::MAX_PENDING;
 
 /// A RST's error report follows its receive in the same call (tcp_reset() ->
@@ -17,24 +23,25 @@ const REPORTS_OF_ONE_ERROR: u64 = 1_000_000_000;
 
 #[derive(Default)]
 pub struct Refusals {
-    /// Receiving sockets of recent resets, with the reset's time.
-    reset_socks: HashMap<u64, u64>,
-    /// Sockets whose refusal was reported, with its time.
-    reported: HashMap<u64, u64>,
+    /// Receiving connections of recent resets, with the reset's time.
+    reset_socks: HashMap<Conn, u64>,
+    /// Connections whose refusal was reported, with its time.
+    reported: HashMap<Conn, u64>,
 }
 
 impl Refusals {
-    pub fn on_reset(&mut self, sk: u64, time_ns: u64) {
+    pub fn on_reset(&mut self, sk: u64, local: u16, remote: u16, time_ns: u64) {
         if self.reset_socks.len() >= MAX_PENDING {
             self.reset_socks
                 .retain(|_, t| time_ns.saturating_sub(*t) <= REPORT_FOLLOWS_RESET);
         }
-        self.reset_socks.insert(sk, time_ns);
+        self.reset_socks.insert((sk, local, remote), time_ns);
     }
 
     /// The refusal `e` reports, unless it is a reset's own error report.
     pub fn on_refused(&mut self, e: SocketRefused) -> Option<Refusal> {
-        if let Some(t) = self.reset_socks.get(&e.sock) {
+        let conn = (e.sock, e.local.port(), e.remote.port());
+        if let Some(t) = self.reset_socks.get(&conn) {
             if e.time_ns.saturating_sub(*t) <= REPORT_FOLLOWS_RESET {
                 return None;
             }
@@ -43,7 +50,7 @@ impl Refusals {
             self.reported
                 .retain(|_, t| e.time_ns.saturating_sub(*t) <= REPORTS_OF_ONE_ERROR);
         }
-        if let Some(t) = self.reported.insert(e.sock, e.time_ns) {
+        if let Some(t) = self.reported.insert(conn, e.time_ns) {
             if e.time_ns.saturating_sub(t) <= REPORTS_OF_ONE_ERROR {
                 return None;
             }

@@ -2,11 +2,10 @@
 //! receiver on that socket to fail with ECONNRESET, and goes out at once when one does.
 //! The receiver's failing call can also come first: its sample may beat the send's to the
 //! ring buffer from another CPU.
-use super::FastMap as HashMap;
 
 use crate::model::{Attribution, CauseKind, SocketError, Verdict};
 
-use super::{drain_older, MAX_PENDING};
+use super::{expiring::Expiring, MAX_PENDING};
 
 /// How long a TCP verdict waits for a syscall of its receiver to fail with ECONNRESET
 /// (`seen_by_receiver`). A process waiting on the socket (nginx waiting for a response)
@@ -19,17 +18,17 @@ pub struct SeenGate {
     /// unknown and verdicts go out at once.
     traced: bool,
     /// TCP verdicts waiting to learn whether their receiver saw the reset, by receiving sock.
-    awaiting: HashMap<u64, Attribution>,
+    awaiting: Expiring<u64, Attribution>,
     /// Receiving socks whose call already failed, before their verdict was complete.
-    early: HashMap<u64, SocketError>,
+    early: Expiring<u64, SocketError>,
 }
 
 impl Default for SeenGate {
     fn default() -> Self {
         Self {
             traced: true,
-            awaiting: HashMap::default(),
-            early: HashMap::default(),
+            awaiting: Expiring::default(),
+            early: Expiring::default(),
         }
     }
 }
@@ -47,7 +46,10 @@ impl SeenGate {
             return;
         }
         if let Some(e) = self.early.remove(&a.receiver_sock) {
-            if same_owner(&a, &e) {
+            // Its own reset comes before the call that failed on it; an older failure was
+            // on an earlier socket at this reused address (an ICMP-refused connect, an
+            // error whose verdict was lost), and would give this one its time and errno.
+            if same_owner(&a, &e) && e.time_ns >= a.time_ns {
                 seen(&mut a, &e);
                 out.push(Verdict::Reset(Box::new(a)));
                 return;
@@ -65,7 +67,8 @@ impl SeenGate {
             out.push(Verdict::Reset(Box::new(a)));
             return;
         }
-        if let Some(mut previous) = self.awaiting.insert(a.receiver_sock, a) {
+        let (sock, time) = (a.receiver_sock, a.time_ns);
+        if let Some(mut previous) = self.awaiting.insert(sock, a, time) {
             previous.seen_by_receiver = Some(false);
             out.push(Verdict::Reset(Box::new(previous)));
         }
@@ -80,7 +83,8 @@ impl SeenGate {
                 out.push(Verdict::Reset(Box::new(a)));
             }
         } else if self.early.len() < MAX_PENDING {
-            self.early.insert(e.sock, e);
+            let (sock, time) = (e.sock, e.time_ns);
+            self.early.insert(sock, e, time);
         }
     }
 
@@ -88,8 +92,8 @@ impl SeenGate {
     /// `u64::MAX` releases all as not known (at exit).
     pub fn expire(&mut self, now: u64, out: &mut Vec<Verdict>) {
         let cutoff = now.saturating_sub(SEEN_WAIT);
-        self.early.retain(|_, e| e.time_ns > cutoff);
-        for mut a in drain_older(&mut self.awaiting, cutoff, |a| a.time_ns) {
+        let _ = self.early.drain_older(cutoff, |e| e.time_ns);
+        for mut a in self.awaiting.drain_older(cutoff, |a| a.time_ns) {
             a.seen_by_receiver = (now != u64::MAX).then_some(false);
             out.push(Verdict::Reset(Box::new(a)));
         }

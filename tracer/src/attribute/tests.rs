@@ -1314,6 +1314,47 @@ fn a_reset_is_not_reported_again_as_a_refusal() {
     );
 }
 
+/// A Service without endpoints refuses nginx's connects one after another; nginx closes each
+/// socket and the next one often gets the same address. Every connect is its own refusal,
+/// and a refusal right after a reset on an earlier socket at that address is not the
+/// reset's report.
+#[test]
+fn refusals_of_connections_at_a_reused_socket_address_are_each_reported() {
+    let ms = 1_000_000;
+    let mut engine = Attributor::new(&reasons(), HashSet::new());
+    let mut out = Vec::new();
+    let at_port = |t: u64, port: u16| {
+        let mut e = refused_event(t, 111);
+        if let KernelEvent::Refused(r) = &mut e {
+            r.local = addr(&format!("10.0.1.2:{port}"));
+        }
+        e
+    };
+    for e in [
+        at_port(1_000 * ms, 40_000),
+        at_port(1_000 * ms + 300_000, 40_002),
+        at_port(1_000 * ms + 600_000, 40_004),
+        // A repeated report of the last connection's error is not another refusal.
+        at_port(1_000 * ms + 700_000, 40_004),
+    ] {
+        engine.observe(e, &mut out);
+    }
+    assert_eq!(out.len(), 3, "{out:?}");
+    out.clear();
+    for e in [
+        received_in(5_000 * ms, NGINX_NS, 0, "10.0.1.2:41000", "10.96.0.11:80"),
+        at_port(5_002 * ms, 41_002),
+    ] {
+        engine.observe(e, &mut out);
+    }
+    engine.expire(u64::MAX, &mut out);
+    let refusals = out
+        .iter()
+        .filter(|v| matches!(v, Verdict::Refused(_)))
+        .count();
+    assert_eq!(refusals, 1, "{out:?}");
+}
+
 #[test]
 fn a_thread_ending_is_no_death_of_its_process() {
     // sched_process_exit fires for every thread: a worker thread of a live server ending
@@ -1334,4 +1375,119 @@ fn a_thread_ending_is_no_death_of_its_process() {
         sent(301, worker(), false, Some(ABORT_ON_CLOSE)),
     ]);
     assert_eq!(a.cause.kind(), CauseKind::Abort);
+}
+
+/// nginx's connect on socket 0xa was refused by ICMP (an error, no reset); the next socket
+/// at the reused address 0xa is reset 5 ms later and read 1 ms after that. The old error
+/// must not stand for the new reset's (its time came before the reset).
+#[test]
+fn an_error_on_an_earlier_socket_at_the_same_address_is_not_this_resets() {
+    let ms = 1_000_000;
+    let mut engine = Attributor::new(&reasons(), HashSet::new());
+    let mut out = Vec::new();
+    let mut refused = nginx_saw_it(1_000 * ms);
+    if let KernelEvent::SocketError(e) = &mut refused {
+        e.ret = -111;
+    }
+    for e in [
+        refused,
+        received(1_005 * ms),
+        sent(1_005 * ms + 1_000, worker(), false, Some(ABORT_ON_CLOSE)),
+        nginx_saw_it(1_006 * ms),
+    ] {
+        engine.observe(e, &mut out);
+    }
+    engine.expire(u64::MAX, &mut out);
+    let out = resets(&out);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!(out[0].cause.kind(), CauseKind::Abort);
+    assert_eq!(out[0].seen_ns, Some(1_006 * ms), "its own call's time");
+}
+
+fn sent_with(t: u64, who: Task, seq: u32, src: &str, dst: &str) -> KernelEvent {
+    KernelEvent::ResetSent(ResetSent {
+        time_ns: t,
+        owner: Some(who.clone()),
+        current: who,
+        current_exiting: false,
+        sk: 0xb,
+        reason: Some(ABORT_ON_CLOSE),
+        state: Some(7),
+        orphan: false,
+        seq: Some(seq),
+        netns: Some(1),
+        src: addr(src),
+        dst: addr(dst),
+    })
+}
+
+fn received_with(t: u64, rcv_nxt: u32, local: &str, remote: &str) -> KernelEvent {
+    KernelEvent::ResetReceived(ResetReceived {
+        time_ns: t,
+        current: worker(),
+        owner: Some(nginx()),
+        owner_role: None,
+        sk: 0xa,
+        local: addr(local),
+        remote: addr(remote),
+        sock_cookie: None,
+        rcv_nxt: Some(rcv_nxt),
+        netns: Some(1),
+    })
+}
+
+/// A worker's reset whose receive sample was lost waits as a send; two seconds later the
+/// same ports carry another connection, reset by another worker (receive first, as on
+/// loopback). The old send, with another sequence number, is not this reset's.
+#[test]
+fn an_old_send_on_the_same_ports_is_not_a_new_resets() {
+    let ms = 1_000_000;
+    let other = task(WORKER + 1, "php-fpm8.2");
+    let mut engine = Attributor::new(&reasons(), HashSet::new());
+    let mut out = Vec::new();
+    for e in [
+        sent_with(1_000 * ms, worker(), 100, UPSTREAM_END, NGINX_END),
+        received_with(3_000 * ms, 900, NGINX_END, UPSTREAM_END),
+        sent_with(
+            3_000 * ms + 2_000,
+            other.clone(),
+            900,
+            UPSTREAM_END,
+            NGINX_END,
+        ),
+        nginx_saw_it(3_001 * ms),
+    ] {
+        engine.observe(e, &mut out);
+    }
+    engine.expire(u64::MAX, &mut out);
+    let out = resets(&out);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!(out[0].peer.as_ref().map(|p| p.pid), Some(other.pid));
+}
+
+/// Sequence number 0 is every refused connect's (a RST answering a SYN). A kernel answer
+/// for no socket in another namespace (10.0.2.2:80 to its own client) does not explain
+/// nginx's refused connect to 192.0.2.10:80 just because both are port 80.
+#[test]
+fn refused_connects_sharing_only_a_server_port_do_not_pair() {
+    let ms = 1_000_000;
+    let mut engine = Attributor::new(&reasons(), HashSet::new());
+    let mut out = Vec::new();
+    let mut no_socket = sent_with(1_000 * ms, worker(), 0, "10.0.2.2:80", "10.0.9.9:50000");
+    if let KernelEvent::ResetSent(s) = &mut no_socket {
+        s.reason = Some(1);
+        s.sk = 0;
+        s.owner = None;
+        s.netns = Some(2);
+    }
+    engine.observe(no_socket, &mut out);
+    engine.observe(
+        received_with(1_001 * ms, 0, "10.0.1.2:40000", "192.0.2.10:80"),
+        &mut out,
+    );
+    engine.expire(u64::MAX, &mut out);
+    let out = resets(&out);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert!(!out[0].send_traced, "{out:#?}");
+    assert_eq!(out[0].cause.kind(), CauseKind::Network);
 }
