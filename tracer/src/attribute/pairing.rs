@@ -106,9 +106,9 @@ fn fit(send: &ResetSent, recv: &ResetReceived) -> Option<u8> {
 /// shares and which is filed under the receiver's port instead (see `fit`): a port scan
 /// answered by thousands of seq-0 RSTs must not make one list that every seq-0 receive and
 /// every removal walks.
-fn seq_key(seq: Option<u32>, tuple: Tuple) -> Option<u64> {
+fn seq_key(seq: Option<u32>, receiver_port: impl FnOnce() -> u16) -> Option<u64> {
     match seq? {
-        0 => Some(1 << 32 | u64::from(tuple.1.port())),
+        0 => Some(1 << 32 | u64::from(receiver_port())),
         seq => Some(u64::from(seq)),
     }
 }
@@ -138,7 +138,7 @@ impl<T: Side> Waiting<T> {
     fn insert(&mut self, item: T) {
         let id = self.next;
         self.next += 1;
-        if let Some(key) = seq_key(item.seq(), item.tuple()) {
+        if let Some(key) = seq_key(item.seq(), || item.tuple().1.port()) {
             self.by_seq.entry(key).or_default().push(id);
         }
         self.by_tuple.entry(item.tuple()).or_default().push(id);
@@ -148,7 +148,7 @@ impl<T: Side> Waiting<T> {
 
     /// The ids of items sharing `seq` or `tuple` with something.
     fn candidates(&self, seq: Option<u32>, tuple: Tuple) -> impl Iterator<Item = u64> + '_ {
-        let by_seq = seq_key(seq, tuple)
+        let by_seq = seq_key(seq, || tuple.1.port())
             .and_then(|k| self.by_seq.get(&k))
             .into_iter()
             .flatten();
@@ -158,7 +158,7 @@ impl<T: Side> Waiting<T> {
 
     fn remove(&mut self, id: u64) -> Option<T> {
         let item = self.items.remove(&id)?;
-        if let Some(key) = seq_key(item.seq(), item.tuple()) {
+        if let Some(key) = seq_key(item.seq(), || item.tuple().1.port()) {
             unindex(&mut self.by_seq, key, id);
         }
         unindex(&mut self.by_tuple, item.tuple(), id);
@@ -172,7 +172,7 @@ impl<T: Side> Waiting<T> {
         // waiting, once per key (many drained items can share one).
         let mut seqs: Vec<u64> = drained
             .iter()
-            .filter_map(|i| seq_key(i.seq(), i.tuple()))
+            .filter_map(|i| seq_key(i.seq(), || i.tuple().1.port()))
             .collect();
         seqs.sort_unstable();
         seqs.dedup();

@@ -18,7 +18,9 @@ pub struct SeenGate {
     /// unknown and verdicts go out at once.
     traced: bool,
     /// TCP verdicts waiting to learn whether their receiver saw the reset, by receiving sock.
-    awaiting: Expiring<u64, Attribution>,
+    /// Boxed as they will go out (Verdict::Reset): an Attribution is large, and moving it
+    /// into the map and out again was a tenth of a storm's copying.
+    awaiting: Expiring<u64, Box<Attribution>>,
     /// Receiving socks whose call already failed, before their verdict was complete.
     early: Expiring<u64, SocketError>,
 }
@@ -68,19 +70,22 @@ impl SeenGate {
             return;
         }
         let (sock, time) = (a.receiver_sock, a.time_ns);
-        if let Some(mut previous) = self.awaiting.insert(sock, a, time) {
+        if let Some(mut previous) = self.awaiting.insert(sock, Box::new(a), time) {
             previous.seen_by_receiver = Some(false);
-            out.push(Verdict::Reset(Box::new(previous)));
+            out.push(Verdict::Reset(previous));
         }
     }
 
     /// A TCP call of a receiver failed with ECONNRESET or ECONNREFUSED.
     pub fn on_error(&mut self, e: SocketError, out: &mut Vec<Verdict>) {
-        let same_socket = |a: &Attribution| same_owner(a, &e);
-        if self.awaiting.get(&e.sock).is_some_and(same_socket) {
+        if self
+            .awaiting
+            .get(&e.sock)
+            .is_some_and(|a| same_owner(a, &e))
+        {
             if let Some(mut a) = self.awaiting.remove(&e.sock) {
                 seen(&mut a, &e);
-                out.push(Verdict::Reset(Box::new(a)));
+                out.push(Verdict::Reset(a));
             }
         } else if self.early.len() < MAX_PENDING {
             let (sock, time) = (e.sock, e.time_ns);
@@ -95,7 +100,7 @@ impl SeenGate {
         let _ = self.early.drain_older(cutoff, |e| e.time_ns);
         for mut a in self.awaiting.drain_older(cutoff, |a| a.time_ns) {
             a.seen_by_receiver = (now != u64::MAX).then_some(false);
-            out.push(Verdict::Reset(Box::new(a)));
+            out.push(Verdict::Reset(a));
         }
     }
 
