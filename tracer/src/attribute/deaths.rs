@@ -17,6 +17,8 @@ pub const DEATH_EXPLAINS_FOR: u64 = 10 * SECOND;
 /// A process that exits on its own this soon after another sent it SIGTERM, SIGINT or
 /// SIGQUIT exited *because* of it (php-fpm's master, gunicorn workers handle them).
 const HANDLED_SIGNAL_EXPLAINS_EXIT: u64 = 30 * SECOND;
+/// How long before its death a fatal signal or an OOM kill can be its cause.
+const FATAL_EVIDENCE_FOR: u64 = 60 * SECOND;
 const MAX_PROCESS_RECORDS: usize = 65_536;
 const MAX_SIGNALS_PER_TARGET: usize = 8;
 
@@ -117,13 +119,21 @@ impl Deaths {
 
     fn explain_signal_death(&self, exit: &ProcessExit, sig: i32) -> Cause {
         let ids = [exit.task.pid, exit.task.tid];
+        // A pid is reused within EVIDENCE_TTL on a busy host: evidence from before this
+        // death's own moment belongs to an earlier process with that pid. A fatal signal
+        // kills at its delivery, an OOM victim once it leaves the allocation (or the OOM
+        // reaper takes its memory): both within seconds, unless it sleeps uninterruptibly.
+        let recent = |t: u64| t <= exit.time_ns && exit.time_ns - t <= FATAL_EVIDENCE_FOR;
         let candidates: Vec<&SignalGenerated> = ids
             .iter()
             .filter_map(|id| self.signals.get(id))
             .flatten()
-            .filter(|s| s.sig == sig && s.time_ns <= exit.time_ns)
+            .filter(|s| s.sig == sig && recent(s.time_ns))
             .collect();
-        let oom = ids.iter().find_map(|id| self.oom.get(id));
+        let oom = ids
+            .iter()
+            .filter_map(|id| self.oom.get(id))
+            .find(|o| recent(o.time_ns));
         if let Some(victim) = oom.filter(|_| sig == SIGKILL) {
             let kernel_kill = candidates.iter().find(|s| s.code == SI_KERNEL);
             return Cause::OomKill {
@@ -191,21 +201,46 @@ impl Deaths {
             l.retain(|s| s.time_ns >= keep);
             !l.is_empty()
         });
-        for map_len in [self.exits.len(), self.oom.len(), self.signals.len()] {
-            if map_len > MAX_PROCESS_RECORDS {
-                // A fork/kill storm beyond any sane rate: forget the oldest half.
-                let cutoff = now.saturating_sub(EVIDENCE_TTL / 2);
-                self.exits.retain(|_, e| e.time_ns >= cutoff);
-                self.oom.retain(|_, o| o.time_ns >= cutoff);
-                self.signals
-                    .retain(|_, l| l.iter().any(|s| s.time_ns >= cutoff));
-            }
+        // A fork/kill storm beyond any sane rate (php-fpm with pm.max_requests = 1 under
+        // load, a CGI host): forget the oldest half of the lifetime, and if that is not
+        // enough, all but the newest records, so that they stay bounded whatever the rate.
+        let over =
+            |d: &Self| d.exits.len().max(d.oom.len()).max(d.signals.len()) > MAX_PROCESS_RECORDS;
+        if over(self) {
+            self.retain_from(now.saturating_sub(EVIDENCE_TTL / 2));
         }
+        if over(self) {
+            let times = self
+                .exits
+                .values()
+                .map(|e| e.time_ns)
+                .chain(self.oom.values().map(|o| o.time_ns))
+                .chain(self.signals.values().flatten().map(|s| s.time_ns));
+            let cutoff = newest(times, MAX_PROCESS_RECORDS / 2);
+            self.retain_from(cutoff);
+        }
+    }
+
+    fn retain_from(&mut self, cutoff: u64) {
+        self.exits.retain(|_, e| e.time_ns >= cutoff);
+        self.oom.retain(|_, o| o.time_ns >= cutoff);
+        self.signals
+            .retain(|_, l| l.iter().any(|s| s.time_ns >= cutoff));
     }
 
     pub fn len(&self) -> usize {
         self.exits.len() + self.signals.len() + self.oom.len()
     }
+}
+
+/// The time from which `keep` of `times` are at or after it (the keep-th newest).
+fn newest(times: impl Iterator<Item = u64>, keep: usize) -> u64 {
+    let mut times: Vec<u64> = times.collect();
+    if times.len() <= keep || keep == 0 {
+        return 0;
+    }
+    let at = times.len() - keep;
+    *times.select_nth_unstable(at).1
 }
 
 fn evidence(s: &SignalGenerated) -> SignalEvidence {

@@ -244,6 +244,34 @@ fn oom_kill_wins_over_the_sigkill_it_sends() {
     assert_eq!(a.cause.signal().map(|s| s.code), Some(SI_KERNEL));
 }
 
+/// The pid of an OOM victim from minutes ago now belongs to another worker, which an admin
+/// kills: that is a signal, not the old OOM kill.
+#[test]
+fn an_old_oom_kill_of_a_reused_pid_is_not_a_new_deaths() {
+    let s = 1_000_000_000;
+    let a = only(vec![
+        KernelEvent::OomVictim(OomVictim {
+            time_ns: 10 * s,
+            victim_pid: WORKER,
+            victim_comm: "php-fpm8.2".into(),
+            killer: worker(),
+            memcg_id: 77,
+        }),
+        signal(200 * s, task(KILLER, "kill"), 9, 0, WORKER),
+        exit(200 * s + 100, 9),
+        received(200 * s + 300),
+        sent(200 * s + 301, worker(), true, Some(ABORT_ON_CLOSE)),
+    ]);
+    assert_eq!(a.cause.kind(), CauseKind::Signal, "{a:#?}");
+    assert_eq!(
+        a.cause
+            .signal()
+            .and_then(|s| s.sender.as_ref())
+            .map(|t| t.pid),
+        Some(KILLER)
+    );
+}
+
 #[test]
 fn segfault_raised_by_the_kernel_is_a_crash() {
     let a = only(vec![
@@ -1490,4 +1518,32 @@ fn refused_connects_sharing_only_a_server_port_do_not_pair() {
     assert_eq!(out.len(), 1, "{out:#?}");
     assert!(!out[0].send_traced, "{out:#?}");
     assert_eq!(out[0].cause.kind(), CauseKind::Network);
+}
+
+/// php-fpm with pm.max_requests = 1 under load: 2,000 worker exits a second for 100 s, all
+/// within half the evidence's lifetime. The records stay bounded.
+#[test]
+fn a_fork_storm_keeps_the_death_records_bounded() {
+    let ms = 1_000_000;
+    let mut engine = Attributor::new(&reasons(), HashSet::new());
+    let mut out = Vec::new();
+    for i in 0..200_000u64 {
+        let pid = 10_000 + (i % 4_000_000) as u32;
+        engine.observe(
+            KernelEvent::Exit(ProcessExit {
+                time_ns: 1_000 * ms + i * (ms / 2),
+                task: task(pid, "php-fpm8.2"),
+                exit_code: 0,
+                memcg_id: 77,
+                group_dead: Some(true),
+            }),
+            &mut out,
+        );
+    }
+    // Pruned every 4,096 events, to at most 65,536 records of each kind.
+    assert!(
+        engine.state_len() <= 65_536 + 4_096,
+        "{}",
+        engine.state_len()
+    );
 }
