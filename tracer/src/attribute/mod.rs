@@ -194,8 +194,18 @@ impl Attributor {
                 // A reset from a loopback or own address that no traced send explains
                 // was lost on its way to us, unless its segment says who on this host made
                 // it (the firewall, or a raw socket).
+                let refused =
+                    self.refusals
+                        .take_refused_reset(r.sk, r.local.port(), r.remote.port())
+                        && !self.reasons.traces_no_socket_sends();
                 a.cause = match &evidence {
                     Some(e) if e.origin.made_here() => Cause::Network,
+                    // The RST answered this socket's SYN, on this host, and no traced send
+                    // made it, on a kernel that does not trace its answers for no socket:
+                    // nothing listened, as the receiver's ECONNREFUSED says where its
+                    // connect is traced (a local REJECT looks the same; the hint says so).
+                    // Where those answers are traced, an untraced one is not the kernel's.
+                    _ if local && refused => Cause::NoSocket,
                     _ if local => Cause::Unknown,
                     _ => Cause::Network,
                 };

@@ -18,6 +18,8 @@ use super::MAX_PENDING;
 /// tcp_done_with_error(), net/ipv4/tcp_input.c).
 const REPORT_FOLLOWS_RESET: u64 = 10_000_000;
 
+const ECONNREFUSED: i32 = 111;
+
 /// One socket reports its error several times (queued, then hard; again at disconnect).
 const REPORTS_OF_ONE_ERROR: u64 = 1_000_000_000;
 
@@ -25,6 +27,9 @@ const REPORTS_OF_ONE_ERROR: u64 = 1_000_000_000;
 pub struct Refusals {
     /// Receiving connections of recent resets, with the reset's time.
     reset_socks: HashMap<Conn, u64>,
+    /// Connections whose reset was reported as ECONNREFUSED: the reset answered their SYN
+    /// (tcp_reset() gives that error in SYN_SENT only, net/ipv4/tcp_input.c).
+    refused_resets: HashMap<Conn, u64>,
     /// Connections whose refusal was reported, with its time.
     reported: HashMap<Conn, u64>,
 }
@@ -38,11 +43,27 @@ impl Refusals {
         self.reset_socks.insert((sk, local, remote), time_ns);
     }
 
+    /// Whether the reset received on this connection answered its SYN (its own report said
+    /// ECONNREFUSED): a refused connect. Asked once, when its verdict is made without a
+    /// traced send; before 6.10 (tcp_v4_send_reset() with no socket is not traced) and
+    /// where connect() and getsockopt() are not traced (the socket tracepoints of 6.3+ see
+    /// neither), it is the only witness.
+    pub fn take_refused_reset(&mut self, sk: u64, local: u16, remote: u16) -> bool {
+        self.refused_resets.remove(&(sk, local, remote)).is_some()
+    }
+
     /// The refusal `e` reports, unless it is a reset's own error report.
     pub fn on_refused(&mut self, e: SocketRefused) -> Option<Refusal> {
         let conn = (e.sock, e.local.port(), e.remote.port());
         if let Some(t) = self.reset_socks.get(&conn) {
             if e.time_ns.saturating_sub(*t) <= REPORT_FOLLOWS_RESET {
+                if e.error == ECONNREFUSED {
+                    if self.refused_resets.len() >= MAX_PENDING {
+                        self.refused_resets
+                            .retain(|_, t| e.time_ns.saturating_sub(*t) <= REPORTS_OF_ONE_ERROR);
+                    }
+                    self.refused_resets.insert(conn, e.time_ns);
+                }
                 return None;
             }
         }
