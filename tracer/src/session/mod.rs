@@ -122,12 +122,7 @@ pub fn run(
     // Still one thread (the preload thread has ended): the event loop's runtime is built
     // below. Naming interfaces of other network namespaces enters them (setns), which
     // needs CAP_SYS_ADMIN for as long as network evidence is reported.
-    // An optional hook the kernel refused is in `failed`, not among the facts' hooks.
-    let segments_traced = facts.traces_rst_segments()
-        && !attached
-            .failed
-            .iter()
-            .any(|(h, _)| h.capability == Capability::NetworkEvidence);
+    let segments_traced = segments_traced(facts, &attached);
     if let Err(e) = drop_attach_capabilities(segments_traced) {
         crate::note!(
             "rsttrace: warning: could not give up the capabilities only attaching needs: {e}"
@@ -591,6 +586,16 @@ async fn event_loop(
         finish(&mut session, ring.get_mut(), &mut attached)?;
     }
     Ok(())
+}
+
+/// Whether RST segments are sampled: the packet hook was to be attached, and the kernel
+/// took it (an optional hook it refused is in `failed`, not among the facts' hooks).
+fn segments_traced(facts: &KernelFacts, attached: &loader::Attached) -> bool {
+    facts.traces_rst_segments()
+        && !attached
+            .failed
+            .iter()
+            .any(|(h, _)| h.capability == Capability::NetworkEvidence)
 }
 
 /// The 1 s tick: new unix listeners, a drain (the backstop for a sample committed, unwoken,
