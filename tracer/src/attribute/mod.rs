@@ -179,6 +179,8 @@ impl Attributor {
                 self.reasons.explain(&mut a, &send, &self.deaths);
             }
             None => {
+                // Before 6.10 the kernel's own answers for no socket go untraced too.
+                let no_socket_sends_unseen = !self.reasons.traces_no_socket_sends();
                 let evidence = segment.map(network::evidence);
                 // Came in on loopback: made on this host, whatever the (DNAT'd) address says.
                 let local = evidence.as_ref().is_some_and(|e| e.origin.made_here())
@@ -188,8 +190,7 @@ impl Attributor {
                     // the kernel's own answers for no socket go untraced here: those look
                     // the same (loopback, IP ID 0, TTL 64), so the segment tells nothing.
                     .filter(|e| {
-                        e.origin != crate::model::Origin::LocalFirewall
-                            || self.reasons.traces_no_socket_sends()
+                        e.origin != crate::model::Origin::LocalFirewall || !no_socket_sends_unseen
                     });
                 // A reset from a loopback or own address that no traced send explains
                 // was lost on its way to us, unless its segment says who on this host made
@@ -197,7 +198,7 @@ impl Attributor {
                 let refused =
                     self.refusals
                         .take_refused_reset(r.sk, r.local.port(), r.remote.port())
-                        && !self.reasons.traces_no_socket_sends();
+                        && no_socket_sends_unseen;
                 a.cause = match &evidence {
                     Some(e) if e.origin.made_here() => Cause::Network,
                     // The RST answered this socket's SYN, on this host, and no traced send
@@ -210,7 +211,7 @@ impl Attributor {
                     _ => Cause::Network,
                 };
                 a.unseen = Unseen {
-                    no_socket_sends: !self.reasons.traces_no_socket_sends(),
+                    no_socket_sends: no_socket_sends_unseen,
                     segments: !self.segments_traced,
                 };
                 a.network = evidence;

@@ -18,8 +18,6 @@ use super::MAX_PENDING;
 /// tcp_done_with_error(), net/ipv4/tcp_input.c).
 const REPORT_FOLLOWS_RESET: u64 = 10_000_000;
 
-const ECONNREFUSED: i32 = 111;
-
 /// One socket reports its error several times (queued, then hard; again at disconnect).
 const REPORTS_OF_ONE_ERROR: u64 = 1_000_000_000;
 
@@ -36,11 +34,12 @@ pub struct Refusals {
 
 impl Refusals {
     pub fn on_reset(&mut self, sk: u64, local: u16, remote: u16, time_ns: u64) {
-        if self.reset_socks.len() >= MAX_PENDING {
-            self.reset_socks
-                .retain(|_, t| time_ns.saturating_sub(*t) <= REPORT_FOLLOWS_RESET);
-        }
-        self.reset_socks.insert((sk, local, remote), time_ns);
+        insert_bounded(
+            &mut self.reset_socks,
+            (sk, local, remote),
+            time_ns,
+            REPORT_FOLLOWS_RESET,
+        );
     }
 
     /// Whether the reset received on this connection answered its SYN (its own report said
@@ -57,21 +56,18 @@ impl Refusals {
         let conn = (e.sock, e.local.port(), e.remote.port());
         if let Some(t) = self.reset_socks.get(&conn) {
             if e.time_ns.saturating_sub(*t) <= REPORT_FOLLOWS_RESET {
-                if e.error == ECONNREFUSED {
-                    if self.refused_resets.len() >= MAX_PENDING {
-                        self.refused_resets
-                            .retain(|_, t| e.time_ns.saturating_sub(*t) <= REPORTS_OF_ONE_ERROR);
-                    }
-                    self.refused_resets.insert(conn, e.time_ns);
+                if e.error == libc::ECONNREFUSED {
+                    insert_bounded(
+                        &mut self.refused_resets,
+                        conn,
+                        e.time_ns,
+                        REPORTS_OF_ONE_ERROR,
+                    );
                 }
                 return None;
             }
         }
-        if self.reported.len() >= MAX_PENDING {
-            self.reported
-                .retain(|_, t| e.time_ns.saturating_sub(*t) <= REPORTS_OF_ONE_ERROR);
-        }
-        if let Some(t) = self.reported.insert(conn, e.time_ns) {
+        if let Some(t) = insert_bounded(&mut self.reported, conn, e.time_ns, REPORTS_OF_ONE_ERROR) {
             if e.time_ns.saturating_sub(t) <= REPORTS_OF_ONE_ERROR {
                 return None;
             }
@@ -86,4 +82,18 @@ impl Refusals {
             netns: e.netns,
         })
     }
+}
+
+/// Records `key` at `time_ns`; returns the time it replaced. At MAX_PENDING entries, those
+/// older than `window` go first (a storm's worth of connections).
+fn insert_bounded(
+    map: &mut HashMap<Conn, u64>,
+    key: Conn,
+    time_ns: u64,
+    window: u64,
+) -> Option<u64> {
+    if map.len() >= MAX_PENDING {
+        map.retain(|_, t| time_ns.saturating_sub(*t) <= window);
+    }
+    map.insert(key, time_ns)
 }

@@ -11,7 +11,6 @@ use super::{expiring::Expiring, MAX_PENDING};
 /// (`seen_by_receiver`). A process waiting on the socket (nginx waiting for a response)
 /// is woken by the reset at once; one that does not look within this time did not see it.
 pub const SEEN_WAIT: u64 = 250_000_000;
-const ECONNREFUSED: i64 = 111;
 
 pub struct SeenGate {
     /// Whether receivers' socket calls are traced; without them `seen_by_receiver` is
@@ -128,7 +127,7 @@ fn seen(a: &mut Attribution, e: &SocketError) {
     // connect() refused (ECONNREFUSED, directly or through SO_ERROR) is a RST answering a
     // SYN: nothing listened. Kernels before ~6.10 do not trace that send
     // (tcp_v4_send_reset() with no socket), so the receiver's errno is the only witness.
-    if a.cause.kind() == CauseKind::Unknown && e.ret == -ECONNREFUSED {
+    if a.cause.kind() == CauseKind::Unknown && e.ret == -i64::from(libc::ECONNREFUSED) {
         a.cause = crate::model::Cause::NoSocket;
     }
 }
